@@ -1,0 +1,74 @@
+//! HTTP endpoints: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use pipelines::metrics::{ComponentState, Metrics};
+use serde::Serialize;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    pub data_dir: String,
+    /// Which compute backend kernels run on (`gpu`, `lavapipe`, `cpu`).
+    pub backend: &'static str,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+}
+
+/// 200 while no component has failed; 503 naming the failed ones otherwise.
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    let failed: Vec<String> = s
+        .metrics
+        .statuses()
+        .into_iter()
+        .filter(|c| c.state == ComponentState::Failed)
+        .map(|c| c.id)
+        .collect();
+    if failed.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("failed components: {}\n", failed.join(", ")),
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    version: &'static str,
+    uptime_s: f64,
+    data_dir: String,
+    backend: &'static str,
+    components: Vec<pipelines::metrics::ComponentStatus>,
+}
+
+async fn status(State(s): State<AppState>) -> impl IntoResponse {
+    Json(StatusBody {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: s.started.elapsed().as_secs_f64(),
+        data_dir: s.data_dir.clone(),
+        backend: s.backend,
+        components: s.metrics.statuses(),
+    })
+}

@@ -1,0 +1,110 @@
+//! `neurod`: the acquisition daemon's command line.
+
+mod config;
+mod http;
+mod run;
+mod topology;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "neurod", version, about = "Live Neuropixels and two-photon acquisition into Arrow")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the topology in a config until its sources end or a signal stops it.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides `[daemon] data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Overrides `[daemon] listen` (HTTP: /metrics, /healthz, /status).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Check a config without starting anything; print every problem, exit 1 if any.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Describe a SpikeGLX .meta/.bin, an Open Ephys structure.oebin or recording folder.
+    Inspect {
+        #[arg(long)]
+        json: bool,
+        path: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            data_dir,
+            listen,
+        } => run::run(config, config::Overrides { data_dir, listen }),
+        Command::Validate { config } => validate(&config),
+        Command::Inspect { json, path } => inspect(&path, json),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("NEUROD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match config::load(path, &config::Overrides::default()) {
+        Ok(plan) => {
+            println!(
+                "{}: ok ({} sources, {} transforms, {} sinks)",
+                path.display(),
+                plan.count(config::Kind::Source),
+                plan.count(config::Kind::Transform),
+                plan.count(config::Kind::Sink)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {} problem(s):\n{e}", path.display(), e.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inspect(path: &std::path::Path, json: bool) -> ExitCode {
+    match pipelines::inspect::inspect(path) {
+        Ok(desc) => {
+            if json {
+                let v = pipelines::inspect::to_json(&desc);
+                match serde_json::to_string_pretty(&v) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("cannot encode JSON: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", pipelines::inspect::render_text(&desc));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}

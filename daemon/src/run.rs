@@ -1,0 +1,157 @@
+//! `neurod run`: start the topology and the HTTP server, then serve signals until the sources end.
+//! SIGTERM/SIGINT drain and flush; SIGHUP reloads the config through the same path as startup
+//! (validate, build), replacing the running topology only if the new one is valid.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pipelines::metrics::Metrics;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{self, Overrides};
+use crate::http;
+use crate::topology::Topology;
+
+pub fn run(config_path: PathBuf, overrides: Overrides) -> ExitCode {
+    let plan = match config::load(&config_path, &overrides) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}: {} problem(s):\n{e}", config_path.display(), e.0.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("neurod-http")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(config_path, overrides, plan)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn notify(state: &[NotifyState]) {
+    // Outside systemd NOTIFY_SOCKET is unset and this is a no-op.
+    let _ = sd_notify::notify(state);
+}
+
+async fn serve(config_path: PathBuf, overrides: Overrides, plan: config::Plan) -> anyhow::Result<bool> {
+    let metrics = Metrics::new();
+    let listen = plan.daemon.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let state = http::AppState {
+        metrics: metrics.clone(),
+        started: Instant::now(),
+        data_dir: plan.daemon.data_dir.display().to_string(),
+        backend: kernels::Backend::Cpu.as_str(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, http::router(state)).await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    });
+    tracing::info!(%listen, data_dir = %plan.daemon.data_dir.display(), "neurod running");
+
+    let mut topology = Topology::start(plan, &metrics).context("cannot start the topology")?;
+    notify(&[NotifyState::Ready]);
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut watchdog = watchdog_interval().map(tokio::time::interval);
+
+    let ok = loop {
+        tokio::select! {
+            _ = term.recv() => break stop(topology, "SIGTERM").await,
+            _ = int.recv() => break stop(topology, "SIGINT").await,
+            _ = hup.recv() => {
+                topology = reload(topology, &config_path, &overrides, &metrics).await;
+            }
+            _ = topology.finished() => {
+                tracing::info!("every source has ended; data flushed");
+                break join(topology).await;
+            }
+            _ = tick(&mut watchdog) => notify(&[NotifyState::Watchdog]),
+        }
+    };
+    notify(&[NotifyState::Stopping]);
+    Ok(ok)
+}
+
+/// Half the systemd watchdog period, if one is set.
+fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().map(|d| d / 2)
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn stop(topology: Topology, why: &str) -> bool {
+    tracing::info!("{why}: draining and flushing");
+    notify(&[NotifyState::Stopping]);
+    topology.stop();
+    join(topology).await
+}
+
+async fn join(topology: Topology) -> bool {
+    tokio::task::spawn_blocking(move || topology.join())
+        .await
+        .unwrap_or(false)
+}
+
+/// Validates the new config exactly as at startup; only a valid one replaces the running topology.
+async fn reload(
+    topology: Topology,
+    config_path: &std::path::Path,
+    overrides: &Overrides,
+    metrics: &Arc<Metrics>,
+) -> Topology {
+    tracing::info!(config = %config_path.display(), "SIGHUP: reloading");
+    notify(&[NotifyState::Reloading]);
+    let plan = match config::load(config_path, overrides) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("reload refused, keeping the running topology:\n{e}");
+            notify(&[NotifyState::Ready]);
+            return topology;
+        }
+    };
+    topology.stop();
+    join(topology).await;
+    metrics.clear_components();
+    let t = match Topology::start(plan, metrics) {
+        Ok(t) => t,
+        Err(e) => {
+            // The old topology is gone; without a new one there is nothing to run.
+            tracing::error!("cannot start the reloaded topology: {e}");
+            std::process::exit(1);
+        }
+    };
+    notify(&[NotifyState::Ready]);
+    tracing::info!("reloaded");
+    t
+}

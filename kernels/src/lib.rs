@@ -1,0 +1,22 @@
+//! Compute kernels: WGSL compute shaders beside their CPU twins. The CPU code is the
+//! specification, the fallback and the test oracle of each shader.
+
+/// Where kernels run. Chosen at startup: a hardware adapter, else lavapipe (Mesa's software
+/// Vulkan), else the CPU twins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Gpu,
+    Lavapipe,
+    Cpu,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Gpu => "gpu",
+            Backend::Lavapipe => "lavapipe",
+            Backend::Cpu => "cpu",
+        }
+    }
+}

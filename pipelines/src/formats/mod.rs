@@ -1,0 +1,4 @@
+//! Parsers for acquisition file formats (ALGORITHMS.md §1).
+
+pub mod openephys;
+pub mod spikeglx;

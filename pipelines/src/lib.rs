@@ -1,0 +1,12 @@
+//! Sources, transforms, sinks, Arrow schemas and the storage layer of neurod.
+
+pub mod component;
+pub mod edge;
+pub mod formats;
+pub mod metrics;
+pub mod pace;
+pub mod registry;
+pub mod sinks;
+pub mod sources;
+pub mod stream;
+pub mod transforms;

@@ -1,0 +1,3 @@
+//! Transforms: batches in, batches out.
+
+pub mod select_channels;
