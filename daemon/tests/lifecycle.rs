@@ -1,0 +1,228 @@
+//! Crashes, signals, reloads and bad network input against a running daemon.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int16Array, Int64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+use common::{python, run_python, wait_for, Daemon};
+
+fn rig_config(extra: &str) -> String {
+    format!(
+        r#"
+[daemon]
+data_dir = "{{dir}}/data"
+listen = "127.0.0.1:{{port}}"
+[sources.rig]
+type = "simulated"
+twophoton = false
+{extra}
+[sinks.store]
+type = "store"
+inputs = ["rig"]
+flush_interval_s = 0.2
+"#
+    )
+}
+
+/// Rows of a stream readable right now: Parquet files plus complete batches of segments.
+const READABLE_ROWS: &str = r#"
+import sys, glob, os, pyarrow as pa, pyarrow.parquet as pq
+d = sys.argv[1]
+rows, idx = 0, []
+for f in sorted(glob.glob(os.path.join(d, "*.parquet"))):
+    t = pq.read_table(f, columns=["sample_index"]); rows += t.num_rows; idx += t.column(0).to_pylist()
+segs = sorted(glob.glob(os.path.join(d, "_segment-*.arrows")))
+for f in segs:
+    try:
+        with pa.ipc.open_stream(f) as r:
+            while True:
+                try:
+                    b = r.read_next_batch()
+                except StopIteration:
+                    break
+                rows += b.num_rows; idx += b.column(0).to_pylist()
+    except Exception:
+        pass
+idx.sort()
+assert idx == list(range(len(idx))), "sample_index has gaps or repeats"
+print(rows, len(segs))
+"#;
+
+#[test]
+fn kill_9_then_restart_loses_nothing_that_was_flushed() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &rig_config(""));
+    let stream = dir.path().join("data/store/rig.imec0.ap");
+    // Let several flushes happen, then note what is readable, then crash.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = run_python(&py, READABLE_ROWS, &[stream.to_str().unwrap()]);
+    let flushed: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(flushed >= 30_000, "expected over a second of data flushed, got {flushed}");
+    d.signal("KILL");
+    drop(d);
+
+    // Restart with a short finite run of another source on the same store: recovery runs first.
+    let mut d = Daemon::start(
+        dir.path(),
+        &rig_config("duration_s = 0.5\npace = \"max\"")
+            .replace("[sources.rig]", "[sources.rig2]")
+            .replace("inputs = [\"rig\"]", "inputs = [\"rig2\"]"),
+    );
+    assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.log_text());
+    let out = run_python(&py, READABLE_ROWS, &[stream.to_str().unwrap()]);
+    let mut it = out.split_whitespace();
+    let rows: u64 = it.next().unwrap().parse().unwrap();
+    let segments: u64 = it.next().unwrap().parse().unwrap();
+    assert!(rows >= flushed, "flushed {flushed} rows before kill -9, only {rows} after restart");
+    assert_eq!(segments, 0, "recovery turns every segment into Parquet");
+    // Every Parquet file in the store is readable as one dataset.
+    run_python(
+        &py,
+        "import sys, pyarrow.dataset as ds; print(ds.dataset(sys.argv[1]).to_table().num_rows)",
+        &[stream.to_str().unwrap()],
+    );
+}
+
+fn continuous_schema(stream_id: &str) -> Arc<Schema> {
+    let mut md = std::collections::HashMap::new();
+    md.insert("neurod.sampling_hz".to_string(), "1000".to_string());
+    md.insert("neurod.stream_id".to_string(), stream_id.to_string());
+    Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new("sample_index", DataType::Int64, false),
+            Field::new("c0", DataType::Int16, false),
+            Field::new("c1", DataType::Int16, false),
+        ],
+        md,
+    ))
+}
+
+#[test]
+fn malformed_ipc_stream_is_refused_while_other_streams_flow() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ipc_port = common::free_port();
+    let config = rig_config("").replace(
+        "[sinks.store]",
+        &format!("[sources.push]\ntype = \"arrow_ipc\"\naddress = \"127.0.0.1:{ipc_port}\"\n[sinks.store]"),
+    )
+    .replace("inputs = [\"rig\"]", "inputs = [\"rig\", \"push\"]");
+    let mut d = Daemon::start(dir.path(), &config);
+
+    // A client that sends garbage.
+    let mut bad = wait_for(Duration::from_secs(10), "the IPC listener", || {
+        TcpStream::connect(("127.0.0.1", ipc_port)).ok()
+    });
+    bad.write_all(b"this is not an arrow stream, it is a malformed message\n").unwrap();
+    drop(bad);
+    // A good client, 20 batches of 50 samples.
+    let good = TcpStream::connect(("127.0.0.1", ipc_port)).unwrap();
+    let schema = continuous_schema("bench");
+    let mut w = StreamWriter::try_new(good, &schema).unwrap();
+    for b in 0..20i64 {
+        let idx: ArrayRef = Arc::new(Int64Array::from_iter_values(b * 50..(b + 1) * 50));
+        let c0: ArrayRef = Arc::new(Int16Array::from_iter_values((0..50).map(|i| i as i16)));
+        let c1: ArrayRef = Arc::new(Int16Array::from_iter_values((0..50).map(|i| -(i as i16))));
+        w.write(&RecordBatch::try_new(schema.clone(), vec![idx, c0, c1]).unwrap()).unwrap();
+    }
+    w.finish().unwrap();
+    drop(w);
+
+    let errors = r#"neurod_component_errors_total{component_id="push",error_type="malformed_ipc""#;
+    wait_for(Duration::from_secs(10), "the malformed stream to be counted", || {
+        d.metric(errors).filter(|v| *v >= 1.0)
+    });
+    let push_rows = r#"neurod_component_sent_rows_total{component_id="push""#;
+    wait_for(Duration::from_secs(10), "the good client's rows", || {
+        d.metric(push_rows).filter(|v| *v >= 1000.0)
+    });
+    let rig_rows = r#"neurod_component_sent_rows_total{component_id="rig""#;
+    let before = d.metric(rig_rows).unwrap();
+    wait_for(Duration::from_secs(10), "the rig to keep flowing", || {
+        d.metric(rig_rows).filter(|v| *v > before)
+    });
+    assert!(d.log_text().contains("127.0.0.1"), "the error names the peer:\n{}", d.log_text());
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(30)).success(), "{}", d.log_text());
+    let out = run_python(
+        &py,
+        "import sys, pyarrow.dataset as ds; t = ds.dataset(sys.argv[1]).to_table(); print(t.num_rows, sum(t.column('c1').to_pylist()))",
+        &[dir.path().join("data/store/push.bench").to_str().unwrap()],
+    );
+    assert_eq!(out.trim(), format!("1000 {}", -20 * (0..50).sum::<i64>()));
+}
+
+#[test]
+fn sigterm_drains_and_flushes_and_metrics_report_compression() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &rig_config("").replace("flush_interval_s = 0.2", "flush_interval_s = 0.2\nrotate_s = 1"));
+    let ratio = r#"neurod_store_compression_ratio{component_id="store",stream_id="rig.imec0.ap"}"#;
+    let r = wait_for(Duration::from_secs(30), "a compression ratio", || {
+        d.metric(ratio).filter(|v| *v > 0.0)
+    });
+    assert!(r > 1.0, "compression ratio {r}");
+    let metrics = d.get("/metrics");
+    for name in [
+        "neurod_component_received_rows_total",
+        "neurod_component_sent_bytes_total",
+        "neurod_component_queue_fill_ratio",
+        "neurod_component_processing_seconds_bucket",
+        "neurod_source_lag_seconds",
+        "neurod_store_written_bytes_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(name), "missing {name}");
+    }
+    let status: serde_json::Value = serde_json::from_str(&d.get("/status")).unwrap();
+    let comps = status["components"].as_array().unwrap();
+    assert!(comps.iter().any(|c| c["id"] == "rig" && c["state"] == "running"), "{status}");
+    assert!(status["backend"].is_string());
+
+    let sent = d.metric(r#"neurod_component_sent_rows_total{component_id="rig""#).unwrap();
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(30)).success(), "{}", d.log_text());
+    // Everything the source sent before the signal is in Parquet now, nothing left in segments.
+    let out = run_python(
+        &py,
+        "import sys, glob, pyarrow.dataset as ds; print(ds.dataset(sys.argv[1]).to_table().num_rows, len(glob.glob(sys.argv[1] + '/_segment*')))",
+        &[dir.path().join("data/store/rig.imec0.ap").to_str().unwrap()],
+    );
+    let mut it = out.split_whitespace();
+    let rows: f64 = it.next().unwrap().parse().unwrap();
+    assert!(rows >= sent, "sent {sent} rows, stored {rows}");
+    assert_eq!(it.next(), Some("0"));
+}
+
+#[test]
+fn sighup_reloads_a_valid_config_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &rig_config(""));
+    let cfg = dir.path().join("neurod.toml");
+    let original = std::fs::read_to_string(&cfg).unwrap();
+
+    std::fs::write(&cfg, "[sources.rig]\ntype = \"no_such_type\"\n").unwrap();
+    d.signal("HUP");
+    wait_for(Duration::from_secs(10), "the refusal in the log", || {
+        d.log_text().contains("reload refused").then_some(())
+    });
+    assert!(d.get("/status").contains("\"rig\""), "the old topology keeps running");
+
+    std::fs::write(&cfg, original.replace("sources.rig]", "sources.rig_b]").replace("[\"rig\"]", "[\"rig_b\"]")).unwrap();
+    d.signal("HUP");
+    wait_for(Duration::from_secs(20), "the reloaded topology", || {
+        d.get("/status").contains("\"rig_b\"").then_some(())
+    });
+    let rows = r#"neurod_component_sent_rows_total{component_id="rig_b""#;
+    wait_for(Duration::from_secs(10), "data from the new source", || {
+        d.metric(rows).filter(|v| *v > 0.0)
+    });
+}

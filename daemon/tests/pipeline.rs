@@ -1,0 +1,245 @@
+//! The daemon end to end, as a lab runs it: real recordings and the simulated rig into the
+//! store, read back with pyarrow (a peer), under crashes, bad input and reloads.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{python, run_python, shared_data, wait_for, Daemon};
+
+/// Compares every stored stream with the raw interleaved Int16 file it came from.
+const CHECK_EXACT: &str = r#"
+import sys, numpy as np, pyarrow.dataset as ds
+stream_dir, raw, nch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = ds.dataset(stream_dir, format="parquet").to_table()
+t = t.sort_by("sample_index")
+want = np.fromfile(raw, dtype="<i2")
+want = want[: len(want) // nch * nch].reshape(-1, nch)
+idx = t.column("sample_index").to_numpy()
+assert (idx == np.arange(len(want))).all(), ("sample_index", idx[:5], len(idx), len(want))
+got = np.stack([t.column(i + 1).to_numpy() for i in range(nch)], axis=1)
+assert got.dtype == np.int16, got.dtype
+assert (got == want).all(), "values differ"
+md = t.schema.metadata
+print(len(want), md[b"neurod.sampling_hz"].decode())
+"#;
+
+fn oe_config(data: &Path) -> String {
+    format!(
+        r#"
+[daemon]
+data_dir = "{{dir}}/data"
+listen = "127.0.0.1:{{port}}"
+
+[sources.oe16]
+type = "openephys"
+path = "{}"
+pace = "max"
+
+[sources.probeb]
+type = "openephys"
+path = "{}"
+stream = "ProbeB"
+pace = "max"
+
+[sinks.store]
+type = "store"
+inputs = ["oe16", "probeb"]
+"#,
+        data.join("openephys-16ch-40khz/experiment1/recording1").display(),
+        data.join("openephys-np2-snippets/Record Node 101/experiment1/recording1")
+            .display()
+    )
+}
+
+#[test]
+fn open_ephys_recordings_round_trip_bit_exact_through_the_store_and_pyarrow() {
+    let (Some(data), Some(py)) = (shared_data(), python()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &oe_config(&data));
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "finite replays must end with exit 0:\n{}", d.log_text());
+
+    let store = dir.path().join("data/store");
+    let out = run_python(
+        &py,
+        CHECK_EXACT,
+        &[
+            store.join("oe16").to_str().unwrap(),
+            data.join("openephys-16ch-40khz/experiment1/recording1/continuous/File_Reader-100.example_data/continuous.dat")
+                .to_str()
+                .unwrap(),
+            "16",
+        ],
+    );
+    assert_eq!(out.trim(), "133120 40000.0");
+    let out = run_python(
+        &py,
+        CHECK_EXACT,
+        &[
+            store.join("probeb").to_str().unwrap(),
+            data.join("openephys-np2-snippets/Record Node 101/experiment1/recording1/continuous/Neuropix-PXI-100.ProbeB/continuous.dat")
+                .to_str()
+                .unwrap(),
+            "384",
+        ],
+    );
+    assert!(out.starts_with("100 "), "{out}");
+}
+
+/// Writes a SpikeGLX pair from a real NP1.0 meta with `samples` samples of 385 channels
+/// (value = f(sample, channel)), the meta claiming `claimed_samples` (None: still acquiring).
+fn write_spikeglx(dir: &Path, name: &str, samples: usize, claimed: Option<usize>) -> (std::path::PathBuf, Vec<u8>) {
+    let data = shared_data().unwrap();
+    let meta = std::fs::read_to_string(
+        data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),
+    )
+    .unwrap();
+    let bytes = sample_bytes(0, samples);
+    let bin = dir.join(format!("{name}.ap.bin"));
+    std::fs::write(&bin, &bytes).unwrap();
+    write_meta(dir, name, &meta, claimed);
+    (bin, bytes)
+}
+
+fn sample_bytes(from: usize, to: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity((to - from) * 385 * 2);
+    for s in from..to {
+        for c in 0..385usize {
+            let v = ((s * 7 + c * 13) % 4001) as i16 - 2000;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn write_meta(dir: &Path, name: &str, real_meta: &str, claimed: Option<usize>) {
+    let mut text: String = real_meta
+        .lines()
+        .filter(|l| !l.starts_with("fileSizeBytes=") && !l.starts_with("fileTimeSecs="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(n) = claimed {
+        text.push_str(&format!("fileSizeBytes={}\nfileTimeSecs={}\n", n * 770, n as f64 / 30000.0));
+    }
+    std::fs::write(dir.join(format!("{name}.ap.meta")), text).unwrap();
+}
+
+#[test]
+fn truncated_bin_gives_a_clear_error_while_another_stream_keeps_flowing() {
+    let (Some(_), Some(py)) = (shared_data(), python()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 3000 samples claimed, 2000.5 on disk: cut in the middle of a sample.
+    let (bin, mut bytes) = write_spikeglx(dir.path(), "cut_g0_t0.imec0", 2001, Some(3000));
+    bytes.truncate(2000 * 770 + 301);
+    std::fs::write(&bin, &bytes).unwrap();
+    let config = format!(
+        r#"
+[daemon]
+data_dir = "{{dir}}/data"
+listen = "127.0.0.1:{{port}}"
+[sources.cut]
+type = "spikeglx"
+path = "{}"
+pace = "max"
+[sources.rig]
+type = "simulated"
+duration_s = 4
+twophoton = false
+[sinks.store]
+type = "store"
+inputs = ["cut", "rig"]
+"#,
+        bin.display()
+    );
+    let mut d = Daemon::start(dir.path(), &config);
+    let errors = r#"neurod_component_errors_total{component_id="cut",error_type="truncated_file""#;
+    wait_for(Duration::from_secs(20), "the truncation error", || {
+        d.metric(errors).filter(|v| *v >= 1.0)
+    });
+    let rows = r#"neurod_component_sent_rows_total{component_id="rig""#;
+    let before = d.metric(rows).unwrap_or(0.0);
+    wait_for(Duration::from_secs(10), "the simulated rig to keep flowing", || {
+        d.metric(rows).filter(|v| *v > before + 1000.0)
+    });
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{}", d.log_text());
+    let log = d.log_text();
+    assert!(log.contains("cut_g0_t0.imec0.ap.bin"), "error must name the file:\n{log}");
+    // Everything whole that was on disk is stored, exactly.
+    let whole = dir.path().join("whole.bin");
+    std::fs::write(&whole, &bytes[..2000 * 770]).unwrap();
+    let out = run_python(
+        &py,
+        CHECK_EXACT,
+        &[
+            dir.path().join("data/store/cut").to_str().unwrap(),
+            whole.to_str().unwrap(),
+            "385",
+        ],
+    );
+    assert_eq!(out.trim(), "2000 30000.390639481");
+}
+
+#[test]
+fn follow_mode_picks_up_data_appended_while_it_runs() {
+    let (Some(data), Some(py)) = (shared_data(), python()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = "live_g0_t0.imec0";
+    let (bin, _) = write_spikeglx(dir.path(), name, 0, None);
+    let config = format!(
+        r#"
+[daemon]
+data_dir = "{{dir}}/data"
+listen = "127.0.0.1:{{port}}"
+[sources.live]
+type = "spikeglx"
+path = "{}"
+follow = true
+[sinks.store]
+type = "store"
+inputs = ["live"]
+flush_interval_s = 0.2
+"#,
+        bin.display()
+    );
+    let mut d = Daemon::start(dir.path(), &config);
+    // Append 6000 samples in pieces that split samples, as a writer flushing buffers does.
+    let all = sample_bytes(0, 6000);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&bin).unwrap();
+    for piece in all.chunks(770 * 333 + 17) {
+        f.write_all(piece).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let rows = r#"neurod_component_sent_rows_total{component_id="live""#;
+    wait_for(Duration::from_secs(20), "appended samples to arrive", || {
+        d.metric(rows).filter(|v| *v >= 6000.0)
+    });
+    // SpikeGLX finishes a file by rewriting its meta with fileSizeBytes: following ends.
+    let real = std::fs::read_to_string(
+        data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),
+    )
+    .unwrap();
+    write_meta(dir.path(), name, &real, Some(6000));
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{}", d.log_text());
+    let out = run_python(
+        &py,
+        CHECK_EXACT,
+        &[
+            dir.path().join("data/store/live").to_str().unwrap(),
+            bin.to_str().unwrap(),
+            "385",
+        ],
+    );
+    assert!(out.starts_with("6000 "), "{out}");
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of neurod. Installs what the tests need when it is missing: the Python peers
+# (pyarrow, SpikeInterface, scipy... from ../shared/tools/requirements.txt) in a virtualenv
+# kept outside the clone so that later runs reuse it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build outputs and the peers' virtualenv live outside the clone, so a fresh clone reuses them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/neurod/target}"
+peers="${NEUROD_PEERS:-$HOME/.cache/neurod/peers}"
+requirements=../shared/tools/requirements.txt
+
+if [ -f "$requirements" ]; then
+  stamp="$peers/.requirements"
+  if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
+    echo "== installing the Python peers into $peers"
+    python3 -m venv "$peers"
+    "$peers/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
+  fi
+  export NEUROD_PYTHON="$peers/bin/python"
+else
+  echo "== $requirements not found: tests that compare with Python peers will say they skip"
+fi
+
+echo "== cargo test (target dir $CARGO_TARGET_DIR)"
+cargo test --workspace --locked "$@"
