@@ -21,7 +21,6 @@ use crate::config::{Built, Component, Plan};
 pub struct Topology {
     shutdown: Shutdown,
     threads: Vec<(String, JoinHandle<bool>)>,
-    running: Arc<AtomicUsize>,
     /// Ticks whenever a component thread exits.
     exited: watch::Receiver<usize>,
 }
@@ -140,7 +139,6 @@ impl Topology {
         Ok(Topology {
             shutdown,
             threads,
-            running,
             exited,
         })
     }
@@ -148,10 +146,6 @@ impl Topology {
     /// Asks every source to stop; the rest drains behind them.
     pub fn stop(&self) {
         self.shutdown.trigger();
-    }
-
-    pub fn running(&self) -> usize {
-        self.running.load(Ordering::SeqCst)
     }
 
     /// Resolves when every component has finished.
