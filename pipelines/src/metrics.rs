@@ -353,7 +353,7 @@ impl ComponentMetrics {
             received_rows: self.received_rows.get(),
             sent_rows: self.sent_rows.get(),
             dropped_rows: self.dropped_rows.get(),
-            errors: self.errors_total(),
+            errors: s.errors,
             queue_fill_ratio: self.queue_fill.get(),
             lag_seconds: self.lag.get(),
             uptime_s: uptime,
