@@ -26,6 +26,9 @@ fn validate_lists_every_problem_of_a_broken_config() {
         [sources.cam]
         type = "webcam"
 
+        [sources.rig2]
+        type = "simulated"
+
         [transforms.ap]
         type = "select_channels"
         inputs = ["ap2"]
@@ -38,7 +41,7 @@ fn validate_lists_every_problem_of_a_broken_config() {
 
         [transforms.frames_only]
         type = "select_channels"
-        inputs = ["rig.ground_truth"]
+        inputs = ["rig2.ground_truth"]
         kinds = ["ap"]
 
         [sinks.store]
@@ -57,7 +60,7 @@ fn validate_lists_every_problem_of_a_broken_config() {
         "unknown type `webcam`",   // unknown component type
         "cycle",                   // ap -> ap2 -> ap
         "`nothing_here` names no component",
-        "accepts continuous streams, but input `rig.ground_truth` produces events",
+        "accepts continuous streams, but input `rig2.ground_truth` produces events",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
