@@ -248,8 +248,9 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
                     for x in a {
                         match x {
                             toml::Value::String(s) => v.push(InputRef::parse(&s)),
-                            other => errors
-                                .push(format!("{where_}: input {other} is not a string")),
+                            other => {
+                                errors.push(format!("{where_}: input {other} is not a string"))
+                            }
                         }
                     }
                     v
@@ -273,7 +274,9 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
                 data_dir: &daemon.data_dir,
             };
             let built = match kind {
-                Kind::Source => registry::build_source(&type_name, &ctx, options).map(Built::Source),
+                Kind::Source => {
+                    registry::build_source(&type_name, &ctx, options).map(Built::Source)
+                }
                 Kind::Transform => {
                     registry::build_transform(&type_name, &ctx, options).map(Built::Transform)
                 }
@@ -350,8 +353,7 @@ fn accepts_of(c: &Component) -> Vec<Layout> {
 /// and cycles. `all_ids` includes components that failed to build, so their consumers don't
 /// get a second, misleading "names nothing" error.
 fn check_graph(components: &[Component], all_ids: &HashSet<String>, errors: &mut Vec<String>) {
-    let by_id: HashMap<&str, &Component> =
-        components.iter().map(|c| (c.id.as_str(), c)).collect();
+    let by_id: HashMap<&str, &Component> = components.iter().map(|c| (c.id.as_str(), c)).collect();
     for c in components {
         let accepts = accepts_of(c);
         for input in &c.inputs {
@@ -395,12 +397,8 @@ fn check_graph(components: &[Component], all_ids: &HashSet<String>, errors: &mut
                 continue;
             };
             if !port.layouts.iter().any(|l| accepts.contains(l)) {
-                let fmt = |ls: &[Layout]| {
-                    ls.iter()
-                        .map(|l| l.as_str())
-                        .collect::<Vec<_>>()
-                        .join("/")
-                };
+                let fmt =
+                    |ls: &[Layout]| ls.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("/");
                 errors.push(format!(
                     "{} `{}` (type `{}`) accepts {} streams, but input `{input}` produces {}",
                     c.kind.as_str(),

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "neurod", version, about = "Live Neuropixels and two-photon acquisition into Arrow")]
+#[command(
+    name = "neurod",
+    version,
+    about = "Live Neuropixels and two-photon acquisition into Arrow"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -51,7 +51,11 @@ fn notify(state: &[NotifyState]) {
     let _ = sd_notify::notify(state);
 }
 
-async fn serve(config_path: PathBuf, overrides: Overrides, plan: config::Plan) -> anyhow::Result<bool> {
+async fn serve(
+    config_path: PathBuf,
+    overrides: Overrides,
+    plan: config::Plan,
+) -> anyhow::Result<bool> {
     let metrics = Metrics::new();
     let listen = plan.daemon.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)

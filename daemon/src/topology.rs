@@ -87,7 +87,9 @@ impl Topology {
                                     overflow: Overflow| {
                 let mut outputs = Outputs::default();
                 for p in ports {
-                    let s = senders.remove(&(id.clone(), p.name.clone())).unwrap_or_default();
+                    let s = senders
+                        .remove(&(id.clone(), p.name.clone()))
+                        .unwrap_or_default();
                     outputs.insert(&p.name, Output::new(s, overflow, metrics.clone()));
                 }
                 outputs

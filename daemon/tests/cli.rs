@@ -50,15 +50,20 @@ fn validate_lists_every_problem_of_a_broken_config() {
         "#,
     )
     .unwrap();
-    let out = neurod().arg("validate").arg("--config").arg(&cfg).output().unwrap();
+    let out = neurod()
+        .arg("validate")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "a broken config must exit 1");
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
-        "colour",                  // unknown key in [daemon]
-        "/nonexistent/run_g0_t0",  // missing file
-        "seeed",                   // unknown key in a component
-        "unknown type `webcam`",   // unknown component type
-        "cycle",                   // ap -> ap2 -> ap
+        "colour",                 // unknown key in [daemon]
+        "/nonexistent/run_g0_t0", // missing file
+        "seeed",                  // unknown key in a component
+        "unknown type `webcam`",  // unknown component type
+        "cycle",                  // ap -> ap2 -> ap
         "`nothing_here` names no component",
         "accepts continuous streams, but input `rig2.ground_truth` produces events",
     ] {
@@ -69,7 +74,12 @@ fn validate_lists_every_problem_of_a_broken_config() {
 #[test]
 fn validate_accepts_the_shipped_config() {
     let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
-    let out = neurod().arg("validate").arg("--config").arg(&cfg).output().unwrap();
+    let out = neurod()
+        .arg("validate")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -82,8 +92,16 @@ fn validate_accepts_the_shipped_config() {
 fn inspect_json_describes_a_real_neuropixels_meta() {
     let Some(data) = shared_data() else { return };
     let meta = data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta");
-    let out = neurod().args(["inspect", "--json"]).arg(&meta).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = neurod()
+        .args(["inspect", "--json"])
+        .arg(&meta)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // Exact rate from the meta, not rounded to 30 kHz.
     assert_eq!(v["sampling_hz"].as_f64(), Some(30000.390639481));
@@ -105,8 +123,16 @@ fn inspect_says_growing_for_a_meta_written_while_acquiring() {
     let meta = data.join(
         "spikeglx-meta/ibl-neuropixel/sampleNP2.4_4shanks_while_acquiring_incomplete.ap.meta",
     );
-    let out = neurod().args(["inspect", "--json"]).arg(&meta).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = neurod()
+        .args(["inspect", "--json"])
+        .arg(&meta)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["duration_s"].is_null());
     let text = neurod().arg("inspect").arg(&meta).output().unwrap();
@@ -117,8 +143,16 @@ fn inspect_says_growing_for_a_meta_written_while_acquiring() {
 fn inspect_describes_an_open_ephys_recording() {
     let Some(data) = shared_data() else { return };
     let rec = data.join("openephys-16ch-40khz/experiment1/recording1");
-    let out = neurod().args(["inspect", "--json"]).arg(&rec).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = neurod()
+        .args(["inspect", "--json"])
+        .arg(&rec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["sampling_hz"].as_f64(), Some(40000.0));
     assert_eq!(v["saved_channels"].as_u64(), Some(16));
@@ -135,5 +169,8 @@ fn inspect_of_a_corrupt_meta_names_the_file_and_problem() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad_g0_t0.imec0.ap.meta"), "{err}");
-    assert!(err.contains("nSavedChans") || err.contains("imSampRate"), "{err}");
+    assert!(
+        err.contains("nSavedChans") || err.contains("imSampRate"),
+        "{err}"
+    );
 }

@@ -65,7 +65,10 @@ fn kill_9_then_restart_loses_nothing_that_was_flushed() {
     std::thread::sleep(Duration::from_millis(2500));
     let out = run_python(&py, READABLE_ROWS, &[stream.to_str().unwrap()]);
     let flushed: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(flushed >= 30_000, "expected over a second of data flushed, got {flushed}");
+    assert!(
+        flushed >= 30_000,
+        "expected over a second of data flushed, got {flushed}"
+    );
     d.signal("KILL");
     drop(d);
 
@@ -76,12 +79,19 @@ fn kill_9_then_restart_loses_nothing_that_was_flushed() {
             .replace("[sources.rig]", "[sources.rig2]")
             .replace("inputs = [\"rig\"]", "inputs = [\"rig2\"]"),
     );
-    assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.log_text());
+    assert!(
+        d.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        d.log_text()
+    );
     let out = run_python(&py, READABLE_ROWS, &[stream.to_str().unwrap()]);
     let mut it = out.split_whitespace();
     let rows: u64 = it.next().unwrap().parse().unwrap();
     let segments: u64 = it.next().unwrap().parse().unwrap();
-    assert!(rows >= flushed, "flushed {flushed} rows before kill -9, only {rows} after restart");
+    assert!(
+        rows >= flushed,
+        "flushed {flushed} rows before kill -9, only {rows} after restart"
+    );
     assert_eq!(segments, 0, "recovery turns every segment into Parquet");
     // Every Parquet file in the store is readable as one dataset.
     run_python(
@@ -121,7 +131,8 @@ fn malformed_ipc_stream_is_refused_while_other_streams_flow() {
     let mut bad = wait_for(Duration::from_secs(10), "the IPC listener", || {
         TcpStream::connect(("127.0.0.1", ipc_port)).ok()
     });
-    bad.write_all(b"this is not an arrow stream, it is a malformed message\n").unwrap();
+    bad.write_all(b"this is not an arrow stream, it is a malformed message\n")
+        .unwrap();
     drop(bad);
     // A good client, 20 batches of 50 samples.
     let good = TcpStream::connect(("127.0.0.1", ipc_port)).unwrap();
@@ -131,15 +142,18 @@ fn malformed_ipc_stream_is_refused_while_other_streams_flow() {
         let idx: ArrayRef = Arc::new(Int64Array::from_iter_values(b * 50..(b + 1) * 50));
         let c0: ArrayRef = Arc::new(Int16Array::from_iter_values((0..50).map(|i| i as i16)));
         let c1: ArrayRef = Arc::new(Int16Array::from_iter_values((0..50).map(|i| -(i as i16))));
-        w.write(&RecordBatch::try_new(schema.clone(), vec![idx, c0, c1]).unwrap()).unwrap();
+        w.write(&RecordBatch::try_new(schema.clone(), vec![idx, c0, c1]).unwrap())
+            .unwrap();
     }
     w.finish().unwrap();
     drop(w);
 
     let errors = r#"neurod_component_errors_total{component_id="push",error_type="malformed_ipc""#;
-    wait_for(Duration::from_secs(10), "the malformed stream to be counted", || {
-        d.metric(errors).filter(|v| *v >= 1.0)
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the malformed stream to be counted",
+        || d.metric(errors).filter(|v| *v >= 1.0),
+    );
     let push_rows = r#"neurod_component_sent_rows_total{component_id="push""#;
     wait_for(Duration::from_secs(10), "the good client's rows", || {
         d.metric(push_rows).filter(|v| *v >= 1000.0)
@@ -149,9 +163,17 @@ fn malformed_ipc_stream_is_refused_while_other_streams_flow() {
     wait_for(Duration::from_secs(10), "the rig to keep flowing", || {
         d.metric(rig_rows).filter(|v| *v > before)
     });
-    assert!(d.log_text().contains("127.0.0.1"), "the error names the peer:\n{}", d.log_text());
+    assert!(
+        d.log_text().contains("127.0.0.1"),
+        "the error names the peer:\n{}",
+        d.log_text()
+    );
     d.signal("TERM");
-    assert!(d.wait_exit(Duration::from_secs(30)).success(), "{}", d.log_text());
+    assert!(
+        d.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        d.log_text()
+    );
     let out = run_python(
         &py,
         "import sys, pyarrow.dataset as ds; t = ds.dataset(sys.argv[1]).to_table(); print(t.num_rows, sum(t.column('c1').to_pylist()))",
@@ -164,7 +186,13 @@ fn malformed_ipc_stream_is_refused_while_other_streams_flow() {
 fn sigterm_drains_and_flushes_and_metrics_report_compression() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start(dir.path(), &rig_config("").replace("flush_interval_s = 0.2", "flush_interval_s = 0.2\nrotate_s = 1"));
+    let mut d = Daemon::start(
+        dir.path(),
+        &rig_config("").replace(
+            "flush_interval_s = 0.2",
+            "flush_interval_s = 0.2\nrotate_s = 1",
+        ),
+    );
     let ratio = r#"neurod_store_compression_ratio{component_id="store",stream_id="rig.imec0.ap"}"#;
     let r = wait_for(Duration::from_secs(30), "a compression ratio", || {
         d.metric(ratio).filter(|v| *v > 0.0)
@@ -184,17 +212,31 @@ fn sigterm_drains_and_flushes_and_metrics_report_compression() {
     }
     let status: serde_json::Value = serde_json::from_str(&d.get("/status")).unwrap();
     let comps = status["components"].as_array().unwrap();
-    assert!(comps.iter().any(|c| c["id"] == "rig" && c["state"] == "running"), "{status}");
+    assert!(
+        comps
+            .iter()
+            .any(|c| c["id"] == "rig" && c["state"] == "running"),
+        "{status}"
+    );
     assert!(status["backend"].is_string());
 
-    let sent = d.metric(r#"neurod_component_sent_rows_total{component_id="rig""#).unwrap();
+    let sent = d
+        .metric(r#"neurod_component_sent_rows_total{component_id="rig""#)
+        .unwrap();
     d.signal("TERM");
-    assert!(d.wait_exit(Duration::from_secs(30)).success(), "{}", d.log_text());
-    // Everything the source sent before the signal is in Parquet now, nothing left in segments.
+    assert!(
+        d.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        d.log_text()
+    );
+    // Everything the source sent before the signal (AP and behaviour rows) is in Parquet now,
+    // nothing left in segments.
     let out = run_python(
         &py,
-        "import sys, glob, pyarrow.dataset as ds; print(ds.dataset(sys.argv[1]).to_table().num_rows, len(glob.glob(sys.argv[1] + '/_segment*')))",
-        &[dir.path().join("data/store/rig.imec0.ap").to_str().unwrap()],
+        "import sys, glob, pyarrow.dataset as ds\n\
+         dirs = glob.glob(sys.argv[1] + '/*')\n\
+         print(sum(ds.dataset(d).to_table().num_rows for d in dirs), len(glob.glob(sys.argv[1] + '/*/_segment*')))",
+        &[dir.path().join("data/store").to_str().unwrap()],
     );
     let mut it = out.split_whitespace();
     let rows: f64 = it.next().unwrap().parse().unwrap();
@@ -214,9 +256,18 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one() {
     wait_for(Duration::from_secs(10), "the refusal in the log", || {
         d.log_text().contains("reload refused").then_some(())
     });
-    assert!(d.get("/status").contains("\"rig\""), "the old topology keeps running");
+    assert!(
+        d.get("/status").contains("\"rig\""),
+        "the old topology keeps running"
+    );
 
-    std::fs::write(&cfg, original.replace("sources.rig]", "sources.rig_b]").replace("[\"rig\"]", "[\"rig_b\"]")).unwrap();
+    std::fs::write(
+        &cfg,
+        original
+            .replace("sources.rig]", "sources.rig_b]")
+            .replace("[\"rig\"]", "[\"rig_b\"]"),
+    )
+    .unwrap();
     d.signal("HUP");
     wait_for(Duration::from_secs(20), "the reloaded topology", || {
         d.get("/status").contains("\"rig_b\"").then_some(())

@@ -48,7 +48,8 @@ pace = "max"
 type = "store"
 inputs = ["oe16", "probeb"]
 "#,
-        data.join("openephys-16ch-40khz/experiment1/recording1").display(),
+        data.join("openephys-16ch-40khz/experiment1/recording1")
+            .display(),
         data.join("openephys-np2-snippets/Record Node 101/experiment1/recording1")
             .display()
     )
@@ -62,7 +63,11 @@ fn open_ephys_recordings_round_trip_bit_exact_through_the_store_and_pyarrow() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(dir.path(), &oe_config(&data));
     let status = d.wait_exit(Duration::from_secs(60));
-    assert!(status.success(), "finite replays must end with exit 0:\n{}", d.log_text());
+    assert!(
+        status.success(),
+        "finite replays must end with exit 0:\n{}",
+        d.log_text()
+    );
 
     let store = dir.path().join("data/store");
     let out = run_python(
@@ -93,7 +98,12 @@ fn open_ephys_recordings_round_trip_bit_exact_through_the_store_and_pyarrow() {
 
 /// Writes a SpikeGLX pair from a real NP1.0 meta with `samples` samples of 385 channels
 /// (value = f(sample, channel)), the meta claiming `claimed_samples` (None: still acquiring).
-fn write_spikeglx(dir: &Path, name: &str, samples: usize, claimed: Option<usize>) -> (std::path::PathBuf, Vec<u8>) {
+fn write_spikeglx(
+    dir: &Path,
+    name: &str,
+    samples: usize,
+    claimed: Option<usize>,
+) -> (std::path::PathBuf, Vec<u8>) {
     let data = shared_data().unwrap();
     let meta = std::fs::read_to_string(
         data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),
@@ -124,7 +134,11 @@ fn write_meta(dir: &Path, name: &str, real_meta: &str, claimed: Option<usize>) {
         .map(|l| format!("{l}\n"))
         .collect();
     if let Some(n) = claimed {
-        text.push_str(&format!("fileSizeBytes={}\nfileTimeSecs={}\n", n * 770, n as f64 / 30000.0));
+        text.push_str(&format!(
+            "fileSizeBytes={}\nfileTimeSecs={}\n",
+            n * 770,
+            n as f64 / 30000.0
+        ));
     }
     std::fs::write(dir.join(format!("{name}.ap.meta")), text).unwrap();
 }
@@ -165,13 +179,18 @@ inputs = ["cut", "rig"]
     });
     let rows = r#"neurod_component_sent_rows_total{component_id="rig""#;
     let before = d.metric(rows).unwrap_or(0.0);
-    wait_for(Duration::from_secs(10), "the simulated rig to keep flowing", || {
-        d.metric(rows).filter(|v| *v > before + 1000.0)
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the simulated rig to keep flowing",
+        || d.metric(rows).filter(|v| *v > before + 1000.0),
+    );
     let status = d.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{}", d.log_text());
     let log = d.log_text();
-    assert!(log.contains("cut_g0_t0.imec0.ap.bin"), "error must name the file:\n{log}");
+    assert!(
+        log.contains("cut_g0_t0.imec0.ap.bin"),
+        "error must name the file:\n{log}"
+    );
     // Everything whole that was on disk is stored, exactly.
     let whole = dir.path().join("whole.bin");
     std::fs::write(&whole, &bytes[..2000 * 770]).unwrap();
@@ -221,9 +240,11 @@ flush_interval_s = 0.2
         std::thread::sleep(Duration::from_millis(40));
     }
     let rows = r#"neurod_component_sent_rows_total{component_id="live""#;
-    wait_for(Duration::from_secs(20), "appended samples to arrive", || {
-        d.metric(rows).filter(|v| *v >= 6000.0)
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "appended samples to arrive",
+        || d.metric(rows).filter(|v| *v >= 6000.0),
+    );
     // SpikeGLX finishes a file by rewriting its meta with fileSizeBytes: following ends.
     let real = std::fs::read_to_string(
         data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),

@@ -3,10 +3,12 @@
 pub mod component;
 pub mod edge;
 pub mod formats;
+pub mod inspect;
 pub mod metrics;
 pub mod pace;
 pub mod registry;
 pub mod sinks;
 pub mod sources;
+pub mod storage;
 pub mod stream;
 pub mod transforms;

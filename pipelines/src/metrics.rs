@@ -154,13 +154,13 @@ impl Metrics {
             store_input_bytes: counter(
                 &reg,
                 "neurod_store_input_bytes_total",
-                "Raw bytes of the data stored (Int16 samples at 2 bytes, as acquired).",
+                "Arrow bytes of the data stored (the values of every column: Int16 samples at 2 bytes, sample_index at 8).",
                 store_l,
             ),
             store_compression_ratio: gauge(
                 &reg,
                 "neurod_store_compression_ratio",
-                "Raw bytes over Parquet bytes for the files the store has finished.",
+                "Arrow bytes over Parquet bytes, over the files the store has finished.",
                 store_l,
             ),
             store_files: counter(&reg, "neurod_store_files_total", "Parquet files finished.", store_l),
@@ -221,11 +221,13 @@ impl Metrics {
         comps.values().map(ComponentMetrics::status).collect()
     }
 
-    /// Prometheus text exposition of everything registered.
+    /// Prometheus text exposition of everything registered, [`shared_registry`] included.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let enc = TextEncoder::new();
-        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+        let mut families = self.registry.gather();
+        families.extend(shared_registry().gather());
+        if enc.encode(&families, &mut buf).is_err() {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
@@ -241,6 +243,13 @@ impl Metrics {
             files: self.store_files.with_label_values(&v),
         }
     }
+}
+
+/// Process-wide series of components built without a [`ComponentMetrics`] (transforms get none):
+/// they register here once, with a `component_id` label, and every [`Metrics::render`] shows them.
+pub fn shared_registry() -> &'static Registry {
+    static SHARED: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    SHARED.get_or_init(Registry::new)
 }
 
 struct StatusCell {

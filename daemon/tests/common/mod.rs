@@ -139,7 +139,10 @@ impl Daemon {
             }
             if t.elapsed() > timeout {
                 let _ = self.child.kill();
-                panic!("daemon did not exit in {timeout:?}; log:\n{}", self.log_text());
+                panic!(
+                    "daemon did not exit in {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -15,9 +15,7 @@ use crate::component::{
 use crate::edge::Overflow;
 use crate::formats::openephys::OpenEphysRecording;
 use crate::pace::Pace;
-use crate::sources::raw_file::{
-    self, default_batch_ms, default_poll_ms, Finished, FollowConfig, Mode, RawFile, ReadOptions,
-};
+use crate::sources::raw_file::{self, default_batch_ms, default_poll_ms, Finished, ReadOptions};
 use crate::stream::{ContinuousInfo, Layout};
 
 const TYPE: &str = "openephys";
@@ -132,27 +130,17 @@ impl Source for OpenEphysSource {
     }
 
     fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError> {
-        let file = RawFile {
-            path: self.dat_path,
-            batch_samples: self.options.batch_samples(self.info.sampling_hz),
-            info: self.info,
-        };
-        let mode = if self.options.follow {
-            Mode::Follow(FollowConfig {
-                poll: self.options.poll(),
-                idle_timeout: self.options.idle_timeout(),
-                watcher: Box::new(OebinWatcher {
-                    oebin_path: self.oebin_path,
-                    folder_name: self.folder_name,
-                }),
-            })
-        } else {
-            Mode::Replay {
-                pace: self.options.pace,
-                expected_bytes: self.expected_bytes,
-            }
-        };
-        raw_file::run(file, mode, ctx)
+        raw_file::run_source(
+            self.dat_path,
+            self.info,
+            &self.options,
+            self.expected_bytes,
+            Box::new(OebinWatcher {
+                oebin_path: self.oebin_path,
+                folder_name: self.folder_name,
+            }),
+            ctx,
+        )
     }
 }
 

@@ -162,6 +162,36 @@ pub struct FollowConfig {
     pub watcher: Box<dyn FinishWatcher>,
 }
 
+/// Replays `path`, or follows it when `options.follow` is set; `watcher` tells a follower when
+/// the acquisition has finished the file. Both file sources run through here.
+pub fn run_source(
+    path: PathBuf,
+    info: ContinuousInfo,
+    options: &ReadOptions,
+    expected_bytes: Option<u64>,
+    watcher: Box<dyn FinishWatcher>,
+    ctx: SourceContext,
+) -> Result<(), ComponentError> {
+    let file = RawFile {
+        path,
+        batch_samples: options.batch_samples(info.sampling_hz),
+        info,
+    };
+    let mode = if options.follow {
+        Mode::Follow(FollowConfig {
+            poll: options.poll(),
+            idle_timeout: options.idle_timeout(),
+            watcher,
+        })
+    } else {
+        Mode::Replay {
+            pace: options.pace,
+            expected_bytes,
+        }
+    };
+    run(file, mode, ctx)
+}
+
 /// The file and what its samples are.
 pub struct RawFile {
     pub path: PathBuf,

@@ -15,9 +15,7 @@ use crate::component::{
 use crate::edge::Overflow;
 use crate::formats::spikeglx::{pair_paths, SpikeGlxMeta};
 use crate::pace::Pace;
-use crate::sources::raw_file::{
-    self, default_batch_ms, default_poll_ms, Finished, FollowConfig, Mode, RawFile, ReadOptions,
-};
+use crate::sources::raw_file::{self, default_batch_ms, default_poll_ms, Finished, ReadOptions};
 use crate::stream::{ContinuousInfo, Layout};
 
 const TYPE: &str = "spikeglx";
@@ -167,26 +165,16 @@ impl Source for SpikeGlxSource {
     }
 
     fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError> {
-        let file = RawFile {
-            path: self.bin_path,
-            batch_samples: self.options.batch_samples(self.info.sampling_hz),
-            info: self.info,
-        };
-        let mode = if self.options.follow {
-            Mode::Follow(FollowConfig {
-                poll: self.options.poll(),
-                idle_timeout: self.options.idle_timeout(),
-                watcher: Box::new(MetaWatcher {
-                    meta_path: self.meta_path,
-                }),
-            })
-        } else {
-            Mode::Replay {
-                pace: self.options.pace,
-                expected_bytes: self.expected_bytes,
-            }
-        };
-        raw_file::run(file, mode, ctx)
+        raw_file::run_source(
+            self.bin_path,
+            self.info,
+            &self.options,
+            self.expected_bytes,
+            Box::new(MetaWatcher {
+                meta_path: self.meta_path,
+            }),
+            ctx,
+        )
     }
 }
 

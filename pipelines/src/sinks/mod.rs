@@ -1,0 +1,3 @@
+//! Sinks: where streams leave the daemon.
+
+pub mod store;

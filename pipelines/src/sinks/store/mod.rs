@@ -1,0 +1,268 @@
+//! The `store` sink: every stream it receives, durably on disk, as Parquet that pyarrow and
+//! DataFusion read directly.
+//!
+//! ```toml
+//! [sinks.disk]
+//! type = "store"
+//! inputs = ["probe0"]
+//! flush_interval_s = 1.0        # fsync the live segment this often (the most a crash loses)
+//! rotate_s = 300                # seconds of wall time per file
+//! rotate_bytes = 1073741824     # or this many segment bytes, whichever comes first
+//! zstd_level = 3
+//! path = "/data/neurod/disk"    # default: <data_dir>/<component id>
+//! ```
+//!
+//! Layout under `path`, one directory per stream (the batch's `neurod.stream_id` with every
+//! character outside `[A-Za-z0-9._-]` replaced by `_`, and leading `.`/`_` by `-`):
+//!
+//! ```text
+//! <path>/<stream>/part-000000.parquet      finished files, zstd, Arrow schema and all `neurod.*`
+//! <path>/<stream>/part-000001.parquet      metadata kept; `pyarrow.dataset.dataset(<path>/<stream>)`
+//! <path>/<stream>/_segment-000002.arrows   the live Arrow IPC stream, fsynced every flush interval
+//! <path>/<stream>/.part-000001.parquet.tmp a conversion in progress, renamed when complete
+//! ```
+//!
+//! Batches are appended to the live segment as they arrive and the segment is fsynced every
+//! `flush_interval_s`, so after `kill -9` or a power cut everything accepted up to the last flush
+//! is on disk. A segment is closed when it is `rotate_s` old, reaches `rotate_bytes`, when the
+//! stream's schema changes, and at the end of input; a background thread then converts it to the
+//! Parquet file of the same number (temporary file, fsync, atomic rename, directory fsync) and
+//! deletes it. At start the sink first recovers what a crash left (see [`recover`]): temporary
+//! files are deleted and every segment is converted, keeping each complete batch before a cut.
+//!
+//! A disk error on one stream is counted and logged with the file; that stream keeps the batches
+//! it could not write (up to [`stream_writer::MAX_PENDING_BYTES`]) and retries with its next
+//! batch, while the other streams go on.
+
+mod stream_writer;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use serde::Deserialize;
+
+use crate::component::{parse_options, BuildContext, ComponentError, Sink, SinkContext};
+use crate::edge::Recv;
+use crate::metrics::{batch_bytes, ComponentMetrics};
+use crate::storage::layout::stream_dir_name;
+pub use crate::storage::{
+    convert_segment, convert_segment_with, recover, recover_with, writer_properties, ConvertStats,
+    Int16Encoding, ParquetOptions, RecoveryReport, StoreError,
+};
+use crate::stream::stream_id_of;
+use stream_writer::{Shared, StreamWriter};
+use worker::{Converter, FinishedTotals};
+
+pub const TYPE_NAME: &str = "store";
+/// Where batches whose schema carries no `neurod.stream_id` are stored.
+pub const UNNAMED_STREAM: &str = "unnamed";
+
+fn default_flush_interval_s() -> f64 {
+    1.0
+}
+fn default_rotate_s() -> f64 {
+    300.0
+}
+fn default_rotate_bytes() -> u64 {
+    1 << 30
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreOptions {
+    #[serde(default = "default_flush_interval_s")]
+    flush_interval_s: f64,
+    #[serde(default = "default_rotate_s")]
+    rotate_s: f64,
+    #[serde(default = "default_rotate_bytes")]
+    rotate_bytes: u64,
+    #[serde(default = "default_zstd_level")]
+    zstd_level: i32,
+    #[serde(default)]
+    path: Option<PathBuf>,
+}
+
+pub struct StoreSink {
+    dir: PathBuf,
+    flush_interval: Duration,
+    rotate_after: Duration,
+    rotate_bytes: u64,
+    parquet: ParquetOptions,
+}
+
+fn seconds(id: &str, key: &str, value: f64, errors: &mut Vec<String>) -> Duration {
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if value > 0.0 => d,
+        _ => {
+            errors.push(format!(
+                "component `{id}` (type `{TYPE_NAME}`): `{key}` must be a positive number of seconds, got {value}"
+            ));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Sink>, Vec<String>> {
+    let o: StoreOptions = parse_options(ctx.id, TYPE_NAME, options)?;
+    let mut errors = Vec::new();
+    let flush_interval = seconds(ctx.id, "flush_interval_s", o.flush_interval_s, &mut errors);
+    let rotate_after = seconds(ctx.id, "rotate_s", o.rotate_s, &mut errors);
+    if o.rotate_bytes == 0 {
+        errors.push(format!(
+            "component `{}` (type `{TYPE_NAME}`): `rotate_bytes` must be positive",
+            ctx.id
+        ));
+    }
+    if !(1..=22).contains(&o.zstd_level) {
+        errors.push(format!(
+            "component `{}` (type `{TYPE_NAME}`): `zstd_level` must be within 1..=22, got {}",
+            ctx.id, o.zstd_level
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Box::new(StoreSink {
+        dir: o.path.unwrap_or_else(|| ctx.data_dir.join(ctx.id)),
+        flush_interval,
+        rotate_after,
+        rotate_bytes: o.rotate_bytes,
+        parquet: ParquetOptions {
+            zstd_level: o.zstd_level,
+            ..ParquetOptions::default()
+        },
+    }))
+}
+
+impl StoreSink {
+    /// Converts what a previous run left behind, counting the files it finishes.
+    fn recover_at_start(&self, metrics: &ComponentMetrics, totals: &mut FinishedTotals) {
+        let report = match recover_with(&self.dir, &self.parquet) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics.error(e.error_type(), "recovering", e.to_string());
+                tracing::error!(component = metrics.id(), "{e}");
+                return;
+            }
+        };
+        for (segment, _part, stats) in &report.converted {
+            let stream_id = stats.stream_id.clone().unwrap_or_else(|| {
+                segment
+                    .parent()
+                    .and_then(|d| d.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            totals.record(&stream_id, &metrics.store(&stream_id), stats);
+        }
+        for e in &report.failed {
+            metrics.error(e.error_type(), "recovering", e.to_string());
+        }
+    }
+}
+
+/// The streams of one run, by directory name (two ids that sanitise alike share a directory; a
+/// schema change between them closes the segment, so nothing mixes within a file).
+struct Streams {
+    dir: PathBuf,
+    by_dir: HashMap<String, StreamWriter>,
+    /// Ids already warned about sharing a directory with another.
+    warned: HashSet<String>,
+}
+
+impl Streams {
+    fn get(&mut self, batch: &RecordBatch, metrics: &ComponentMetrics) -> &mut StreamWriter {
+        let id = stream_id_of(batch.schema_ref()).unwrap_or(UNNAMED_STREAM);
+        let name = stream_dir_name(id);
+        let dir = &self.dir;
+        let w = self.by_dir.entry(name).or_insert_with_key(|name| {
+            if stream_id_of(batch.schema_ref()).is_none() {
+                tracing::warn!(
+                    component = metrics.id(),
+                    "batches without `neurod.stream_id` are stored under `{UNNAMED_STREAM}/`"
+                );
+            }
+            StreamWriter::new(id.to_string(), dir.join(name), metrics.store(id))
+        });
+        if w.stream_id() != id && self.warned.insert(id.to_string()) {
+            tracing::warn!(
+                component = metrics.id(),
+                "streams `{}` and `{id}` share the directory `{}`",
+                w.stream_id(),
+                stream_dir_name(id)
+            );
+        }
+        w
+    }
+}
+
+impl Sink for StoreSink {
+    fn run(self: Box<Self>, ctx: SinkContext) -> Result<(), ComponentError> {
+        let mut totals = FinishedTotals::default();
+        self.recover_at_start(&ctx.metrics, &mut totals);
+        let converter = Converter::spawn(self.parquet.clone(), ctx.metrics.clone(), totals)?;
+        let shared = Shared {
+            rotate_after: self.rotate_after,
+            rotate_bytes: self.rotate_bytes,
+            parquet: &self.parquet,
+            metrics: &ctx.metrics,
+            converter: &converter,
+        };
+        let mut streams = Streams {
+            dir: self.dir.clone(),
+            by_dir: HashMap::new(),
+            warned: HashSet::new(),
+        };
+        let mut next_flush = Instant::now() + self.flush_interval;
+        loop {
+            match ctx
+                .inbox
+                .recv_timeout(next_flush.saturating_duration_since(Instant::now()))
+            {
+                Recv::Data(batch) => {
+                    let started = Instant::now();
+                    ctx.metrics.received(&batch);
+                    let stream = streams.get(&batch, &ctx.metrics);
+                    stream.metrics().input_bytes.inc_by(batch_bytes(&batch));
+                    stream.accept(batch, &shared);
+                    ctx.metrics
+                        .observe_processing(started.elapsed().as_secs_f64());
+                }
+                Recv::Timeout => {}
+                Recv::Closed => break,
+            }
+            // Checked after every batch too, so a busy inbox cannot postpone the flush.
+            if Instant::now() >= next_flush {
+                for stream in streams.by_dir.values_mut() {
+                    stream.tick(&shared);
+                }
+                next_flush = Instant::now() + self.flush_interval;
+            }
+        }
+        let unwritten: usize = streams.by_dir.values_mut().map(|s| s.close(&shared)).sum();
+        let unconverted = converter.finish()?;
+        if unwritten == 0 && unconverted.is_empty() {
+            return Ok(());
+        }
+        Err(ComponentError::Other(format!(
+            "{}: {unwritten} batches could not be written; {} segments could not be converted \
+             and stay for recovery at the next start: {}",
+            self.dir.display(),
+            unconverted.len(),
+            unconverted
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+//! One stream's side of the sink: its live segment, rotation, and what it does when the disk
+//! fails (keep the batches it could not write, bounded, and retry with the next batch).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use super::worker::{Converter, Job};
+use crate::metrics::{batch_bytes, ComponentMetrics, StoreMetrics};
+use crate::storage::layout::{create_dir_durably, next_seq, segment_path, sync_dir};
+use crate::storage::{writer_properties, ParquetOptions, SegmentWriter, StoreError};
+
+/// Batches a failing stream keeps in memory for the retry, per stream. Beyond it the oldest are
+/// dropped (and counted): a disk that stays broken must not take the daemon's memory with it.
+pub const MAX_PENDING_BYTES: u64 = 64 << 20;
+
+/// What every stream shares: the sink's settings, its metrics and the converter.
+pub struct Shared<'a> {
+    pub rotate_after: Duration,
+    pub rotate_bytes: u64,
+    pub parquet: &'a ParquetOptions,
+    pub metrics: &'a ComponentMetrics,
+    pub converter: &'a Converter,
+}
+
+pub struct StreamWriter {
+    stream_id: String,
+    dir: PathBuf,
+    metrics: StoreMetrics,
+    /// `None` until the directory has been created and scanned.
+    next_seq: Option<u64>,
+    segment: Option<SegmentWriter>,
+    /// Accepted batches not yet in a segment (only after a write failed), oldest first.
+    pending: VecDeque<RecordBatch>,
+    pending_bytes: u64,
+    /// Failures since the last success; only the first is logged as an error.
+    failures: u64,
+}
+
+fn same_schema(a: &SchemaRef, b: &SchemaRef) -> bool {
+    std::sync::Arc::ptr_eq(a, b) || a == b
+}
+
+/// A failure that retrying cannot fix: the batch itself cannot be encoded or stored.
+fn is_permanent(e: &StoreError) -> bool {
+    matches!(e, StoreError::Arrow { .. } | StoreError::Parquet { .. })
+}
+
+impl StreamWriter {
+    pub fn new(stream_id: String, dir: PathBuf, metrics: StoreMetrics) -> Self {
+        StreamWriter {
+            stream_id,
+            dir,
+            metrics,
+            next_seq: None,
+            segment: None,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            failures: 0,
+        }
+    }
+
+    pub fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// Appends a batch to the live segment (after any earlier batches a failure held back).
+    pub fn accept(&mut self, batch: RecordBatch, sh: &Shared) {
+        self.pending_bytes += batch_bytes(&batch);
+        self.pending.push_back(batch);
+        self.write_pending(sh);
+        while self.pending_bytes > MAX_PENDING_BYTES {
+            let Some(old) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes = self.pending_bytes.saturating_sub(batch_bytes(&old));
+            sh.metrics.add_dropped_rows(old.num_rows());
+            let msg = format!(
+                "{}: dropped {} rows: more than {MAX_PENDING_BYTES} bytes wait for a failing disk",
+                self.dir.display(),
+                old.num_rows()
+            );
+            sh.metrics.error("io", "writing", msg.clone());
+            tracing::error!(component = sh.metrics.id(), stream = %self.stream_id, "{msg}");
+        }
+    }
+
+    /// Called every flush interval: makes the segment durable, rotates it when old enough, and
+    /// retries batches held back by a failure.
+    pub fn tick(&mut self, sh: &Shared) {
+        if let Some(seg) = &mut self.segment {
+            let synced = seg.sync();
+            let old = seg.opened().elapsed() >= sh.rotate_after;
+            if let Err(e) = synced {
+                self.failed(&e, sh);
+                self.rotate(sh);
+            } else if old {
+                self.rotate(sh);
+            }
+        }
+        if !self.pending.is_empty() {
+            self.write_pending(sh);
+        }
+    }
+
+    /// End of input: a last try for held-back batches, then the segment is closed and queued
+    /// for conversion. Returns the batches that could not be written.
+    pub fn close(&mut self, sh: &Shared) -> usize {
+        self.write_pending(sh);
+        self.rotate(sh);
+        self.pending.len()
+    }
+
+    fn write_pending(&mut self, sh: &Shared) {
+        while let Some(schema) = self.pending.front().map(RecordBatch::schema) {
+            if self
+                .segment
+                .as_ref()
+                .is_some_and(|s| !same_schema(s.schema(), &schema))
+            {
+                self.rotate(sh);
+            }
+            if self.segment.is_none() {
+                match self.open_segment(schema, sh) {
+                    Ok(seg) => self.segment = Some(seg),
+                    Err(e) if is_permanent(&e) => {
+                        self.drop_front(&e, sh);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.failed(&e, sh);
+                        return;
+                    }
+                }
+            }
+            let (Some(seg), Some(batch)) = (self.segment.as_mut(), self.pending.front()) else {
+                return;
+            };
+            let written = seg.write(batch);
+            let full = seg.len() >= sh.rotate_bytes;
+            let old = seg.opened().elapsed() >= sh.rotate_after;
+            match written {
+                Ok(n) => {
+                    self.metrics.written_bytes.inc_by(n);
+                    if let Some(done) = self.pending.pop_front() {
+                        self.pending_bytes = self.pending_bytes.saturating_sub(batch_bytes(&done));
+                    }
+                    self.succeeded(sh);
+                    if full || old {
+                        self.rotate(sh);
+                    }
+                }
+                Err(e) if is_permanent(&e) => self.drop_front(&e, sh),
+                Err(e) => {
+                    // The file was cut back to its last complete batch; close it (its batches
+                    // get converted) and start a new segment with the next try.
+                    self.failed(&e, sh);
+                    self.rotate(sh);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn open_segment(
+        &mut self,
+        schema: SchemaRef,
+        sh: &Shared,
+    ) -> Result<SegmentWriter, StoreError> {
+        let seq = match self.next_seq {
+            Some(seq) => seq,
+            None => {
+                create_dir_durably(&self.dir)
+                    .map_err(|e| StoreError::io(&self.dir, "creating stream directory", e))?;
+                next_seq(&self.dir)
+                    .map_err(|e| StoreError::io(&self.dir, "listing stream directory", e))?
+            }
+        };
+        // Refuse here, not at conversion, a schema Parquet cannot store.
+        let path = segment_path(&self.dir, seq);
+        writer_properties(&schema, sh.parquet)
+            .map_err(|e| StoreError::parquet(&path, "checking the schema", e))?;
+        // A failed create may leave a file behind: never reuse its number.
+        self.next_seq = Some(seq + 1);
+        let seg = SegmentWriter::create(&path, schema)?;
+        sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, "syncing directory", e))?;
+        self.metrics.written_bytes.inc_by(seg.len());
+        Ok(seg)
+    }
+
+    /// Closes the live segment and queues it for conversion.
+    fn rotate(&mut self, sh: &Shared) {
+        let Some(seg) = self.segment.take() else {
+            return;
+        };
+        let path = seg.path().to_path_buf();
+        match seg.finish() {
+            Ok(n) => self.metrics.written_bytes.inc_by(n),
+            // Its complete batches are still there: convert them anyway.
+            Err(e) => self.failed(&e, sh),
+        }
+        let job = Job {
+            segment: path,
+            stream_id: self.stream_id.clone(),
+            metrics: self.metrics.clone(),
+        };
+        if let Err(job) = sh.converter.submit(job) {
+            let msg = format!(
+                "{}: the Parquet converter has stopped; the segment is converted at the next start",
+                job.segment.display()
+            );
+            sh.metrics.error("internal", "converting", msg.clone());
+            tracing::error!(component = sh.metrics.id(), "{msg}");
+        }
+    }
+
+    fn drop_front(&mut self, e: &StoreError, sh: &Shared) {
+        let rows = self.pending.front().map_or(0, |b| b.num_rows());
+        if let Some(b) = self.pending.pop_front() {
+            self.pending_bytes = self.pending_bytes.saturating_sub(batch_bytes(&b));
+        }
+        sh.metrics.error(e.error_type(), "writing", e.to_string());
+        tracing::error!(
+            component = sh.metrics.id(),
+            stream = %self.stream_id,
+            rows,
+            "{e}; this batch cannot be stored and is dropped"
+        );
+    }
+
+    fn failed(&mut self, e: &StoreError, sh: &Shared) {
+        self.failures += 1;
+        sh.metrics.error(e.error_type(), "writing", e.to_string());
+        if self.failures == 1 {
+            tracing::error!(
+                component = sh.metrics.id(),
+                stream = %self.stream_id,
+                "{e}; keeping unwritten batches in memory and retrying with the next batch"
+            );
+        } else {
+            tracing::debug!(component = sh.metrics.id(), stream = %self.stream_id, "{e}");
+        }
+    }
+
+    fn succeeded(&mut self, sh: &Shared) {
+        if self.failures > 0 {
+            tracing::info!(
+                component = sh.metrics.id(),
+                stream = %self.stream_id,
+                failures = self.failures,
+                "writing works again"
+            );
+            self.failures = 0;
+        }
+    }
+}
