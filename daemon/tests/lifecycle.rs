@@ -74,7 +74,11 @@ fn kill_9_then_restart_loses_nothing_that_was_flushed() {
     std::thread::sleep(Duration::from_millis(2500));
     let saved = dir.path().join("readable-before-kill.txt");
     let saved = saved.to_str().unwrap();
-    let out = run_python(&py, READABLE_ROWS, &[stream.to_str().unwrap(), saved, "save"]);
+    let out = run_python(
+        &py,
+        READABLE_ROWS,
+        &[stream.to_str().unwrap(), saved, "save"],
+    );
     let flushed: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
     assert!(
         flushed >= 30_000,
@@ -95,7 +99,11 @@ fn kill_9_then_restart_loses_nothing_that_was_flushed() {
         "{}",
         d.log_text()
     );
-    let out = run_python(&py, READABLE_ROWS, &[stream.to_str().unwrap(), saved, "check"]);
+    let out = run_python(
+        &py,
+        READABLE_ROWS,
+        &[stream.to_str().unwrap(), saved, "check"],
+    );
     let mut it = out.split_whitespace();
     let rows: u64 = it.next().unwrap().parse().unwrap();
     let segments: u64 = it.next().unwrap().parse().unwrap();
