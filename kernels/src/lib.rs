@@ -1,5 +1,17 @@
 //! Compute kernels: WGSL compute shaders beside their CPU twins. The CPU code is the
 //! specification, the fallback and the test oracle of each shader.
+//!
+//! Data layout: a chunk is `T` samples × `C` channels, sample-major (`data[t * C + c]`), f32 µV,
+//! so CPU loops run over contiguous channels (SIMD) and GPU threads take a channel or a sample.
+
+pub mod chain;
+pub mod cmr;
+pub mod detect;
+pub mod filter;
+pub mod gpu;
+pub mod noise;
+
+pub use chain::KernelError;
 
 /// Where kernels run. Chosen at startup: a hardware adapter, else lavapipe (Mesa's software
 /// Vulkan), else the CPU twins.

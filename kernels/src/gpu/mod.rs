@@ -1,0 +1,49 @@
+//! GPU twins of the kernels: WGSL compute shaders (`src/shaders/*.wgsl`) on Vulkan (a hardware
+//! GPU, else Mesa's lavapipe), each tested against its CPU twin, and [`GpuChain`], the whole
+//! detection chain on the GPU.
+//!
+//! | kernel | shader | twin | agreement |
+//! |---|---|---|---|
+//! | [`sosfilt::GpuSosFilter`] | sosfilt.wgsl, invocation per channel | `filter::SosFilter` | bit-identical (contract: ≤ 1e-5·max\|cpu\|) |
+//! | [`cmr::GpuMedianReference`] | cmr.wgsl, invocation per (sample, group) | `cmr::MedianReference` | bit-identical |
+//! | [`noise::GpuNoise`] | noise.wgsl, workgroup per channel | `noise::mad_sigma` | bit-identical σ |
+//! | [`detect::GpuPeakDetector`] | detect.wgsl, invocation per (sample, channel) | `detect::PeakDetector` | identical peak lists |
+//! | [`GpuChain`] | all of them | `chain::CpuChain` | identical detections and σ |
+//!
+//! Bit-identical because every shader uses only operations Vulkan rounds correctly (add,
+//! subtract, multiply, compare, exact conversions), keeps the twin's operation order, stops the
+//! compiler from fusing a·b + c (sosfilt.wgsl), and leaves divisions to the host. The one
+//! exception Vulkan allows: denormals (|x| < 1.2e-38) may be flushed to zero on the GPU.
+//!
+//! Every kernel builds its pipeline once and sizes its buffers once per chunk size (re-created
+//! only when a larger chunk arrives); per chunk: write_buffer → dispatch → copy → map → read.
+
+mod chain;
+pub mod cmr;
+mod context;
+pub mod detect;
+pub mod noise;
+pub mod sosfilt;
+mod util;
+
+pub use chain::{ChunkTiming, GpuChain};
+pub use context::{acquire, test_context, GpuContext, GpuError};
+
+/// Which backend `kernels::chain::build_chain` should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preference {
+    /// A hardware adapter, else lavapipe, else the CPU.
+    #[default]
+    Auto,
+    /// The GPU chain or an error.
+    Gpu,
+    /// The CPU chain.
+    Cpu,
+}
+
+impl From<GpuError> for crate::chain::KernelError {
+    fn from(e: GpuError) -> Self {
+        crate::chain::KernelError::Gpu(e.to_string())
+    }
+}
