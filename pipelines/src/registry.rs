@@ -12,8 +12,11 @@ pub const SOURCES: &[(&str, Builder<dyn Source>)] = &[
     ("arrow_ipc", sources::arrow_ipc::build),
 ];
 
-pub const TRANSFORMS: &[(&str, Builder<dyn Transform>)] =
-    &[("select_channels", transforms::select_channels::build)];
+pub const TRANSFORMS: &[(&str, Builder<dyn Transform>)] = &[
+    ("select_channels", transforms::select_channels::build),
+    ("spike_detect", transforms::spike_detect::build),
+    ("bin_features", transforms::bin_features::build),
+];
 
 pub const SINKS: &[(&str, Builder<dyn Sink>)] = &[("store", sinks::store::build)];
 
