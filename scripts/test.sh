@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of neurod. Installs what the tests need when it is missing: the Python peers
-# (pyarrow, SpikeInterface, scipy... from ../shared/tools/requirements.txt) in a virtualenv
-# kept outside the clone so that later runs reuse it.
+# Runs every test of neurod. Installs what the tests need when it is missing: Mesa's lavapipe
+# (software Vulkan, so every WGSL kernel runs against its CPU twin without a GPU) and the Python
+# peers (pyarrow, SpikeInterface, scipy... from ../shared/tools/requirements.txt) in a
+# virtualenv kept outside the clone so that later runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,15 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/neurod/target}"
 peers="${NEUROD_PEERS:-$HOME/.cache/neurod/peers}"
 requirements=../shared/tools/requirements.txt
+
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  echo "== installing lavapipe (mesa-vulkan-drivers)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq mesa-vulkan-drivers
+  fi
+fi
 
 if [ -f "$requirements" ]; then
   stamp="$peers/.requirements"
