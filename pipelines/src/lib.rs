@@ -9,6 +9,7 @@ pub mod pace;
 pub mod registry;
 pub mod sinks;
 pub mod sources;
+pub mod stats;
 pub mod storage;
 pub mod stream;
 pub mod transforms;

@@ -2,7 +2,12 @@
 //! that every batch, every stored file and every Python client sees the same description.
 //!
 //! Continuous layout: `sample_index: Int64` then one `Int16` column per saved channel, raw ADC
-//! values. Frames layout: `frame_index: Int64`, `time_s: Float64`, `pixels: FixedSizeList<Int16>`.
+//! values. Frames layout: `frame_index: Int64`, `time_s: Float64`, `pixels: FixedSizeList<Int16>`
+//! (row-major, height · width in the schema metadata). Traces layout (per-ROI fluorescence, one
+//! row per ROI per frame, so that a changing set of neurons never changes the schema):
+//! `frame_index: Int64`, `time_s: Float64`, `roi: Int32`, then Float32 value columns (`f`,
+//! `fneu`, `dff`, ...). ROIs layout (one row per ROI pixel): `roi: Int32`, `y: Int32`, `x: Int32`,
+//! `weight: Float32`, with the image height and width in the metadata.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +42,92 @@ pub const SAMPLE_INDEX: &str = "sample_index";
 pub const FRAME_INDEX: &str = "frame_index";
 pub const TIME_S: &str = "time_s";
 pub const PIXELS: &str = "pixels";
+pub const ROI: &str = "roi";
+pub const ROI_Y: &str = "y";
+pub const ROI_X: &str = "x";
+pub const ROI_WEIGHT: &str = "weight";
+
+fn metadata(pairs: &[(&str, String)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// Schema of a frames stream: `frame_index`, `time_s`, `pixels` (row-major, height · width).
+pub fn frames_schema(
+    stream_id: &str,
+    stream_kind: &str,
+    height: usize,
+    width: usize,
+    rate_text: &str,
+) -> SchemaRef {
+    let md = metadata(&[
+        (keys::STREAM_ID, stream_id.to_string()),
+        (keys::LAYOUT, Layout::Frames.as_str().to_string()),
+        (keys::STREAM_KIND, stream_kind.to_string()),
+        (keys::SAMPLING_HZ, rate_text.to_string()),
+        (keys::HEIGHT, height.to_string()),
+        (keys::WIDTH, width.to_string()),
+    ]);
+    Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new(FRAME_INDEX, DataType::Int64, false),
+            Field::new(TIME_S, DataType::Float64, false),
+            Field::new(
+                PIXELS,
+                DataType::FixedSizeList(
+                    Arc::new(Field::new("item", DataType::Int16, false)),
+                    (height * width) as i32,
+                ),
+                false,
+            ),
+        ],
+        md,
+    ))
+}
+
+/// Schema of a traces stream: `frame_index`, `time_s`, `roi`, then one Float32 column per name
+/// in `values` (e.g. `["f", "fneu"]`). `rate_text` is the frame rate.
+pub fn traces_schema(stream_id: &str, rate_text: &str, values: &[&str]) -> SchemaRef {
+    let md = metadata(&[
+        (keys::STREAM_ID, stream_id.to_string()),
+        (keys::LAYOUT, Layout::Traces.as_str().to_string()),
+        (keys::STREAM_KIND, "traces".to_string()),
+        (keys::SAMPLING_HZ, rate_text.to_string()),
+    ]);
+    let mut fields = vec![
+        Field::new(FRAME_INDEX, DataType::Int64, false),
+        Field::new(TIME_S, DataType::Float64, false),
+        Field::new(ROI, DataType::Int32, false),
+    ];
+    fields.extend(
+        values
+            .iter()
+            .map(|v| Field::new(*v, DataType::Float32, false)),
+    );
+    Arc::new(Schema::new_with_metadata(fields, md))
+}
+
+/// Schema of a ROI-mask table: one row per ROI pixel, `roi`, `y`, `x`, `weight`, on an image of
+/// `height` × `width`.
+pub fn rois_schema(stream_id: &str, height: usize, width: usize) -> SchemaRef {
+    let md = metadata(&[
+        (keys::STREAM_ID, stream_id.to_string()),
+        (keys::LAYOUT, Layout::Rois.as_str().to_string()),
+        (keys::HEIGHT, height.to_string()),
+        (keys::WIDTH, width.to_string()),
+    ]);
+    Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new(ROI, DataType::Int32, false),
+            Field::new(ROI_Y, DataType::Int32, false),
+            Field::new(ROI_X, DataType::Int32, false),
+            Field::new(ROI_WEIGHT, DataType::Float32, false),
+        ],
+        md,
+    ))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -62,6 +153,10 @@ pub enum Layout {
     Frames,
     /// One row per event (spikes, ground-truth spikes, TTLs).
     Events,
+    /// One row per ROI per frame: fluorescence traces.
+    Traces,
+    /// One row per ROI pixel: ROI masks with weights.
+    Rois,
     /// Anything else tabular.
     Table,
 }
@@ -72,6 +167,8 @@ impl Layout {
             Layout::Continuous => "continuous",
             Layout::Frames => "frames",
             Layout::Events => "events",
+            Layout::Traces => "traces",
+            Layout::Rois => "rois",
             Layout::Table => "table",
         }
     }
@@ -80,6 +177,8 @@ impl Layout {
             "continuous" => Layout::Continuous,
             "frames" => Layout::Frames,
             "events" => Layout::Events,
+            "traces" => Layout::Traces,
+            "rois" => Layout::Rois,
             "table" => Layout::Table,
             _ => return None,
         })

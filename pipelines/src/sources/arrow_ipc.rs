@@ -757,7 +757,7 @@ fn accept_schema(
         Some(text) => Layout::parse(text).ok_or_else(|| SchemaError::Invalid {
             key: keys::LAYOUT.into(),
             value: text.clone(),
-            why: "expected continuous, frames, events or table".into(),
+            why: "expected continuous, frames, events, traces, rois or table".into(),
         })?,
     };
     match layout {
@@ -766,7 +766,7 @@ fn accept_schema(
         }
         Layout::Frames => check_frames_schema(schema)?,
         // Their columns are the client's business; they travel as they are.
-        Layout::Events | Layout::Table => {}
+        Layout::Events | Layout::Table | Layout::Traces | Layout::Rois => {}
     }
     let stream_id = stream_id_for(
         component_id,

@@ -143,9 +143,10 @@ impl Transform for BinFeatures {
                     )))
                 }
             },
-            Some(Layout::Frames) => {
+            Some(l @ (Layout::Frames | Layout::Traces | Layout::Rois)) => {
                 return Err(ComponentError::Other(format!(
-                    "stream `{stream_id}`: bin_features does not take frames"
+                    "stream `{stream_id}`: bin_features does not take {} streams",
+                    l.as_str()
                 )))
             }
         };

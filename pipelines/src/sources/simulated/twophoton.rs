@@ -7,11 +7,10 @@
 //! high skew and kurtosis) and *steady* ones (tonic firing whose overlapping small transients
 //! sum to a near-Gaussian trace).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, FixedSizeListArray, Float64Array, Int16Array, Int64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use rand::rngs::SmallRng;
@@ -21,7 +20,7 @@ use rand_distr::StandardNormal;
 
 use super::geometry::SAMPLE_RATE_HZ;
 use super::spikes::{rng_for, Firing, Locomotion, Spike, SpikeTrain};
-use crate::stream::{keys, Layout, FRAME_INDEX, PIXELS, TIME_S};
+pub use crate::stream::frames_schema;
 
 mod domain {
     pub const PLACEMENT: u64 = 10;
@@ -44,42 +43,6 @@ const NEUROPIL_COUPLING: f64 = 0.15;
 const NEUROPIL_TAU_S: f64 = 3.0;
 const NEUROPIL_SD: f64 = 0.03;
 const DRIFT_DEPTH: f64 = 0.03;
-
-/// Schema of a frames stream: `frame_index`, `time_s`, `pixels` (row-major, height · width).
-pub fn frames_schema(
-    stream_id: &str,
-    stream_kind: &str,
-    height: usize,
-    width: usize,
-    rate_text: &str,
-) -> SchemaRef {
-    let md: HashMap<String, String> = [
-        (keys::STREAM_ID, stream_id.to_string()),
-        (keys::LAYOUT, Layout::Frames.as_str().to_string()),
-        (keys::STREAM_KIND, stream_kind.to_string()),
-        (keys::SAMPLING_HZ, rate_text.to_string()),
-        (keys::HEIGHT, height.to_string()),
-        (keys::WIDTH, width.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    Arc::new(Schema::new_with_metadata(
-        vec![
-            Field::new(FRAME_INDEX, DataType::Int64, false),
-            Field::new(TIME_S, DataType::Float64, false),
-            Field::new(
-                PIXELS,
-                DataType::FixedSizeList(
-                    Arc::new(Field::new("item", DataType::Int16, false)),
-                    (height * width) as i32,
-                ),
-                false,
-            ),
-        ],
-        md,
-    ))
-}
 
 /// One region of interest (a soma) and the neuron behind it.
 pub struct Roi {

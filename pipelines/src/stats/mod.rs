@@ -1,0 +1,5 @@
+//! Streaming statistics shared by transforms (ALGORITHMS.md §4).
+
+pub mod moments;
+
+pub use moments::{EwMoments, Moments};
