@@ -1,5 +1,6 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,8 +17,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     pub data_dir: String,
-    /// Which compute backend kernels run on (`gpu`, `lavapipe`, `cpu`).
-    pub backend: &'static str,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -62,7 +61,8 @@ struct StatusBody {
     version: &'static str,
     uptime_s: f64,
     data_dir: String,
-    backend: &'static str,
+    /// The compute backend (`gpu`, `lavapipe`, `cpu`) of each component that runs kernels.
+    backend: BTreeMap<String, &'static str>,
     components: Vec<pipelines::metrics::ComponentStatus>,
 }
 
@@ -71,7 +71,7 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: s.started.elapsed().as_secs_f64(),
         data_dir: s.data_dir.clone(),
-        backend: s.backend,
+        backend: pipelines::metrics::kernel_backends(),
         components: s.metrics.statuses(),
     })
 }

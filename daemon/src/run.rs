@@ -65,7 +65,6 @@ async fn serve(
         metrics: metrics.clone(),
         started: Instant::now(),
         data_dir: plan.daemon.data_dir.display().to_string(),
-        backend: kernels::Backend::Cpu.as_str(),
     };
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, http::router(state)).await {

@@ -307,7 +307,9 @@ inputs = ["det"]
             r#"neurod_kernel_backend{{backend="{b}",component_id="det"}} 1"#
         ))
     });
-    assert!(backend.is_some(), "no backend gauge:\n{text}");
+    let backend = backend.unwrap_or_else(|| panic!("no backend gauge:\n{text}"));
+    let status: serde_json::Value = serde_json::from_str(&d.get("/status")).unwrap();
+    assert_eq!(status["backend"]["det"], backend, "{status}");
     assert!(
         d.log_text().contains("spike detection running"),
         "the backend choice is logged:\n{}",

@@ -252,6 +252,50 @@ pub fn shared_registry() -> &'static Registry {
     SHARED.get_or_init(Registry::new)
 }
 
+/// Records the compute backend (`gpu`, `lavapipe`, `cpu`) a component's kernels run on: the
+/// gauge `neurod_kernel_backend{backend, component_id}` (1 for the one in use, 0 for the others)
+/// and the map `/status` shows.
+pub fn record_kernel_backend(component_id: &str, backend: &'static str) {
+    static GAUGE: std::sync::OnceLock<IntGaugeVec> = std::sync::OnceLock::new();
+    let gauge = GAUGE.get_or_init(|| {
+        let g = IntGaugeVec::new(
+            Opts::new(
+                "neurod_kernel_backend",
+                "1 for the compute backend a component's kernels run on (gpu, lavapipe or cpu).",
+            ),
+            &["backend", "component_id"],
+        )
+        .expect("valid metric definition");
+        if let Err(e) = shared_registry().register(Box::new(g.clone())) {
+            tracing::warn!(error = %e, "neurod_kernel_backend not registered");
+        }
+        g
+    });
+    for b in ["gpu", "lavapipe", "cpu"] {
+        gauge
+            .with_label_values(&[b, component_id])
+            .set(i64::from(b == backend));
+    }
+    kernel_backend_map()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(component_id.to_string(), backend);
+}
+
+/// The backend of every component that has recorded one, by component id.
+pub fn kernel_backends() -> BTreeMap<String, &'static str> {
+    kernel_backend_map()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+fn kernel_backend_map() -> &'static Mutex<BTreeMap<String, &'static str>> {
+    static MAP: std::sync::OnceLock<Mutex<BTreeMap<String, &'static str>>> =
+        std::sync::OnceLock::new();
+    MAP.get_or_init(Default::default)
+}
+
 struct StatusCell {
     state: ComponentState,
     last_error: Option<String>,

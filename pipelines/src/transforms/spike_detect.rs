@@ -15,8 +15,9 @@
 //! dead_time_ms = 2.0       # per-channel dead time after a kept spike
 //! calibration_s = 2.0      # σ from the first seconds of each stream ...
 //! refresh_s = 60           # ... re-estimated this often over the latest calibration_s (0 = never)
-//! backend = "auto"         # a hardware GPU, else the CPU; "gpu": any Vulkan adapter (lavapipe
-//!                          # counts), an error without one; "cpu"
+//! backend = "auto"         # a hardware GPU, else lavapipe, else the CPU; "hardware": a hardware
+//!                          # GPU, else the CPU; "gpu": any Vulkan adapter (lavapipe counts), an
+//!                          # error without one; "cpu"
 //! ```
 //!
 //! Defaults, and why they are not SpikeInterface's (bandpass 300–6000 Hz order 5, radius 50 µm,
@@ -28,11 +29,14 @@
 //! match or beat SpikeInterface's recall and precision on all six (`daemon/tests/spikes.rs` checks
 //! three of them), causally.
 //!
-//! `auto` does not take lavapipe (Mesa's software Vulkan): on two cores it runs the chain at about
-//! 1.3× real time against the CPU twins' 26× (`bench/spikes.sh`); name `backend = "gpu"` to use it.
+//! `auto` follows the daemon-wide order (hardware, lavapipe, CPU), so a machine without a GPU
+//! still runs the WGSL kernels. But lavapipe (Mesa's software Vulkan) on two cores runs the chain
+//! at about 1.3× real time against the CPU twins' 26× (`bench/spikes.sh`): where real time
+//! matters and there may be no GPU, say `backend = "hardware"` (as `config.toml` does).
 //!
 //! Only `ap` channels are detected (sync and other channels are neither detected nor part of the
-//! median). The chain ([`kernels::chain`]) is built when a stream's first batch arrives, from the
+//! median). Streams on the input that are not continuous (a rig's frames, tables) are passed by,
+//! logged once. The chain ([`kernels::chain`]) is built when a stream's first batch arrives, from the
 //! geometry and µV per bit in its schema; Int16 columns are copied sample-major into a buffer the
 //! stream keeps (no allocation per batch once it has grown to the batch size).
 //!
@@ -68,7 +72,7 @@ use arrow::record_batch::RecordBatch;
 use kernels::chain::{ChainConfig, Detection, DetectionChain, Reference};
 use kernels::gpu::Preference;
 use kernels::Backend;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntGaugeVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec};
 use serde::Deserialize;
 
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
@@ -104,6 +108,7 @@ enum ReferenceOption {
 enum BackendOption {
     #[default]
     Auto,
+    Hardware,
     Gpu,
     Cpu,
 }
@@ -217,8 +222,10 @@ impl Options {
 
     fn preference(&self) -> Preference {
         match self.backend {
-            // A hardware adapter, else the CPU: lavapipe is far slower than the CPU twins.
-            BackendOption::Auto => match kernels::gpu::acquire() {
+            // `acquire` prefers a hardware adapter to lavapipe; the chain falls back to the CPU.
+            BackendOption::Auto => Preference::Auto,
+            // Lavapipe is far slower than the CPU twins.
+            BackendOption::Hardware => match kernels::gpu::acquire() {
                 Some(ctx) if ctx.backend == Backend::Gpu => Preference::Auto,
                 _ => Preference::Cpu,
             },
@@ -259,7 +266,6 @@ impl Options {
 /// The process-wide series of this transform (see the module docs).
 struct Series {
     latency: HistogramVec,
-    backend: IntGaugeVec,
 }
 
 fn series() -> &'static Series {
@@ -277,23 +283,10 @@ fn series() -> &'static Series {
             &["component_id"],
         )
         .expect("valid metric definition");
-        let backend = IntGaugeVec::new(
-            Opts::new(
-                "neurod_kernel_backend",
-                "1 for the compute backend a component's kernels run on (gpu, lavapipe or cpu).",
-            ),
-            &["backend", "component_id"],
-        )
-        .expect("valid metric definition");
-        for c in [
-            Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(backend.clone()),
-        ] {
-            if let Err(e) = shared_registry().register(c) {
-                tracing::warn!(error = %e, "spike_detect metrics not registered");
-            }
+        if let Err(e) = shared_registry().register(Box::new(latency.clone())) {
+            tracing::warn!(error = %e, "spike_detect metrics not registered");
         }
-        Series { latency, backend }
+        Series { latency }
     })
 }
 
@@ -305,6 +298,8 @@ pub struct SpikeDetect {
     streams: HashMap<String, StreamState>,
     /// Streams whose chain could not be built: reported once, then skipped.
     failed: HashSet<String>,
+    /// Streams that are not continuous (frames, tables), passed by.
+    ignored: HashSet<String>,
     latency: Histogram,
 }
 
@@ -330,6 +325,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         options: o,
         streams: HashMap::new(),
         failed: HashSet::new(),
+        ignored: HashSet::new(),
         latency: series().latency.with_label_values(&[ctx.id]),
     }))
 }
@@ -351,10 +347,11 @@ impl Transform for SpikeDetect {
         let schema = batch.schema();
         let stream_id = stream::stream_id_of(&schema).unwrap_or("unnamed");
         if let Some(layout) = Layout::of(&schema).filter(|l| *l != Layout::Continuous) {
-            return Err(ComponentError::Other(format!(
-                "stream `{stream_id}`: spike_detect takes continuous streams, not {}",
-                layout.as_str()
-            )));
+            // A rig's port carries frames and tables beside the probes: pass them by, once said.
+            if self.ignored.insert(stream_id.to_string()) {
+                tracing::info!(component = %self.id, stream = %stream_id, layout = layout.as_str(), "not a continuous stream: no spike detection on it");
+            }
+            return Ok(());
         }
         if self.failed.contains(stream_id) {
             return Ok(());
@@ -443,10 +440,7 @@ impl StreamState {
         let chain = kernels::chain::build_chain(&cfg, o.preference())
             .map_err(|e| format!("cannot build the detection chain: {e}"))?;
         let backend = chain.backend();
-        series()
-            .backend
-            .with_label_values(&[backend.as_str(), component_id])
-            .set(1);
+        crate::metrics::record_kernel_backend(component_id, backend.as_str());
         tracing::info!(
             component = %component_id,
             stream = %info.stream_id,
@@ -1117,7 +1111,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn non_continuous_and_overlapping_input_is_rejected_and_named() {
+    fn overlapping_input_is_rejected_and_non_continuous_passed_by() {
         let info = probe_info("p");
         let data = synthetic(600, &[], 6);
         let mut tr = build_with("det", CPU);
@@ -1139,8 +1133,13 @@ pub(crate) mod tests {
             vec![Arc::new(Int64Array::from(vec![1i64])) as ArrayRef],
         )
         .unwrap();
-        let e = tr.process(b, &mut out).unwrap_err();
-        assert!(e.to_string().contains("`gt`"), "{e}");
+        // Not continuous: passed by without output (a rig's port also carries frames, tables).
+        let mut side = Emitter::default();
+        tr.process(b, &mut side).unwrap();
+        assert!(
+            side.batches.is_empty(),
+            "nothing comes out of an events stream"
+        );
     }
 
     #[test]
@@ -1166,23 +1165,34 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn auto_takes_a_hardware_gpu_or_the_cpu_never_lavapipe() {
-        let info = probe_info("p");
-        let data = synthetic(600, &[], 9);
-        let mut tr = build_with("det_auto", "calibration_s = 0.2");
-        let mut out = Emitter::default();
-        for b in batches(&info, &data, 300) {
-            tr.process(b, &mut out).unwrap();
-        }
-        let text = crate::metrics::Metrics::new().render();
-        let hardware = kernels::gpu::acquire().is_some_and(|c| c.backend == Backend::Gpu);
-        let want = if hardware { "gpu" } else { "cpu" };
-        assert!(
-            text.contains(&format!(
-                r#"neurod_kernel_backend{{backend="{want}",component_id="det_auto"}} 1"#
-            )),
-            "{text}"
-        );
+    fn auto_takes_any_adapter_and_hardware_never_takes_lavapipe() {
+        let backend_of = |id: &str, backend: &str| {
+            let info = probe_info("p");
+            let data = synthetic(600, &[], 9);
+            let mut tr = build_with(id, &format!("calibration_s = 0.2\nbackend = '{backend}'"));
+            let mut out = Emitter::default();
+            for b in batches(&info, &data, 300) {
+                tr.process(b, &mut out).unwrap();
+            }
+            let text = crate::metrics::Metrics::new().render();
+            ["gpu", "lavapipe", "cpu"]
+                .into_iter()
+                .find(|b| {
+                    text.contains(&format!(
+                        r#"neurod_kernel_backend{{backend="{b}",component_id="{id}"}} 1"#
+                    ))
+                })
+                .unwrap_or_else(|| panic!("no backend exported for {id}: {text}"))
+        };
+        let adapter = kernels::gpu::test_context().map(|c| c.backend);
+        let auto = adapter.map_or("cpu", Backend::as_str);
+        assert_eq!(backend_of("det_auto", "auto"), auto);
+        let hardware = if adapter == Some(Backend::Gpu) {
+            "gpu"
+        } else {
+            "cpu"
+        };
+        assert_eq!(backend_of("det_hardware", "hardware"), hardware);
     }
 
     #[test]
