@@ -4,3 +4,4 @@ pub mod numpy_pickle;
 pub mod openephys;
 pub mod spikeglx;
 pub mod suite2p;
+pub mod tiff_stack;
