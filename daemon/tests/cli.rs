@@ -211,7 +211,11 @@ fn inspect_json_gives_suite2p_roi_moments_equal_to_scipy() {
         }
         let predictable = expected["skew"][i].as_f64().unwrap() <= 3.51
             && expected["excess_kurtosis"][i].as_f64().unwrap() <= 22.62;
-        let label = if predictable { "predictable" } else { "unpredictable" };
+        let label = if predictable {
+            "predictable"
+        } else {
+            "unpredictable"
+        };
         assert_eq!(roi["label"], label, "ROI {i}");
         assert!(roi["iscell"].is_boolean() && roi["npix"].as_u64().unwrap() > 0);
     }
@@ -228,7 +232,11 @@ fn inspect_describes_a_tiff_stack_and_names_a_corrupt_one() {
         .arg(&tif)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["frames"], 500);
     assert_eq!(v["height"], 64);
@@ -240,4 +248,44 @@ fn inspect_describes_a_tiff_stack_and_names_a_corrupt_one() {
     let out = neurod().arg("inspect").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.tif"));
+}
+
+#[test]
+fn validate_names_missing_suite2p_and_tiff_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("imaging.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+        [sources.s2p]
+        type = "suite2p"
+        path = "/nonexistent/suite2p/plane0"
+
+        [sources.scope]
+        type = "tiff"
+        path = "/nonexistent/session1"
+        rate_hz = 30.0
+
+        [sinks.store]
+        type = "store"
+        inputs = ["s2p", "s2p.rois", "scope"]
+        "#,
+    )
+    .unwrap();
+    let out = neurod()
+        .arg("validate")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("s2p") && err.contains("/nonexistent/suite2p/plane0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("scope") && err.contains("/nonexistent/session1"),
+        "{err}"
+    );
 }

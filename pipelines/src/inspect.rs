@@ -188,7 +188,13 @@ fn inspect_suite2p(dir: &Path) -> Result<Suite2pDescription, InspectError> {
     let plane = Suite2pPlane::load(dir)?;
     let rule = PoyoRule::default();
     let mut rois = Vec::with_capacity(plane.files.rois);
-    for (index, (f, fneu)) in plane.f.rows().into_iter().zip(plane.fneu.rows()).enumerate() {
+    for (index, (f, fneu)) in plane
+        .f
+        .rows()
+        .into_iter()
+        .zip(plane.fneu.rows())
+        .enumerate()
+    {
         let mut m = Moments::default();
         for (&f, &n) in f.iter().zip(fneu.iter()) {
             m.push(f64::from(neuropil_corrected(f, n)));
@@ -251,7 +257,12 @@ fn render_suite2p(d: &Suite2pDescription) -> String {
     let _ = writeln!(out, "  cells:     {}", opt_num(d.cells));
     let _ = writeln!(out, "  frames:    {}", d.frames);
     let _ = writeln!(out, "  rate:      {} Hz", opt_num(d.rate_hz));
-    let _ = writeln!(out, "  image:     {} × {}", opt_num(d.height), opt_num(d.width));
+    let _ = writeln!(
+        out,
+        "  image:     {} × {}",
+        opt_num(d.height),
+        opt_num(d.width)
+    );
     let _ = writeln!(
         out,
         "  POYO-SSL:  {} predictable, {} unpredictable (skew ≤ {}, excess kurtosis ≤ {}, of {})",
@@ -283,7 +294,14 @@ fn render_tiff(d: &TiffDescription) -> String {
     let _ = writeln!(out, "  kind:      tiff ({} file(s))", d.files);
     let _ = writeln!(out, "  frames:    {}", d.frames);
     let _ = writeln!(out, "  image:     {} × {} {}", d.height, d.width, d.dtype);
-    let _ = writeln!(out, "  rate:      {}", d.rate_hz.map_or("- (no ScanImage metadata)".to_string(), |r| format!("{r} Hz")));
+    let _ = writeln!(
+        out,
+        "  rate:      {}",
+        d.rate_hz
+            .map_or("- (no ScanImage metadata)".to_string(), |r| format!(
+                "{r} Hz"
+            ))
+    );
     if let Some(why) = &d.incomplete {
         let _ = writeln!(out, "  incomplete: {why}");
     }
@@ -587,19 +605,35 @@ mod tests {
                 let want = expected[key].as_array().unwrap();
                 assert_eq!(want.len(), d.rois.len());
                 for (roi, w) in d.rois.iter().zip(want) {
-                    let got = if r == 0 { roi.skew } else { roi.excess_kurtosis };
+                    let got = if r == 0 {
+                        roi.skew
+                    } else {
+                        roi.excess_kurtosis
+                    };
                     let w = w.as_f64().unwrap();
-                    assert!((got - w).abs() <= 1e-9 * w.abs(), "ROI {} {key}: {got} vs {w}", roi.index);
+                    assert!(
+                        (got - w).abs() <= 1e-9 * w.abs(),
+                        "ROI {} {key}: {got} vs {w}",
+                        roi.index
+                    );
                 }
             }
             let rule = PoyoRule::default();
             for roi in &d.rois {
                 let pred = roi.skew <= rule.max_skew && roi.excess_kurtosis <= rule.max_kurtosis;
-                assert_eq!(roi.label == Some(Label::Predictable), pred, "ROI {}", roi.index);
+                assert_eq!(
+                    roi.label == Some(Label::Predictable),
+                    pred,
+                    "ROI {}",
+                    roi.index
+                );
             }
             assert_eq!(d.predictable + d.unpredictable, 23);
             let text = Description::Suite2p(d).render_text();
-            assert!(text.contains("rois:      23") && text.contains("unpredictable"), "{text}");
+            assert!(
+                text.contains("rois:      23") && text.contains("unpredictable"),
+                "{text}"
+            );
         }
     }
 
@@ -611,7 +645,10 @@ mod tests {
         let d = inspect(&p).unwrap();
         let j = d.to_json();
         assert_eq!(j["frames"], 500);
-        assert_eq!((j["height"].as_u64(), j["width"].as_u64()), (Some(64), Some(64)));
+        assert_eq!(
+            (j["height"].as_u64(), j["width"].as_u64()),
+            (Some(64), Some(64))
+        );
         assert_eq!(j["dtype"], "int16");
         assert!(d.render_text().contains("64 × 64 int16"));
         // Its folder holds one TIFF and no recording: described as a stack too.

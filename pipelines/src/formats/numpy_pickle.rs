@@ -57,7 +57,8 @@ pub fn read_object_npy(path: &Path) -> Result<Vec<Value>, PickleError> {
         .keep_restore_state()
         .replace_unresolved_globals()
         .replace_recursive_structures();
-    let value = serde_pickle::value_from_slice(body, options).map_err(|e| malformed(e.to_string()))?;
+    let value =
+        serde_pickle::value_from_slice(body, options).map_err(|e| malformed(e.to_string()))?;
     let array = NdArray::from_value(&value)
         .ok_or_else(|| malformed("the pickle does not hold a numpy array".into()))?;
     match array.data {
@@ -204,7 +205,7 @@ impl<'a> NdArray<'a> {
         if n == 0 {
             return Ok(1);
         }
-        if raw.len() % n != 0 {
+        if !raw.len().is_multiple_of(n) {
             return Err(format!("{} bytes for {n} elements", raw.len()));
         }
         let size = raw.len() / n;
@@ -231,7 +232,9 @@ impl<'a> NdArray<'a> {
         if sizes.contains(&size) {
             Ok(size)
         } else {
-            Err(format!("{size}-byte elements are not a supported number type"))
+            Err(format!(
+                "{size}-byte elements are not a supported number type"
+            ))
         }
     }
 }
@@ -328,11 +331,20 @@ mod tests {
 
     #[test]
     fn integer_arrays_by_code_or_by_size() {
-        let data: Vec<u8> = [3i64, -2, 70000].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let data: Vec<u8> = [3i64, -2, 70000]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let v = array(3, dtype_args("i8"), data.clone());
-        assert_eq!(NdArray::from_value(&v).unwrap().to_i64().unwrap(), [3, -2, 70000]);
+        assert_eq!(
+            NdArray::from_value(&v).unwrap().to_i64().unwrap(),
+            [3, -2, 70000]
+        );
         let v = array(3, dtype_state("<"), data);
-        assert_eq!(NdArray::from_value(&v).unwrap().to_i64().unwrap(), [3, -2, 70000]);
+        assert_eq!(
+            NdArray::from_value(&v).unwrap().to_i64().unwrap(),
+            [3, -2, 70000]
+        );
         let data: Vec<u8> = [7i32, 9].iter().flat_map(|v| v.to_be_bytes()).collect();
         let v = array(2, dtype_state(">"), data);
         assert_eq!(NdArray::from_value(&v).unwrap().to_i64().unwrap(), [7, 9]);
@@ -352,11 +364,20 @@ mod tests {
 
     #[test]
     fn scalars() {
-        let s = Value::Tuple(vec![dtype_args("f8"), Value::Bytes(30.5f64.to_le_bytes().into())]);
+        let s = Value::Tuple(vec![
+            dtype_args("f8"),
+            Value::Bytes(30.5f64.to_le_bytes().into()),
+        ]);
         assert_eq!(as_f64(&s), Some(30.5));
-        let s = Value::Tuple(vec![dtype_args("f4"), Value::Bytes(2.5f32.to_le_bytes().into())]);
+        let s = Value::Tuple(vec![
+            dtype_args("f4"),
+            Value::Bytes(2.5f32.to_le_bytes().into()),
+        ]);
         assert_eq!(as_f64(&s), Some(2.5));
-        let s = Value::Tuple(vec![dtype_state("<"), Value::Bytes(1f64.to_le_bytes().into())]);
+        let s = Value::Tuple(vec![
+            dtype_state("<"),
+            Value::Bytes(1f64.to_le_bytes().into()),
+        ]);
         assert_eq!(as_f64(&s), None, "ambiguous without a type code");
         assert_eq!(as_f64(&Value::I64(512)), Some(512.0));
     }
@@ -367,7 +388,7 @@ mod tests {
         let p = dir.path().join("stat.npy");
         let header = "{'descr': '|O', 'fortran_order': False, 'shape': (2,), }";
         let mut h = header.as_bytes().to_vec();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(b' ');
         }
         h.push(b'\n');
@@ -377,7 +398,10 @@ mod tests {
         out.extend_from_slice(b"\x80\x03cnumpy.core.multiarray\n_reconstruct\nq\x00");
         std::fs::write(&p, &out).unwrap();
         let e = read_object_npy(&p).unwrap_err().to_string();
-        assert!(e.contains("stat.npy") && e.contains("malformed pickle"), "{e}");
+        assert!(
+            e.contains("stat.npy") && e.contains("malformed pickle"),
+            "{e}"
+        );
         std::fs::write(&p, b"not an npy").unwrap();
         let e = read_object_npy(&p).unwrap_err().to_string();
         assert!(e.contains("stat.npy") && e.contains("header"), "{e}");

@@ -196,11 +196,7 @@ impl Suite2pPlane {
             if masks.len() != files.rois {
                 return Err(npy_err(
                     &p,
-                    format!(
-                        "{} ROIs, but {F_NPY} has {}",
-                        masks.len(),
-                        files.rois
-                    ),
+                    format!("{} ROIs, but {F_NPY} has {}", masks.len(), files.rois),
                 ));
             }
             Some(masks)
@@ -395,7 +391,10 @@ pub(crate) fn test_plane() -> Option<PathBuf> {
     } else if std::env::var_os("CI").is_some() {
         panic!("test data missing: {}", p.display());
     } else {
-        eprintln!("!!! SKIPPED: test data missing: {} (CI would fail)", p.display());
+        eprintln!(
+            "!!! SKIPPED: test data missing: {} (CI would fail)",
+            p.display()
+        );
         None
     }
 }
@@ -512,7 +511,10 @@ print(F[3, 100].view(np.uint32), N[22, 863].view(np.uint32), float(F.astype(np.f
         let v: Vec<&str> = out.split_whitespace().collect();
         let plane = Suite2pPlane::load(&dir).unwrap();
         assert_eq!(plane.f[[3, 100]].to_bits(), v[0].parse::<u32>().unwrap());
-        assert_eq!(plane.fneu[[22, 863]].to_bits(), v[1].parse::<u32>().unwrap());
+        assert_eq!(
+            plane.fneu[[22, 863]].to_bits(),
+            v[1].parse::<u32>().unwrap()
+        );
         let sum: f64 = plane.f.iter().map(|&x| f64::from(x)).sum();
         let want: f64 = v[2].parse().unwrap();
         assert!((sum - want).abs() <= 1e-9 * want.abs(), "{sum} vs {want}");
@@ -530,7 +532,10 @@ print(F[3, 100].view(np.uint32), N[22, 863].view(np.uint32), float(F.astype(np.f
         let stat = std::fs::read(dir.join(STAT_NPY)).unwrap();
         std::fs::write(tmp.path().join(STAT_NPY), &stat[..stat.len() / 2]).unwrap();
         let e = Suite2pPlane::load(tmp.path()).unwrap_err().to_string();
-        assert!(e.contains("stat.npy") && e.contains("malformed pickle"), "{e}");
+        assert!(
+            e.contains("stat.npy") && e.contains("malformed pickle"),
+            "{e}"
+        );
         // Fneu with another shape.
         std::fs::copy(dir.join(ISCELL_NPY), tmp.path().join(FNEU_NPY)).unwrap();
         let e = Suite2pPlane::probe(tmp.path()).unwrap_err().to_string();
@@ -538,7 +543,9 @@ print(F[3, 100].view(np.uint32), N[22, 863].view(np.uint32), float(F.astype(np.f
         std::fs::remove_file(tmp.path().join(F_NPY)).unwrap();
         let e = Suite2pPlane::probe(tmp.path()).unwrap_err().to_string();
         assert!(e.contains("not a Suite2p plane"), "{e}");
-        let e = Suite2pPlane::probe(&tmp.path().join("gone")).unwrap_err().to_string();
+        let e = Suite2pPlane::probe(&tmp.path().join("gone"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gone"), "{e}");
     }
 }

@@ -337,9 +337,7 @@ pub fn list_tiffs(dir: &Path) -> Result<Vec<PathBuf>, TiffStackError> {
             files.push(p);
         }
     }
-    files.sort_by_cached_key(|p| {
-        natural_key(&p.file_name().unwrap_or_default().to_string_lossy())
-    });
+    files.sort_by_cached_key(|p| natural_key(&p.file_name().unwrap_or_default().to_string_lossy()));
     Ok(files)
 }
 
@@ -449,7 +447,10 @@ pub(crate) mod tests {
         } else if std::env::var_os("CI").is_some() {
             panic!("test data missing: {}", p.display());
         } else {
-            eprintln!("!!! SKIPPED: test data missing: {} (CI would fail)", p.display());
+            eprintln!(
+                "!!! SKIPPED: test data missing: {} (CI would fail)",
+                p.display()
+            );
             None
         }
     }
@@ -516,7 +517,10 @@ pub(crate) mod tests {
         std::fs::write(&p, out.into_inner()).unwrap();
         let mut pages = TiffPages::new(p.clone(), None);
         let mut buf = Vec::new();
-        assert_eq!(pages.read_next(&mut buf).unwrap(), Page::Read { saturated: 2 });
+        assert_eq!(
+            pages.read_next(&mut buf).unwrap(),
+            Page::Read { saturated: 2 }
+        );
         assert_eq!(buf, [0, 32767, 32767, 32767]);
         assert_eq!(pages.geometry().unwrap().pixel, PixelType::Uint16);
 
@@ -529,13 +533,22 @@ pub(crate) mod tests {
             .read_next(&mut buf)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("u.tif") && e.contains("page 0") && e.contains("16-bit"), "{e}");
+        assert!(
+            e.contains("u.tif") && e.contains("page 0") && e.contains("16-bit"),
+            "{e}"
+        );
     }
 
     #[test]
     fn natural_order_of_scanimage_names() {
         let dir = tempfile::tempdir().unwrap();
-        for n in ["a_00010.tif", "a_00002.tif", "a_9.TIFF", "notes.txt", "a_00001.tif"] {
+        for n in [
+            "a_00010.tif",
+            "a_00002.tif",
+            "a_9.TIFF",
+            "notes.txt",
+            "a_00001.tif",
+        ] {
             std::fs::write(dir.path().join(n), b"").unwrap();
         }
         let names: Vec<String> = list_tiffs(dir.path())
@@ -543,7 +556,10 @@ pub(crate) mod tests {
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, ["a_00001.tif", "a_00002.tif", "a_9.TIFF", "a_00010.tif"]);
+        assert_eq!(
+            names,
+            ["a_00001.tif", "a_00002.tif", "a_9.TIFF", "a_00010.tif"]
+        );
     }
 
     #[test]

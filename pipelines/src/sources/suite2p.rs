@@ -86,7 +86,9 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
     }
     if let Some(r) = cfg.rate_hz {
         if !(r.is_finite() && r > 0.0) {
-            errors.push(format!("{prefix}: `rate_hz` = {r} must be a positive frame rate"));
+            errors.push(format!(
+                "{prefix}: `rate_hz` = {r} must be a positive frame rate"
+            ));
         }
     }
     let files = match Suite2pPlane::probe(&cfg.path) {
@@ -308,7 +310,10 @@ mod tests {
         let traces = Inbox::new(100_000, metrics.component("a", "sink", "t"));
         let rois = Inbox::new(100, metrics.component("b", "sink", "t"));
         let mut outputs = Outputs::default();
-        outputs.insert("", Output::new(vec![traces.sender()], Overflow::Block, m.clone()));
+        outputs.insert(
+            "",
+            Output::new(vec![traces.sender()], Overflow::Block, m.clone()),
+        );
         outputs.insert(
             ROIS_PORT,
             Output::new(vec![rois.sender()], Overflow::Block, m.clone()),
@@ -368,7 +373,10 @@ mod tests {
                 assert_eq!((t, r), (rows / 23, rows % 23), "frame-major order");
                 assert_eq!(f.value(i).to_bits(), plane.f[[r, t]].to_bits());
                 assert_eq!(fneu.value(i).to_bits(), plane.fneu[[r, t]].to_bits());
-                assert_eq!(spks.value(i).to_bits(), plane.spks.as_ref().unwrap()[[r, t]].to_bits());
+                assert_eq!(
+                    spks.value(i).to_bits(),
+                    plane.spks.as_ref().unwrap()[[r, t]].to_bits()
+                );
                 assert_eq!(time.value(i), t as f64);
                 rows += 1;
             }
@@ -378,7 +386,10 @@ mod tests {
         assert_eq!(rois.len(), 1);
         let md = rois[0].schema().metadata().clone();
         assert_eq!(md[keys::STREAM_ID], "s2p.suite2p-fissa.rois");
-        assert_eq!((md[keys::HEIGHT].as_str(), md[keys::WIDTH].as_str()), ("176", "156"));
+        assert_eq!(
+            (md[keys::HEIGHT].as_str(), md[keys::WIDTH].as_str()),
+            ("176", "156")
+        );
         let stat = plane.stat.unwrap();
         let total: usize = stat.iter().map(|m| m.ypix.len()).sum();
         assert_eq!(rois[0].num_rows(), total);
@@ -398,8 +409,8 @@ mod tests {
             return;
         };
         let want: Vec<i32> = out.split_whitespace().map(|s| s.parse().unwrap()).collect();
-        let source = build_source(&dir, "pace = 'max'\ncells_only = true\nbatch_frames = 864")
-            .unwrap();
+        let source =
+            build_source(&dir, "pace = 'max'\ncells_only = true\nbatch_frames = 864").unwrap();
         let (traces, rois) = run(source);
         let roi = col::<Int32Array>(&traces[0], stream::ROI);
         assert_eq!(&roi.values()[..want.len()], &want[..]);
@@ -420,7 +431,11 @@ mod tests {
         let source = build_source(tmp.path(), "rate_hz = 8640.0\nbatch_frames = 10").unwrap();
         let t = Instant::now();
         let (traces, rois) = run(source);
-        assert!(t.elapsed() >= Duration::from_millis(95), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(95),
+            "{:?}",
+            t.elapsed()
+        );
         assert_eq!(traces.iter().map(|b| b.num_rows()).sum::<usize>(), 23 * 864);
         assert_eq!(traces[0].num_columns(), 5, "no spks.npy, no spks column");
         assert!(rois.is_empty(), "no stat.npy, no masks");
@@ -434,7 +449,10 @@ mod tests {
             .unwrap();
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e.iter().any(|m| m.contains("batch_frames")));
-        assert!(e.iter().any(|m| m.contains("s2p") && m.contains("plane0")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.contains("s2p") && m.contains("plane0")),
+            "{e:?}"
+        );
         let Some(dir) = test_plane() else { return };
         for f in ["F.npy", "Fneu.npy"] {
             std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();

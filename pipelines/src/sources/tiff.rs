@@ -40,8 +40,7 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use crate::component::{
-    parse_options, BuildContext, ComponentError, Output, PortSpec, Shutdown, Source,
-    SourceContext,
+    parse_options, BuildContext, ComponentError, Output, PortSpec, Shutdown, Source, SourceContext,
 };
 use crate::edge::Overflow;
 use crate::formats::tiff_stack::{
@@ -117,7 +116,9 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
     }
     if let Some(r) = cfg.rate_hz {
         if !(r.is_finite() && r > 0.0) {
-            errors.push(format!("{prefix}: `rate_hz` = {r} must be a positive frame rate"));
+            errors.push(format!(
+                "{prefix}: `rate_hz` = {r} must be a positive frame rate"
+            ));
         }
     }
     let folder = cfg.path.is_dir();
@@ -542,7 +543,9 @@ mod tests {
     }
 
     fn run(source: Box<dyn Source>) -> Collected {
-        collect(source.overflow(), Shutdown::new(), move |ctx| source.run(ctx))
+        collect(source.overflow(), Shutdown::new(), move |ctx| {
+            source.run(ctx)
+        })
     }
 
     /// (frame_index, pixels) of every frame received.
@@ -633,7 +636,8 @@ mod tests {
         // 3 + 2 frames; the second file's frames are the stack's frames 0 and 1 again.
         std::fs::write(dir.path().join("s_00002.tif"), int16_stack(2, 4, 5)).unwrap();
         std::fs::write(dir.path().join("s_00001.tif"), int16_stack(3, 4, 5)).unwrap();
-        let got = run(build_source(dir.path(), "rate_hz = 5\npace = 'max'\nbatch_frames = 2").unwrap());
+        let got =
+            run(build_source(dir.path(), "rate_hz = 5\npace = 'max'\nbatch_frames = 2").unwrap());
         got.result.as_ref().unwrap();
         let fr = frames(&got);
         let idx: Vec<i64> = fr.iter().map(|f| f.0).collect();
@@ -712,7 +716,9 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e.iter().any(|m| m.contains("scope") && m.contains("gone.tif")));
+        assert!(e
+            .iter()
+            .any(|m| m.contains("scope") && m.contains("gone.tif")));
         let p = dir.path().join("s.tif");
         std::fs::write(&p, int16_stack(1, 2, 2)).unwrap();
         let e = build_source(&p, "").err().unwrap();
