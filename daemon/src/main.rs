@@ -39,7 +39,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Describe a SpikeGLX .meta/.bin, an Open Ephys structure.oebin or recording folder.
+    /// Describe a SpikeGLX .meta/.bin, an Open Ephys structure.oebin or recording folder, a
+    /// Suite2p plane folder (with each ROI's skewness, kurtosis and POYO-SSL label), or a TIFF
+    /// stack or folder of stacks.
     Inspect {
         #[arg(long)]
         json: bool,
@@ -94,7 +96,7 @@ fn inspect(path: &std::path::Path, json: bool) -> ExitCode {
     match pipelines::inspect::inspect(path) {
         Ok(desc) => {
             if json {
-                let v = pipelines::inspect::to_json(&desc);
+                let v = desc.to_json();
                 match serde_json::to_string_pretty(&v) {
                     Ok(s) => println!("{s}"),
                     Err(e) => {
@@ -103,7 +105,7 @@ fn inspect(path: &std::path::Path, json: bool) -> ExitCode {
                     }
                 }
             } else {
-                print!("{}", pipelines::inspect::render_text(&desc));
+                print!("{}", desc.render_text());
             }
             ExitCode::SUCCESS
         }

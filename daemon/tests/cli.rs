@@ -174,3 +174,118 @@ fn inspect_of_a_corrupt_meta_names_the_file_and_problem() {
         "{err}"
     );
 }
+
+#[test]
+fn inspect_json_gives_suite2p_roi_moments_equal_to_scipy() {
+    let Some(data) = shared_data() else { return };
+    let plane = data.join("suite2p-fissa");
+    let out = neurod()
+        .args(["inspect", "--json"])
+        .arg(&plane)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plane.join("expected_moments.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["roi_count"], 23);
+    assert_eq!(v["frames"], 864);
+    assert_eq!(v["height"], 176);
+    assert_eq!(v["width"], 156);
+    let rois = v["rois"].as_array().unwrap();
+    assert_eq!(rois.len(), 23);
+    for (i, roi) in rois.iter().enumerate() {
+        assert_eq!(roi["index"], i);
+        for key in ["skew", "excess_kurtosis"] {
+            let got = roi[key].as_f64().unwrap();
+            let want = expected[key][i].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs(),
+                "ROI {i} {key}: {got} vs scipy {want}"
+            );
+        }
+        let predictable = expected["skew"][i].as_f64().unwrap() <= 3.51
+            && expected["excess_kurtosis"][i].as_f64().unwrap() <= 22.62;
+        let label = if predictable {
+            "predictable"
+        } else {
+            "unpredictable"
+        };
+        assert_eq!(roi["label"], label, "ROI {i}");
+        assert!(roi["iscell"].is_boolean() && roi["npix"].as_u64().unwrap() > 0);
+    }
+    let text = neurod().arg("inspect").arg(&plane).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("POYO-SSL"));
+}
+
+#[test]
+fn inspect_describes_a_tiff_stack_and_names_a_corrupt_one() {
+    let Some(data) = shared_data() else { return };
+    let tif = data.join("twophoton-thunder/thunder_mouse_500x64x64_int16.tif");
+    let out = neurod()
+        .args(["inspect", "--json"])
+        .arg(&tif)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["frames"], 500);
+    assert_eq!(v["height"], 64);
+    assert_eq!(v["width"], 64);
+    assert_eq!(v["dtype"], "int16");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.tif");
+    std::fs::write(&bad, b"II*\0not a tiff at all").unwrap();
+    let out = neurod().arg("inspect").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.tif"));
+}
+
+#[test]
+fn validate_names_missing_suite2p_and_tiff_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("imaging.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+        [sources.s2p]
+        type = "suite2p"
+        path = "/nonexistent/suite2p/plane0"
+
+        [sources.scope]
+        type = "tiff"
+        path = "/nonexistent/session1"
+        rate_hz = 30.0
+
+        [sinks.store]
+        type = "store"
+        inputs = ["s2p", "s2p.rois", "scope"]
+        "#,
+    )
+    .unwrap();
+    let out = neurod()
+        .arg("validate")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("s2p") && err.contains("/nonexistent/suite2p/plane0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("scope") && err.contains("/nonexistent/session1"),
+        "{err}"
+    );
+}

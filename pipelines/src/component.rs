@@ -254,6 +254,8 @@ pub trait Sink: Send + 'static {
             Layout::Continuous,
             Layout::Frames,
             Layout::Events,
+            Layout::Traces,
+            Layout::Rois,
             Layout::Table,
         ]
     }

@@ -4,12 +4,23 @@
 //! Accepts a SpikeGLX `.meta` or `.bin` (one stream) and an Open Ephys `structure.oebin` or
 //! recording folder (one description per continuous stream). A recording still being written
 //! has no duration ("growing").
+//!
+//! Also a Suite2p `plane0` folder (or a file in it): ROIs, frames, frame rate, image size,
+//! cells, and per ROI the skewness, excess kurtosis and POYO-SSL label (ALGORITHMS.md §4–§5,
+//! default thresholds) of F − 0.7·Fneu ([`suite2p::neuropil_corrected`]: float32, as Suite2p
+//! computes it; moments in float64); and a
+//! TIFF stack or folder of stacks: frames, height, width, pixel type.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use crate::formats::openephys::{OebinError, OpenEphysRecording, OEBIN};
 use crate::formats::spikeglx::{pair_paths, MetaError, SpikeGlxMeta};
+use crate::formats::suite2p::{self, neuropil_corrected, Suite2pError, Suite2pPlane};
+use crate::formats::tiff_stack::{self, is_tiff_name, TiffStackError};
+use crate::stats::{Label, Moments, PoyoRule};
 use crate::stream::{ChannelKind, StreamDescription};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +29,10 @@ pub enum InspectError {
     SpikeGlx(#[from] MetaError),
     #[error(transparent)]
     OpenEphys(#[from] OebinError),
+    #[error(transparent)]
+    Suite2p(#[from] Suite2pError),
+    #[error(transparent)]
+    Tiff(#[from] TiffStackError),
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -25,20 +40,130 @@ pub enum InspectError {
         source: std::io::Error,
     },
     #[error(
-        "{}: not a recording neurod knows: give a SpikeGLX .meta or .bin, or an Open Ephys \
-         structure.oebin or recording folder",
+        "{}: not a recording neurod knows: give a SpikeGLX .meta or .bin, an Open Ephys \
+         structure.oebin or recording folder, a Suite2p plane folder, or a TIFF stack",
         .path.display()
     )]
     UnknownKind { path: PathBuf },
 }
 
-/// Describes the stream(s) at `path`.
-pub fn inspect(path: &Path) -> Result<Vec<StreamDescription>, InspectError> {
+/// What `neurod inspect` found at a path.
+#[derive(Debug, Clone)]
+pub enum Description {
+    /// Continuous streams (SpikeGLX, Open Ephys).
+    Streams(Vec<StreamDescription>),
+    Suite2p(Suite2pDescription),
+    Tiff(TiffDescription),
+}
+
+/// A Suite2p plane folder.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suite2pDescription {
+    pub path: String,
+    pub kind: &'static str,
+    pub roi_count: usize,
+    pub frames: usize,
+    /// `fs` of ops.npy.
+    pub rate_hz: Option<f64>,
+    /// `Ly` × `Lx` of ops.npy (or the extent of the ROI pixels).
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+    /// ROIs that iscell.npy marks as cells.
+    pub cells: Option<usize>,
+    /// The signal the statistics describe.
+    pub signal: &'static str,
+    pub rule: PoyoRule,
+    pub predictable: usize,
+    pub unpredictable: usize,
+    pub rois: Vec<RoiDescription>,
+}
+
+/// One ROI's statistics (NaN, printed as null, for a constant trace).
+#[derive(Debug, Clone, Serialize)]
+pub struct RoiDescription {
+    pub index: usize,
+    pub skew: f64,
+    pub excess_kurtosis: f64,
+    pub label: Option<Label>,
+    pub iscell: Option<bool>,
+    pub npix: Option<usize>,
+}
+
+/// A TIFF stack, or a folder of them.
+#[derive(Debug, Clone, Serialize)]
+pub struct TiffDescription {
+    pub path: String,
+    pub kind: &'static str,
+    pub files: usize,
+    /// Whole pages.
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub dtype: &'static str,
+    /// From ScanImage metadata, when present.
+    pub rate_hz: Option<f64>,
+    /// Why counting stopped early: a truncated (or still growing) last page.
+    pub incomplete: Option<String>,
+}
+
+impl Description {
+    /// `neurod inspect --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Description::Streams(s) => to_json(s),
+            Description::Suite2p(d) => serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
+            Description::Tiff(d) => serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// `neurod inspect`.
+    pub fn render_text(&self) -> String {
+        match self {
+            Description::Streams(s) => render_text(s),
+            Description::Suite2p(d) => render_suite2p(d),
+            Description::Tiff(d) => render_tiff(d),
+        }
+    }
+}
+
+const SUITE2P_FILES: &[&str] = &[
+    suite2p::F_NPY,
+    suite2p::FNEU_NPY,
+    suite2p::SPKS_NPY,
+    suite2p::ISCELL_NPY,
+    suite2p::STAT_NPY,
+    suite2p::OPS_NPY,
+];
+
+/// Describes what is at `path`.
+pub fn inspect(path: &Path) -> Result<Description, InspectError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    if matches!(ext.as_deref(), Some("meta") | Some("bin")) {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if SUITE2P_FILES.contains(&name) {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        return Ok(Description::Suite2p(inspect_suite2p(dir)?));
+    }
+    if is_tiff_name(path) && !path.is_dir() {
+        return Ok(Description::Tiff(inspect_tiff(path)?));
+    }
+    if path.is_dir() && path.join(suite2p::F_NPY).is_file() {
+        return Ok(Description::Suite2p(inspect_suite2p(path)?));
+    }
+    // A folder of TIFFs (ScanImage's numbered files) that is not an Open Ephys recording.
+    if path.is_dir()
+        && !path.join(OEBIN).exists()
+        && tiff_stack::list_tiffs(path).is_ok_and(|f| !f.is_empty())
+    {
+        return Ok(Description::Tiff(inspect_tiff(path)?));
+    }
+    inspect_streams(path, ext.as_deref()).map(Description::Streams)
+}
+
+fn inspect_streams(path: &Path, ext: Option<&str>) -> Result<Vec<StreamDescription>, InspectError> {
+    if matches!(ext, Some("meta") | Some("bin")) {
         // The .meta describes the stream; the .bin need not be here.
         return inspect_spikeglx(path);
     }
@@ -50,13 +175,137 @@ pub fn inspect(path: &Path) -> Result<Vec<StreamDescription>, InspectError> {
         return inspect_openephys(path);
     }
     let is_oebin = path.file_name().and_then(|n| n.to_str()) == Some(OEBIN);
-    match ext.as_deref() {
+    match ext {
         Some("oebin") => inspect_openephys(path),
         _ if is_oebin => inspect_openephys(path),
         _ => Err(InspectError::UnknownKind {
             path: path.to_path_buf(),
         }),
     }
+}
+
+fn inspect_suite2p(dir: &Path) -> Result<Suite2pDescription, InspectError> {
+    let plane = Suite2pPlane::load(dir)?;
+    let rule = PoyoRule::default();
+    let mut rois = Vec::with_capacity(plane.files.rois);
+    for (index, (f, fneu)) in plane
+        .f
+        .rows()
+        .into_iter()
+        .zip(plane.fneu.rows())
+        .enumerate()
+    {
+        let mut m = Moments::default();
+        for (&f, &n) in f.iter().zip(fneu.iter()) {
+            m.push(f64::from(neuropil_corrected(f, n)));
+        }
+        rois.push(RoiDescription {
+            index,
+            skew: m.skew(),
+            excess_kurtosis: m.excess_kurtosis(),
+            label: rule.label_moments(&m),
+            iscell: plane.iscell.as_ref().map(|c| c[index].is_cell),
+            npix: plane.stat.as_ref().map(|s| s[index].npix),
+        });
+    }
+    let count = |l: Label| rois.iter().filter(|r| r.label == Some(l)).count();
+    let size = plane.image_size();
+    Ok(Suite2pDescription {
+        path: dir.display().to_string(),
+        kind: "suite2p",
+        roi_count: plane.files.rois,
+        frames: plane.files.frames,
+        rate_hz: plane.files.ops.fs,
+        height: size.map(|s| s.0),
+        width: size.map(|s| s.1),
+        cells: plane
+            .iscell
+            .as_ref()
+            .map(|c| c.iter().filter(|c| c.is_cell).count()),
+        signal: "F - 0.7*Fneu (float32, as Suite2p computes it)",
+        rule,
+        predictable: count(Label::Predictable),
+        unpredictable: count(Label::Unpredictable),
+        rois,
+    })
+}
+
+fn inspect_tiff(path: &Path) -> Result<TiffDescription, InspectError> {
+    let s = tiff_stack::summarize(path)?;
+    Ok(TiffDescription {
+        path: path.display().to_string(),
+        kind: "tiff",
+        files: s.files.len(),
+        frames: s.frames,
+        height: s.geometry.height,
+        width: s.geometry.width,
+        dtype: s.geometry.pixel.as_str(),
+        rate_hz: s.rate_hz,
+        incomplete: s.incomplete,
+    })
+}
+
+fn opt_num<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn render_suite2p(d: &Suite2pDescription) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", d.path);
+    let _ = writeln!(out, "  kind:      suite2p");
+    let _ = writeln!(out, "  rois:      {}", d.roi_count);
+    let _ = writeln!(out, "  cells:     {}", opt_num(d.cells));
+    let _ = writeln!(out, "  frames:    {}", d.frames);
+    let _ = writeln!(out, "  rate:      {} Hz", opt_num(d.rate_hz));
+    let _ = writeln!(
+        out,
+        "  image:     {} × {}",
+        opt_num(d.height),
+        opt_num(d.width)
+    );
+    let _ = writeln!(
+        out,
+        "  POYO-SSL:  {} predictable, {} unpredictable (skew ≤ {}, excess kurtosis ≤ {}, of {})",
+        d.predictable, d.unpredictable, d.rule.max_skew, d.rule.max_kurtosis, d.signal
+    );
+    let _ = writeln!(
+        out,
+        "  {:>5}  {:>9}  {:>15}  {:<13}  {:>6}  {:>5}",
+        "index", "skew", "excess_kurtosis", "label", "iscell", "npix"
+    );
+    for r in &d.rois {
+        let _ = writeln!(
+            out,
+            "  {:>5}  {:>9.4}  {:>15.4}  {:<13}  {:>6}  {:>5}",
+            r.index,
+            r.skew,
+            r.excess_kurtosis,
+            r.label.map_or("-", Label::as_str),
+            opt_num(r.iscell),
+            opt_num(r.npix)
+        );
+    }
+    out
+}
+
+fn render_tiff(d: &TiffDescription) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", d.path);
+    let _ = writeln!(out, "  kind:      tiff ({} file(s))", d.files);
+    let _ = writeln!(out, "  frames:    {}", d.frames);
+    let _ = writeln!(out, "  image:     {} × {} {}", d.height, d.width, d.dtype);
+    let _ = writeln!(
+        out,
+        "  rate:      {}",
+        d.rate_hz
+            .map_or("- (no ScanImage metadata)".to_string(), |r| format!(
+                "{r} Hz"
+            ))
+    );
+    if let Some(why) = &d.incomplete {
+        let _ = writeln!(out, "  incomplete: {why}");
+    }
+    out
 }
 
 fn inspect_spikeglx(path: &Path) -> Result<Vec<StreamDescription>, InspectError> {
@@ -202,6 +451,13 @@ fn uv_summary(d: &StreamDescription) -> String {
 mod tests {
     use super::*;
 
+    fn streams(p: &Path) -> Vec<StreamDescription> {
+        match inspect(p).unwrap() {
+            Description::Streams(s) => s,
+            other => panic!("not streams: {other:?}"),
+        }
+    }
+
     fn data(rel: &str) -> Option<PathBuf> {
         let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/data")
@@ -224,7 +480,7 @@ mod tests {
         let Some(p) = data("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta") else {
             return;
         };
-        let d = inspect(&p).unwrap();
+        let d = streams(&p);
         assert_eq!(d.len(), 1);
         let d = &d[0];
         assert_eq!(d.stream_kind, "ap");
@@ -266,7 +522,7 @@ mod tests {
         std::fs::copy(&p, &meta).unwrap();
         let bin = dir.path().join("x.imec1.ap.bin");
         std::fs::write(&bin, b"").unwrap();
-        assert_eq!(inspect(&bin).unwrap()[0].saved_channels, 385);
+        assert_eq!(streams(&bin)[0].saved_channels, 385);
     }
 
     #[test]
@@ -276,7 +532,7 @@ mod tests {
         ) else {
             return;
         };
-        let d = inspect(&p).unwrap();
+        let d = streams(&p);
         assert_eq!(d[0].duration_s, None);
         assert!(render_text(&d).contains("duration:  growing"));
         let j = to_json(&d);
@@ -290,7 +546,7 @@ mod tests {
             return;
         };
         for p in [dir.clone(), dir.join("structure.oebin")] {
-            let d = inspect(&p).unwrap();
+            let d = streams(&p);
             assert_eq!(d.len(), 1);
             assert_eq!(d[0].duration_s, Some(133_120.0 / 40_000.0));
             assert_eq!(d[0].saved_channels, 16);
@@ -307,7 +563,7 @@ mod tests {
         else {
             return;
         };
-        let d = inspect(&dir).unwrap();
+        let d = streams(&dir);
         assert_eq!(d.len(), 3);
         assert!(d.iter().all(|s| s.duration_s == Some(100.0 / 30000.0)));
         let j = to_json(&d);
@@ -328,5 +584,77 @@ mod tests {
         assert!(e.contains("gone.ap.meta"), "{e}");
         let e = inspect(dir.path()).unwrap_err().to_string();
         assert!(e.contains("structure.oebin"), "{e}");
+    }
+
+    #[test]
+    fn suite2p_plane_moments_equal_scipys() {
+        let Some(dir) = data("suite2p-fissa") else {
+            return;
+        };
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("expected_moments.json")).unwrap())
+                .unwrap();
+        // The folder itself and a file inside it.
+        for p in [dir.clone(), dir.join("stat.npy")] {
+            let Description::Suite2p(d) = inspect(&p).unwrap() else {
+                panic!("not a suite2p description");
+            };
+            assert_eq!((d.roi_count, d.frames), (23, 864));
+            assert_eq!((d.height, d.width), (Some(176), Some(156)));
+            for (r, key) in [(0, "skew"), (1, "excess_kurtosis")] {
+                let want = expected[key].as_array().unwrap();
+                assert_eq!(want.len(), d.rois.len());
+                for (roi, w) in d.rois.iter().zip(want) {
+                    let got = if r == 0 {
+                        roi.skew
+                    } else {
+                        roi.excess_kurtosis
+                    };
+                    let w = w.as_f64().unwrap();
+                    assert!(
+                        (got - w).abs() <= 1e-9 * w.abs(),
+                        "ROI {} {key}: {got} vs {w}",
+                        roi.index
+                    );
+                }
+            }
+            let rule = PoyoRule::default();
+            for roi in &d.rois {
+                let pred = roi.skew <= rule.max_skew && roi.excess_kurtosis <= rule.max_kurtosis;
+                assert_eq!(
+                    roi.label == Some(Label::Predictable),
+                    pred,
+                    "ROI {}",
+                    roi.index
+                );
+            }
+            assert_eq!(d.predictable + d.unpredictable, 23);
+            let text = Description::Suite2p(d).render_text();
+            assert!(
+                text.contains("rois:      23") && text.contains("unpredictable"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn tiff_stack_is_described() {
+        let Some(p) = data("twophoton-thunder/thunder_mouse_500x64x64_int16.tif") else {
+            return;
+        };
+        let d = inspect(&p).unwrap();
+        let j = d.to_json();
+        assert_eq!(j["frames"], 500);
+        assert_eq!(
+            (j["height"].as_u64(), j["width"].as_u64()),
+            (Some(64), Some(64))
+        );
+        assert_eq!(j["dtype"], "int16");
+        assert!(d.render_text().contains("64 × 64 int16"));
+        // Its folder holds one TIFF and no recording: described as a stack too.
+        let Description::Tiff(t) = inspect(p.parent().unwrap()).unwrap() else {
+            panic!("folder of TIFFs");
+        };
+        assert_eq!((t.files, t.frames), (1, 500));
     }
 }

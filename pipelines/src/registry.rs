@@ -10,6 +10,8 @@ pub const SOURCES: &[(&str, Builder<dyn Source>)] = &[
     ("spikeglx", sources::spikeglx::build),
     ("openephys", sources::openephys::build),
     ("arrow_ipc", sources::arrow_ipc::build),
+    ("suite2p", sources::suite2p::build),
+    ("tiff", sources::tiff::build),
 ];
 
 pub const TRANSFORMS: &[(&str, Builder<dyn Transform>)] = &[

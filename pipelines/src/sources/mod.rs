@@ -5,3 +5,5 @@ pub mod openephys;
 pub mod raw_file;
 pub mod simulated;
 pub mod spikeglx;
+pub mod suite2p;
+pub mod tiff;
