@@ -4,3 +4,5 @@
 pub mod labels;
 pub mod registration;
 pub mod rois;
+#[cfg(test)]
+pub mod testdata;

@@ -376,13 +376,16 @@ mod tests {
     /// A periodic, band-limited texture (random integer frequencies below Nyquist), evaluated
     /// anywhere: shifted copies are exact, so the correlation peak is an exact Gaussian.
     fn image(h: usize, w: usize, dy: f32, dx: f32) -> Vec<f32> {
-        let waves: Vec<(f32, f32, f32)> = (0..60u32)
-            .map(|k| {
-                let m = ((k * 7 + 3) % 23) as f32 - 11.0;
-                let n = ((k * 13 + 5) % 25) as f32 - 12.0;
-                (m, n, k as f32 * 0.9)
-            })
-            .collect();
+        // Every frequency present (whitening divides by each bin's magnitude), with falling
+        // amplitude and scrambled phases.
+        let mut waves: Vec<(f32, f32, f32, f32)> = Vec::new();
+        for m in -(h as i32 / 2 - 1)..h as i32 / 2 {
+            for n in 0..w as i32 / 2 {
+                let phase = ((m * 7919 + n * 104_729) % 628) as f32 / 100.0;
+                let amp = 1.0 / (1.0 + (m * m + n * n) as f32).sqrt();
+                waves.push((m as f32, n as f32, phase, amp));
+            }
+        }
         let tau = std::f32::consts::TAU;
         let mut out = Vec::with_capacity(h * w);
         for y in 0..h {
@@ -390,7 +393,9 @@ mod tests {
                 let (yf, xf) = (y as f32 - dy, x as f32 - dx);
                 let v: f32 = waves
                     .iter()
-                    .map(|(m, n, p)| (tau * (m * yf / h as f32 + n * xf / w as f32) + p).cos())
+                    .map(|(m, n, p, a)| {
+                        a * (tau * (m * yf / h as f32 + n * xf / w as f32) + p).cos()
+                    })
                     .sum();
                 out.push(500.0 + 20.0 * v);
             }
