@@ -222,3 +222,65 @@ fn bad_rois_and_options_are_named() {
     let e = tr.finish(&mut Emitter::default()).unwrap_err();
     assert!(e.to_string().contains("`cam`: 1"), "{e}");
 }
+
+#[test]
+fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
+    use crate::sources::simulated::{Rig, SimulatedOptions};
+    let options = SimulatedOptions {
+        probes: 0,
+        rois: 20,
+        frame_size: 96,
+        duration_s: 4.0,
+        batch_ms: 100,
+        ..SimulatedOptions::default()
+    };
+    let mut rig = Rig::new("sim", &options).unwrap();
+    let rois = rig.rois_batch().unwrap().unwrap();
+    assert_eq!(rois.schema().metadata()[keys::STREAM_ID], "sim.twophoton.rois");
+    let mut mc = super::super::motion_correct::build(
+        &BuildContext {
+            id: "mc",
+            data_dir: "/tmp".as_ref(),
+        },
+        toml::Table::new(),
+    )
+    .unwrap();
+    let mut tr = build_with("").unwrap();
+    let mut registered = Emitter::default();
+    while let Some(window) = rig.next_window(false).unwrap() {
+        for (port, b) in window.batches {
+            assert_eq!(port, "");
+            mc.process(b, &mut registered).unwrap();
+        }
+    }
+    mc.finish(&mut registered).unwrap();
+    let mut out = Emitter::default();
+    // The frames reach roi_traces first here: they wait for the masks.
+    let (first, rest) = registered.batches.split_at(1);
+    tr.process(first[0].1.clone(), &mut out).unwrap();
+    tr.process(rois, &mut out).unwrap();
+    let mut n_frames = first[0].1.num_rows();
+    for (_, b) in rest {
+        // The rig does not move: registration finds (almost) nothing to correct.
+        for name in ["shift_y", "shift_x"] {
+            let s: Float32Array = col(b, name);
+            assert!(s.values().iter().all(|v| v.abs() < 0.25), "{name}: {:?}", s.values());
+        }
+        n_frames += b.num_rows();
+        tr.process(b.clone(), &mut out).unwrap();
+    }
+    tr.finish(&mut out).unwrap();
+    assert_eq!(n_frames, 120, "4 s at 30 Hz");
+    let got = concat(out);
+    assert_eq!(got.num_rows(), 120 * 20);
+    assert_eq!(got.schema().metadata()[keys::STREAM_ID], "sim.twophoton.traces");
+    let roi: Int32Array = col(&got, ROI);
+    assert_eq!(&roi.values()[..20], &(0..20).collect::<Vec<i32>>()[..]);
+    // Somata are brighter than the neuropil around them; masks read with x and y swapped, or
+    // off by a row, would land on background instead.
+    let (f, fneu): (Float32Array, Float32Array) = (col(&got, F), col(&got, FNEU));
+    let brighter = (0..got.num_rows())
+        .filter(|&i| f.value(i) > fneu.value(i) + 100.0)
+        .count();
+    assert!(brighter as f64 > 0.95 * got.num_rows() as f64, "{brighter} of {}", got.num_rows());
+}
