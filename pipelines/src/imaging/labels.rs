@@ -61,7 +61,10 @@ fn read_tiff(path: &Path) -> Result<LabelImage, String> {
         D::U8(v) => v.into_iter().map(i64::from).collect(),
         D::U16(v) => v.into_iter().map(i64::from).collect(),
         D::U32(v) => v.into_iter().map(i64::from).collect(),
-        D::U64(v) => v.into_iter().map(|x| x.min(i64::MAX as u64) as i64).collect(),
+        D::U64(v) => v
+            .into_iter()
+            .map(|x| x.min(i64::MAX as u64) as i64)
+            .collect(),
         D::I8(v) => v.into_iter().map(i64::from).collect(),
         D::I16(v) => v.into_iter().map(i64::from).collect(),
         D::I32(v) => v.into_iter().map(i64::from).collect(),
@@ -86,7 +89,10 @@ fn read_tiff(path: &Path) -> Result<LabelImage, String> {
 
 fn read_npy(path: &Path) -> Result<LabelImage, String> {
     use ndarray_npy::{read_npy, ReadNpyError};
-    fn take<T: Copy>(a: Array2<T>, f: impl Fn(T) -> Result<i64, String>) -> Result<LabelImage, String> {
+    fn take<T: Copy>(
+        a: Array2<T>,
+        f: impl Fn(T) -> Result<i64, String>,
+    ) -> Result<LabelImage, String> {
         let (height, width) = a.dim();
         let labels = a.iter().map(|v| f(*v)).collect::<Result<_, _>>()?;
         Ok(LabelImage {
@@ -106,7 +112,7 @@ fn read_npy(path: &Path) -> Result<LabelImage, String> {
             }
         };
     }
-    attempt!(i64, |v| Ok(v));
+    attempt!(i64, Ok);
     attempt!(i32, |v| Ok(i64::from(v)));
     attempt!(u32, |v| Ok(i64::from(v)));
     attempt!(u16, |v| Ok(i64::from(v)));
@@ -129,7 +135,8 @@ mod tests {
         let (h, w) = (3usize, 4usize);
         let labels: Vec<u16> = vec![0, 1, 1, 0, 0, 2, 2, 2, 3, 0, 0, 0];
         let tif = dir.path().join("labels.tif");
-        let mut enc = tiff::encoder::TiffEncoder::new(std::fs::File::create(&tif).unwrap()).unwrap();
+        let mut enc =
+            tiff::encoder::TiffEncoder::new(std::fs::File::create(&tif).unwrap()).unwrap();
         enc.write_image::<tiff::encoder::colortype::Gray16>(w as u32, h as u32, &labels)
             .unwrap();
         let npy = dir.path().join("labels.npy");

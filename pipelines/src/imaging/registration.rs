@@ -131,7 +131,13 @@ impl Registration {
         };
         // Suite2p whitens the untapered reference; tapered like the frames, the estimates lose
         // a bias of up to 0.2 px that the reference's wrap-around edges otherwise bring.
-        for (((d, v), t), o) in r.image.iter_mut().zip(reference).zip(&r.taper).zip(&r.offset) {
+        for (((d, v), t), o) in r
+            .image
+            .iter_mut()
+            .zip(reference)
+            .zip(&r.taper)
+            .zip(&r.offset)
+        {
             *d = v * t + o;
         }
         r.spectrum();
@@ -183,7 +189,11 @@ impl Registration {
     /// 2-D spectrum of `self.image` into `self.cols` (column-major).
     fn spectrum(&mut self) {
         let (w, wc) = (self.w, self.wc);
-        for (src, dst) in self.image.chunks_exact(w).zip(self.rows.chunks_exact_mut(wc)) {
+        for (src, dst) in self
+            .image
+            .chunks_exact(w)
+            .zip(self.rows.chunks_exact_mut(wc))
+        {
             // realfft uses its input as scratch: copy the row out first.
             self.row_in.copy_from_slice(src);
             // Lengths match the plan by construction, so this cannot fail.
@@ -257,7 +267,8 @@ fn peak_offset(left: f32, centre: f32, right: f32) -> f32 {
         (left, centre, right)
     };
     let curvature = l - 2.0 * c + r;
-    if !(curvature < 0.0) {
+    // Not a maximum (or NaN): no refinement.
+    if curvature.is_nan() || curvature >= 0.0 {
         return 0.0;
     }
     (0.5 * (l - r) / curvature).clamp(-0.5, 0.5)
@@ -292,7 +303,11 @@ fn gaussian_spectrum(h: usize, w: usize, sigma: f32) -> Vec<f32> {
     let wc = w / 2 + 1;
     let k = -2.0 * std::f32::consts::PI.powi(2) * sigma * sigma;
     let freq = |i: usize, n: usize| -> f32 {
-        let i = if i <= n / 2 { i as f32 } else { i as f32 - n as f32 };
+        let i = if i <= n / 2 {
+            i as f32
+        } else {
+            i as f32 - n as f32
+        };
         i / n as f32
     };
     let mut out = Vec::with_capacity(wc * h);
@@ -356,7 +371,10 @@ pub fn shift_bilinear<S: Copy, D>(
             let (a0, a1) = (&s0[off..off + n + 1], &s1[off..off + n + 1]);
             for (k, o) in out[lo..hi_x].iter_mut().enumerate() {
                 *o = store(
-                    w00 * load(a0[k]) + w01 * load(a0[k + 1]) + w10 * load(a1[k]) + w11 * load(a1[k + 1]),
+                    w00 * load(a0[k])
+                        + w01 * load(a0[k + 1])
+                        + w10 * load(a1[k])
+                        + w11 * load(a1[k + 1]),
                 );
             }
         }
@@ -415,7 +433,13 @@ mod tests {
     fn recovers_known_subpixel_shifts_of_a_periodic_texture() {
         let (h, w) = (48, 60);
         let mut r = Registration::new(&image(h, w, 0.0, 0.0), h, w, params()).unwrap();
-        for &(dy, dx) in &[(0.0, 0.0), (3.0, -2.0), (-4.3, 1.7), (0.5, -0.5), (6.8, 7.2)] {
+        for &(dy, dx) in &[
+            (0.0, 0.0),
+            (3.0, -2.0),
+            (-4.3, 1.7),
+            (0.5, -0.5),
+            (6.8, 7.2),
+        ] {
             let s = r.estimate_f32(&image(h, w, dy, dx));
             assert!(
                 (s.dy - dy).abs() < 0.01 && (s.dx - dx).abs() < 0.01,
@@ -448,10 +472,18 @@ mod tests {
         assert_eq!(dst[0], src[w + 2]);
         assert_eq!(dst[w + 3], src[2 * w + 5]);
         assert_eq!(dst[w + 4], src[2 * w + 5], "x clamped at the right edge");
-        assert_eq!(dst[(h - 1) * w], src[(h - 1) * w + 2], "y clamped at the bottom");
+        assert_eq!(
+            dst[(h - 1) * w],
+            src[(h - 1) * w + 2],
+            "y clamped at the bottom"
+        );
         shift_bilinear(&src, &mut dst, h, w, 0.5, -0.5, |v| v, |v| v);
         // Linear image: the value at (y + 0.5, x − 0.5) is w·(y + 0.5) + x − 0.5.
         assert_eq!(dst[w + 2], (w as f32) * 1.5 + 1.5);
-        assert_eq!(dst[w], src[w] + 0.5 * w as f32, "x clamped at the left edge");
+        assert_eq!(
+            dst[w],
+            src[w] + 0.5 * w as f32,
+            "x clamped at the left edge"
+        );
     }
 }

@@ -133,14 +133,18 @@ impl RoiSet {
                 labels.len()
             ));
         }
-        let rows = labels.iter().enumerate().filter(|(_, &l)| l > 0).map(|(p, &l)| {
-            (
-                l.min(i32::MAX as i64) as i32,
-                (p / width) as i32,
-                (p % width) as i32,
-                1.0,
-            )
-        });
+        let rows = labels
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l > 0)
+            .map(|(p, &l)| {
+                (
+                    l.min(i32::MAX as i64) as i32,
+                    (p / width) as i32,
+                    (p % width) as i32,
+                    1.0,
+                )
+            });
         Self::from_pixels(height, width, rows, false, np)
     }
 
@@ -223,7 +227,11 @@ impl Annulus {
             self.own[(y - y0) as usize * bw + (x - x0) as usize] = true;
         }
         let own = |y: i32, x: i32| {
-            y >= y0 && y <= y1 && x >= x0 && x <= x1 && self.own[(y - y0) as usize * bw + (x - x0) as usize]
+            y >= y0
+                && y <= y1
+                && x >= x0
+                && x <= x1
+                && self.own[(y - y0) as usize * bw + (x - x0) as usize]
         };
         self.boundary.clear();
         for &p in px {
@@ -239,7 +247,12 @@ impl Annulus {
         loop {
             reach = reach.min(max_r);
             let m = reach.ceil() as i32;
-            let (ya, yb, xa, xb) = ((y0 - m).max(0), (y1 + m).min(h - 1), (x0 - m).max(0), (x1 + m).min(w - 1));
+            let (ya, yb, xa, xb) = (
+                (y0 - m).max(0),
+                (y1 + m).min(h - 1),
+                (x0 - m).max(0),
+                (x1 + m).min(w - 1),
+            );
             let reach2 = reach * reach;
             self.candidates.clear();
             for y in ya..=yb {

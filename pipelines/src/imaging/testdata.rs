@@ -28,7 +28,10 @@ pub fn thunder_movie() -> Option<(usize, usize, Vec<Vec<i16>>)> {
                 "{}: {e} (required under CI)",
                 path.display()
             );
-            eprintln!("\n!!!!! SKIPPED: real movie {} is missing: {e} !!!!!\n", path.display());
+            eprintln!(
+                "\n!!!!! SKIPPED: real movie {} is missing: {e} !!!!!\n",
+                path.display()
+            );
             return None;
         }
     };

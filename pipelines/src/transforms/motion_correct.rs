@@ -36,7 +36,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int64Array};
+use arrow::array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
@@ -94,7 +96,9 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
     }
     if let Some(t) = o.taper_px {
         if !(t.is_finite() && (0.0..=100.0).contains(&t)) {
-            errors.push(format!("{prefix}: `taper_px` = {t} must be within 0..=100 px"));
+            errors.push(format!(
+                "{prefix}: `taper_px` = {t} must be within 0..=100 px"
+            ));
         }
     }
     if o.max_shift_px == Some(0) {
@@ -135,7 +139,9 @@ impl Transform for MotionCorrect {
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
         let schema = batch.schema();
-        let sid = stream::stream_id_of(&schema).unwrap_or("unnamed").to_string();
+        let sid = stream::stream_id_of(&schema)
+            .unwrap_or("unnamed")
+            .to_string();
         let frames = Frames::of(&batch, &sid)?;
         let stale = self
             .streams
@@ -189,7 +195,9 @@ impl<'a> Frames<'a> {
         let bad = |why: String| ComponentError::Other(format!("stream `{sid}`: {why}"));
         let schema = batch.schema_ref();
         if Layout::of(schema) != Some(Layout::Frames) {
-            return Err(bad("not a frames stream (motion_correct takes frames)".into()));
+            return Err(bad(
+                "not a frames stream (motion_correct takes frames)".into()
+            ));
         }
         let dim = |k: &'static str| -> Result<usize, ComponentError> {
             schema
@@ -229,7 +237,11 @@ impl<'a> Frames<'a> {
             .as_any()
             .downcast_ref::<Int16Array>()
             .ok_or_else(|| bad(format!("`{PIXELS}` items are not Int16")))?;
-        if list.null_count() > 0 || values.null_count() > 0 || index.null_count() > 0 || time.null_count() > 0 {
+        if list.null_count() > 0
+            || values.null_count() > 0
+            || index.null_count() > 0
+            || time.null_count() > 0
+        {
             return Err(bad("null frames or pixels".into()));
         }
         // A sliced batch starts its list at an offset.
@@ -302,7 +314,12 @@ impl StreamState {
         })
     }
 
-    fn add(&mut self, f: &Frames, reference_frames: usize, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn add(
+        &mut self,
+        f: &Frames,
+        reference_frames: usize,
+        out: &mut Emitter,
+    ) -> Result<(), ComponentError> {
         let n = f.list.len();
         let px = self.h * self.w;
         if self.registration.is_none() {
@@ -318,7 +335,13 @@ impl StreamState {
             }
             return Ok(());
         }
-        let rows = (0..n).map(|i| (f.index.value(i), f.time.value(i), &f.pixels[i * px..(i + 1) * px]));
+        let rows = (0..n).map(|i| {
+            (
+                f.index.value(i),
+                f.time.value(i),
+                &f.pixels[i * px..(i + 1) * px],
+            )
+        });
         let batch = self.register(rows, n)?;
         out.emit(batch);
         Ok(())
@@ -343,7 +366,12 @@ impl StreamState {
 
     fn make_reference(&self) -> Result<Registration, ComponentError> {
         let (h, w) = (self.h, self.w);
-        let err = |e: String| ComponentError::Other(format!("stream `{}`: {e}", stream::stream_id_of(&self.schema).unwrap_or("unnamed")));
+        let err = |e: String| {
+            ComponentError::Other(format!(
+                "stream `{}`: {e}",
+                stream::stream_id_of(&self.schema).unwrap_or("unnamed")
+            ))
+        };
         let mut mean = vec![0f64; h * w];
         for (_, _, p) in &self.held {
             for (m, v) in mean.iter_mut().zip(p) {
@@ -374,7 +402,9 @@ impl StreamState {
     ) -> Result<RecordBatch, ComponentError> {
         let (h, w) = (self.h, self.w);
         let Some(reg) = self.registration.as_mut() else {
-            return Err(ComponentError::Other("registering before the reference exists".into()));
+            return Err(ComponentError::Other(
+                "registering before the reference exists".into(),
+            ));
         };
         let mut index = Vec::with_capacity(n);
         let mut time = Vec::with_capacity(n);

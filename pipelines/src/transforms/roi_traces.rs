@@ -38,7 +38,9 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{Array, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array};
+use arrow::array::{
+    Array, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
+};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
@@ -47,7 +49,9 @@ use super::spike_detect::SOURCE_STREAM_KEY;
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
 use crate::imaging::labels;
 use crate::imaging::rois::{NeuropilParams, RoiSet};
-use crate::stream::{self, keys, traces_schema, Layout, FRAME_INDEX, PIXELS, ROI, ROI_WEIGHT, ROI_X, ROI_Y, TIME_S};
+use crate::stream::{
+    self, keys, traces_schema, Layout, FRAME_INDEX, PIXELS, ROI, ROI_WEIGHT, ROI_X, ROI_Y, TIME_S,
+};
 
 pub const TYPE: &str = "roi_traces";
 /// Output stream id: `<frames stream id>` + this.
@@ -119,19 +123,31 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
     let prefix = format!("transform `{}` (type `{TYPE}`)", ctx.id);
     let mut errors = Vec::new();
     if !(o.neuropil_inner_px.is_finite() && (0.0..=50.0).contains(&o.neuropil_inner_px)) {
-        errors.push(format!("{prefix}: `neuropil_inner_px` = {} must be within 0..=50", o.neuropil_inner_px));
+        errors.push(format!(
+            "{prefix}: `neuropil_inner_px` = {} must be within 0..=50",
+            o.neuropil_inner_px
+        ));
     }
-    if !(o.neuropil_max_radius_px.is_finite() && o.neuropil_max_radius_px > o.neuropil_inner_px && o.neuropil_max_radius_px <= 500.0) {
+    if !(o.neuropil_max_radius_px.is_finite()
+        && o.neuropil_max_radius_px > o.neuropil_inner_px
+        && o.neuropil_max_radius_px <= 500.0)
+    {
         errors.push(format!(
             "{prefix}: `neuropil_max_radius_px` = {} must exceed `neuropil_inner_px` and be at most 500",
             o.neuropil_max_radius_px
         ));
     }
     if o.neuropil_min_pixels > 100_000 {
-        errors.push(format!("{prefix}: `neuropil_min_pixels` = {} must be at most 100000", o.neuropil_min_pixels));
+        errors.push(format!(
+            "{prefix}: `neuropil_min_pixels` = {} must be at most 100000",
+            o.neuropil_min_pixels
+        ));
     }
     if o.max_held_frames > 100_000 {
-        errors.push(format!("{prefix}: `max_held_frames` = {} must be at most 100000", o.max_held_frames));
+        errors.push(format!(
+            "{prefix}: `max_held_frames` = {} must be at most 100000",
+            o.max_held_frames
+        ));
     }
     let neuropil = NeuropilParams {
         inner_px: o.neuropil_inner_px,
@@ -173,7 +189,9 @@ impl Transform for RoiTraces {
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
         let schema = batch.schema();
-        let sid = stream::stream_id_of(&schema).unwrap_or("unnamed").to_string();
+        let sid = stream::stream_id_of(&schema)
+            .unwrap_or("unnamed")
+            .to_string();
         match Layout::of(&schema) {
             Some(Layout::Frames) => self.frames(sid, batch, out),
             Some(Layout::Rois) => self.rois(sid, &batch, out),
@@ -213,11 +231,21 @@ impl RoiTraces {
             .values()
             .filter(fits)
             .find(|r| r.stream.as_deref() == Some(sid))
-            .or_else(|| self.streamed.values().filter(fits).find(|r| r.stream.is_none()))
+            .or_else(|| {
+                self.streamed
+                    .values()
+                    .filter(fits)
+                    .find(|r| r.stream.is_none())
+            })
             .map(|r| r.set.clone())
     }
 
-    fn frames(&mut self, sid: String, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn frames(
+        &mut self,
+        sid: String,
+        batch: RecordBatch,
+        out: &mut Emitter,
+    ) -> Result<(), ComponentError> {
         let bad = |why: String| ComponentError::Other(format!("stream `{sid}`: {why}"));
         let md = batch.schema_ref().metadata();
         let dim = |k: &'static str| -> Result<usize, ComponentError> {
@@ -270,7 +298,12 @@ impl RoiTraces {
         Ok(())
     }
 
-    fn rois(&mut self, sid: String, batch: &RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn rois(
+        &mut self,
+        sid: String,
+        batch: &RecordBatch,
+        out: &mut Emitter,
+    ) -> Result<(), ComponentError> {
         let bad = |why: String| ComponentError::Other(format!("ROI stream `{sid}`: {why}"));
         if self.fixed.is_some() {
             return Err(bad("`labels` is set, so ROI streams are not taken".into()));
@@ -305,8 +338,10 @@ impl RoiTraces {
             .filter(|a| a.null_count() == 0)
             .cloned()
             .ok_or_else(|| bad(format!("`{ROI_WEIGHT}` is not a non-null Float32")))?;
-        let rows = (0..batch.num_rows()).map(|i| (roi.value(i), y.value(i), x.value(i), weight.value(i)));
-        let set = RoiSet::from_pixels(h, w, rows, self.options.weighted, self.neuropil).map_err(bad)?;
+        let rows =
+            (0..batch.num_rows()).map(|i| (roi.value(i), y.value(i), x.value(i), weight.value(i)));
+        let set =
+            RoiSet::from_pixels(h, w, rows, self.options.weighted, self.neuropil).map_err(bad)?;
         tracing::info!(component = %self.id, stream = %sid, rois = set.len(), "ROIs received");
         self.streamed.insert(
             sid,
@@ -340,7 +375,13 @@ impl RoiTraces {
 }
 
 impl FramesState {
-    fn trace(&mut self, sid: &str, set: &RoiSet, batch: &RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn trace(
+        &mut self,
+        sid: &str,
+        set: &RoiSet,
+        batch: &RecordBatch,
+        out: &mut Emitter,
+    ) -> Result<(), ComponentError> {
         let bad = |why: String| ComponentError::Other(format!("stream `{sid}`: {why}"));
         let schema = batch.schema_ref();
         let col = |name: &str| {
@@ -363,14 +404,21 @@ impl FramesState {
             .ok_or_else(|| bad(format!("`{PIXELS}` is not a fixed-size list")))?;
         let px = set.height * set.width;
         if list.value_length() as usize != px {
-            return Err(bad(format!("frames of {} pixels, ROIs on {px}", list.value_length())));
+            return Err(bad(format!(
+                "frames of {} pixels, ROIs on {px}",
+                list.value_length()
+            )));
         }
         let values = list
             .values()
             .as_any()
             .downcast_ref::<Int16Array>()
             .ok_or_else(|| bad(format!("`{PIXELS}` items are not Int16")))?;
-        if list.null_count() > 0 || values.null_count() > 0 || index.null_count() > 0 || time.null_count() > 0 {
+        if list.null_count() > 0
+            || values.null_count() > 0
+            || index.null_count() > 0
+            || time.null_count() > 0
+        {
             return Err(bad("null frames or pixels".into()));
         }
         let start = list.offset() * px;
@@ -378,12 +426,22 @@ impl FramesState {
             .values()
             .get(start..start + list.len() * px)
             .ok_or_else(|| bad("pixel buffer shorter than its frames".into()))?;
-        let rate = schema.metadata().get(keys::SAMPLING_HZ).cloned().unwrap_or_default();
+        let rate = schema
+            .metadata()
+            .get(keys::SAMPLING_HZ)
+            .cloned()
+            .unwrap_or_default();
         if self.out.as_ref().is_none_or(|(r, _)| *r != rate) {
             let s = traces_schema(&format!("{sid}{TRACES_SUFFIX}"), &rate, &[F, FNEU]);
             let mut md = s.metadata().clone();
             md.insert(SOURCE_STREAM_KEY.into(), sid.into());
-            self.out = Some((rate, Arc::new(arrow::datatypes::Schema::new_with_metadata(s.fields().clone(), md))));
+            self.out = Some((
+                rate,
+                Arc::new(arrow::datatypes::Schema::new_with_metadata(
+                    s.fields().clone(),
+                    md,
+                )),
+            ));
         }
         let Some((_, out_schema)) = &self.out else {
             return Ok(());

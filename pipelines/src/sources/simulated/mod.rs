@@ -213,7 +213,11 @@ impl Source for SimulatedSource {
             "simulated rig started"
         );
         // The masks go once, before any frame, and only to someone who reads them.
-        if ctx.outputs.port(ROIS_PORT).is_some_and(|o| o.has_consumers()) {
+        if ctx
+            .outputs
+            .port(ROIS_PORT)
+            .is_some_and(|o| o.has_consumers())
+        {
             match rig.rois_batch() {
                 Some(Ok(b)) => {
                     let _ = ctx.outputs.send_to(ROIS_PORT, b);

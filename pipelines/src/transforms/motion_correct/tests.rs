@@ -14,11 +14,19 @@ fn build_with(options: &str) -> Box<dyn Transform> {
 }
 
 /// Runs the movie through in batches of `per_batch`; every output batch, concatenated.
-fn run(tr: &mut Box<dyn Transform>, schema: &SchemaRef, movie: &[Vec<i16>], per_batch: usize) -> RecordBatch {
+fn run(
+    tr: &mut Box<dyn Transform>,
+    schema: &SchemaRef,
+    movie: &[Vec<i16>],
+    per_batch: usize,
+) -> RecordBatch {
     let mut out = Emitter::default();
     for (k, chunk) in movie.chunks(per_batch).enumerate() {
-        tr.process(frames_batch(schema, (k * per_batch) as i64, chunk), &mut out)
-            .unwrap();
+        tr.process(
+            frames_batch(schema, (k * per_batch) as i64, chunk),
+            &mut out,
+        )
+        .unwrap();
     }
     tr.finish(&mut out).unwrap();
     let batches: Vec<RecordBatch> = out.batches.into_iter().map(|(_, b)| b).collect();
@@ -102,7 +110,11 @@ fn recovers_known_shifts_of_the_real_movie_within_a_tenth_of_a_pixel() {
     let moved = run(&mut build_with(options), &schema, &shifted, 25);
     assert_eq!(moved.num_rows(), movie.len(), "no frame lost");
     let index: Int64Array = col(&moved, FRAME_INDEX);
-    assert!(index.values().iter().enumerate().all(|(k, &i)| i == k as i64));
+    assert!(index
+        .values()
+        .iter()
+        .enumerate()
+        .all(|(k, &i)| i == k as i64));
     assert_eq!(moved.schema().metadata()[keys::STREAM_ID], "thunder");
 
     // The movie moves a little by itself (±0.2 px): the known shift is what the shifted copy's
@@ -124,7 +136,9 @@ fn recovers_known_shifts_of_the_real_movie_within_a_tenth_of_a_pixel() {
             x0.value(k)
         );
         // And in absolute terms, the movie's own motion aside.
-        assert!((f64::from(y1.value(k)) - dy).abs() < 0.5 && (f64::from(x1.value(k)) - dx).abs() < 0.5);
+        assert!(
+            (f64::from(y1.value(k)) - dy).abs() < 0.5 && (f64::from(x1.value(k)) - dx).abs() < 0.5
+        );
     }
     eprintln!("largest error over {} frames: {worst:.3} px", movie.len());
 
@@ -133,7 +147,11 @@ fn recovers_known_shifts_of_the_real_movie_within_a_tenth_of_a_pixel() {
     let px = |b: &RecordBatch, k: usize| -> Vec<i16> {
         let l: FixedSizeListArray = col(b, PIXELS);
         let v = l.value(k);
-        v.as_any().downcast_ref::<Int16Array>().unwrap().values().to_vec()
+        v.as_any()
+            .downcast_ref::<Int16Array>()
+            .unwrap()
+            .values()
+            .to_vec()
     };
     let interior_mad = |a: &[i16], b: &[i16]| -> f64 {
         let mut s = 0.0;
@@ -149,7 +167,10 @@ fn recovers_known_shifts_of_the_real_movie_within_a_tenth_of_a_pixel() {
     for k in [30usize, 36, 38] {
         let before = interior_mad(&shifted[k], &movie[k]);
         let after = interior_mad(&px(&moved, k), &px(&base, k));
-        assert!(after < 0.35 * before, "frame {k}: {after} after, {before} before");
+        assert!(
+            after < 0.35 * before,
+            "frame {k}: {after} after, {before} before"
+        );
     }
 }
 
@@ -165,18 +186,26 @@ fn frames_are_held_until_the_reference_exists_then_all_leave() {
     let movie: Vec<Vec<i16>> = (0..7).map(frame).collect();
     let mut tr = build_with("reference_frames = 5");
     let mut out = Emitter::default();
-    tr.process(frames_batch(&schema, 0, &movie[..3]), &mut out).unwrap();
+    tr.process(frames_batch(&schema, 0, &movie[..3]), &mut out)
+        .unwrap();
     assert!(out.batches.is_empty(), "3 of 5 reference frames: held");
-    tr.process(frames_batch(&schema, 3, &movie[3..6]), &mut out).unwrap();
+    tr.process(frames_batch(&schema, 3, &movie[3..6]), &mut out)
+        .unwrap();
     assert_eq!(out.batches.len(), 1);
-    assert_eq!(out.batches[0].1.num_rows(), 6, "the held frames and the batch that completed the reference");
-    tr.process(frames_batch(&schema, 6, &movie[6..]), &mut out).unwrap();
+    assert_eq!(
+        out.batches[0].1.num_rows(),
+        6,
+        "the held frames and the batch that completed the reference"
+    );
+    tr.process(frames_batch(&schema, 6, &movie[6..]), &mut out)
+        .unwrap();
     assert_eq!(out.batches[1].1.num_rows(), 1);
 
     // A stream that ends early is registered against what it had.
     let mut tr = build_with("reference_frames = 50");
     let mut out = Emitter::default();
-    tr.process(frames_batch(&schema, 0, &movie), &mut out).unwrap();
+    tr.process(frames_batch(&schema, 0, &movie), &mut out)
+        .unwrap();
     assert!(out.batches.is_empty());
     tr.finish(&mut out).unwrap();
     assert_eq!(out.batches[0].1.num_rows(), 7);
@@ -188,7 +217,10 @@ fn bad_input_and_options_are_named() {
     let not_frames = crate::stream::traces_schema("t", "30", &["f"]);
     let b = RecordBatch::new_empty(not_frames);
     let e = tr.process(b, &mut Emitter::default()).unwrap_err();
-    assert!(e.to_string().contains("`t`") && e.to_string().contains("frames"), "{e}");
+    assert!(
+        e.to_string().contains("`t`") && e.to_string().contains("frames"),
+        "{e}"
+    );
     // Metadata that disagrees with the frames.
     let schema = frames_schema("s", "twophoton", 8, 8, "30");
     let lying = Arc::new(Schema::new_with_metadata(
@@ -215,5 +247,8 @@ fn bad_input_and_options_are_named() {
     .err()
     .unwrap();
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].contains("mc") && e[0].contains("reference_frames"), "{e:?}");
+    assert!(
+        e[0].contains("mc") && e[0].contains("reference_frames"),
+        "{e:?}"
+    );
 }

@@ -151,13 +151,22 @@ fn traces_of_the_real_movie_equal_numpy_with_a_label_image() {
     }
 }
 
-fn roi_batch(sid: &str, source: Option<&str>, h: usize, w: usize, rows: &[(i32, i32, i32, f32)]) -> RecordBatch {
+fn roi_batch(
+    sid: &str,
+    source: Option<&str>,
+    h: usize,
+    w: usize,
+    rows: &[(i32, i32, i32, f32)],
+) -> RecordBatch {
     let s = rois_schema(sid, h, w);
     let mut md = s.metadata().clone();
     if let Some(src) = source {
         md.insert(SOURCE_STREAM_KEY.into(), src.into());
     }
-    let s = Arc::new(arrow::datatypes::Schema::new_with_metadata(s.fields().clone(), md));
+    let s = Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        s.fields().clone(),
+        md,
+    ));
     RecordBatch::try_new(
         s,
         vec![
@@ -178,47 +187,81 @@ fn frames_wait_for_their_rois_within_a_bound() {
     let movie: Vec<Vec<i16>> = (0..10).map(frame).collect();
     let mut tr = build_with("max_held_frames = 4\nneuropil_min_pixels = 8").unwrap();
     let mut out = Emitter::default();
-    tr.process(frames_batch(&schema, 0, &movie[..3]), &mut out).unwrap();
+    tr.process(frames_batch(&schema, 0, &movie[..3]), &mut out)
+        .unwrap();
     let e = tr
         .process(frames_batch(&schema, 3, &movie[3..6]), &mut out)
         .unwrap_err();
     assert!(e.to_string().contains("3 frames dropped"), "{e}");
     assert!(out.batches.is_empty());
     // ROIs for another stream do not release these frames.
-    tr.process(roi_batch("other.rois", Some("other"), h, w, &[(0, 1, 1, 1.0)]), &mut out)
-        .unwrap();
-    assert!(out.batches.is_empty());
-    // Weighted: pixel (2, 3) = 35 + 10k with weight 3, (2, 4) = 36 + 10k with weight 1.
     tr.process(
-        roi_batch("cam.rois", Some("cam"), h, w, &[(4, 2, 3, 3.0), (4, 2, 4, 1.0)]),
+        roi_batch("other.rois", Some("other"), h, w, &[(0, 1, 1, 1.0)]),
         &mut out,
     )
     .unwrap();
-    tr.process(frames_batch(&schema, 6, &movie[6..]), &mut out).unwrap();
+    assert!(out.batches.is_empty());
+    // Weighted: pixel (2, 3) = 35 + 10k with weight 3, (2, 4) = 36 + 10k with weight 1.
+    tr.process(
+        roi_batch(
+            "cam.rois",
+            Some("cam"),
+            h,
+            w,
+            &[(4, 2, 3, 3.0), (4, 2, 4, 1.0)],
+        ),
+        &mut out,
+    )
+    .unwrap();
+    tr.process(frames_batch(&schema, 6, &movie[6..]), &mut out)
+        .unwrap();
     let got = concat(out);
     let frames: Int64Array = col(&got, FRAME_INDEX);
-    assert_eq!(frames.values(), &[3, 4, 5, 6, 7, 8, 9], "0..3 dropped, the rest in order");
+    assert_eq!(
+        frames.values(),
+        &[3, 4, 5, 6, 7, 8, 9],
+        "0..3 dropped, the rest in order"
+    );
     let f: Float32Array = col(&got, F);
     for (i, k) in (3..10).enumerate() {
-        assert_eq!(f.value(i), 0.75 * (35 + 10 * k) as f32 + 0.25 * (36 + 10 * k) as f32);
+        assert_eq!(
+            f.value(i),
+            0.75 * (35 + 10 * k) as f32 + 0.25 * (36 + 10 * k) as f32
+        );
     }
     assert!(tr.finish(&mut Emitter::default()).is_ok());
 }
 
 #[test]
 fn bad_rois_and_options_are_named() {
-    let e = build_with("labels = \"/nonexistent/labels.tif\"").err().unwrap();
-    assert!(e[0].contains("traces") && e[0].contains("labels.tif"), "{e:?}");
-    let e = build_with("neuropil_max_radius_px = 1\nneuropil_inner_px = 2").err().unwrap();
+    let e = build_with("labels = \"/nonexistent/labels.tif\"")
+        .err()
+        .unwrap();
+    assert!(
+        e[0].contains("traces") && e[0].contains("labels.tif"),
+        "{e:?}"
+    );
+    let e = build_with("neuropil_max_radius_px = 1\nneuropil_inner_px = 2")
+        .err()
+        .unwrap();
     assert!(e[0].contains("neuropil_max_radius_px"), "{e:?}");
     let mut tr = build_with("").unwrap();
     let e = tr
-        .process(roi_batch("r", None, 8, 8, &[(0, 8, 0, 1.0)]), &mut Emitter::default())
+        .process(
+            roi_batch("r", None, 8, 8, &[(0, 8, 0, 1.0)]),
+            &mut Emitter::default(),
+        )
         .unwrap_err();
-    assert!(e.to_string().contains("`r`") && e.to_string().contains("outside"), "{e}");
+    assert!(
+        e.to_string().contains("`r`") && e.to_string().contains("outside"),
+        "{e}"
+    );
     let schema = frames_schema("cam", "twophoton", 8, 8, "30");
-    tr.process(frames_batch(&schema, 0, &[vec![0; 64]]), &mut Emitter::default())
-        .unwrap();
+    tr.process(
+        frames_batch(&schema, 0, &[vec![0; 64]]),
+        &mut Emitter::default(),
+    )
+    .unwrap();
     let e = tr.finish(&mut Emitter::default()).unwrap_err();
     assert!(e.to_string().contains("`cam`: 1"), "{e}");
 }
@@ -236,7 +279,10 @@ fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
     };
     let mut rig = Rig::new("sim", &options).unwrap();
     let rois = rig.rois_batch().unwrap().unwrap();
-    assert_eq!(rois.schema().metadata()[keys::STREAM_ID], "sim.twophoton.rois");
+    assert_eq!(
+        rois.schema().metadata()[keys::STREAM_ID],
+        "sim.twophoton.rois"
+    );
     let mut mc = super::super::motion_correct::build(
         &BuildContext {
             id: "mc",
@@ -264,7 +310,11 @@ fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
         // The rig does not move: registration finds (almost) nothing to correct.
         for name in ["shift_y", "shift_x"] {
             let s: Float32Array = col(b, name);
-            assert!(s.values().iter().all(|v| v.abs() < 0.25), "{name}: {:?}", s.values());
+            assert!(
+                s.values().iter().all(|v| v.abs() < 0.25),
+                "{name}: {:?}",
+                s.values()
+            );
         }
         n_frames += b.num_rows();
         tr.process(b.clone(), &mut out).unwrap();
@@ -273,7 +323,10 @@ fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
     assert_eq!(n_frames, 120, "4 s at 30 Hz");
     let got = concat(out);
     assert_eq!(got.num_rows(), 120 * 20);
-    assert_eq!(got.schema().metadata()[keys::STREAM_ID], "sim.twophoton.traces");
+    assert_eq!(
+        got.schema().metadata()[keys::STREAM_ID],
+        "sim.twophoton.traces"
+    );
     let roi: Int32Array = col(&got, ROI);
     assert_eq!(&roi.values()[..20], &(0..20).collect::<Vec<i32>>()[..]);
     // Somata are brighter than the neuropil around them; masks read with x and y swapped, or
@@ -282,5 +335,9 @@ fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
     let brighter = (0..got.num_rows())
         .filter(|&i| f.value(i) > fneu.value(i) + 100.0)
         .count();
-    assert!(brighter as f64 > 0.95 * got.num_rows() as f64, "{brighter} of {}", got.num_rows());
+    assert!(
+        brighter as f64 > 0.95 * got.num_rows() as f64,
+        "{brighter} of {}",
+        got.num_rows()
+    );
 }
