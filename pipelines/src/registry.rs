@@ -18,6 +18,8 @@ pub const TRANSFORMS: &[(&str, Builder<dyn Transform>)] = &[
     ("select_channels", transforms::select_channels::build),
     ("spike_detect", transforms::spike_detect::build),
     ("bin_features", transforms::bin_features::build),
+    ("motion_correct", transforms::motion_correct::build),
+    ("roi_traces", transforms::roi_traces::build),
 ];
 
 pub const SINKS: &[(&str, Builder<dyn Sink>)] = &[("store", sinks::store::build)];

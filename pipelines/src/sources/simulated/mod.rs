@@ -21,7 +21,10 @@
 //! bank-0 geometry), `<id>.twophoton` (frames), `<id>.behaviour` (running speed, 100 Hz, only with
 //! at least one probe). Port `ground_truth` (produced only when someone reads it):
 //! `<id>.ground_truth` (events: every true spike exactly once, in time order per stream) and
-//! `<id>.ground_truth_units` (table, once at the start).
+//! `<id>.ground_truth_units` (table, once at the start). Port `rois` (likewise only when read, with
+//! `twophoton = true`): `<id>.twophoton.rois` (layout `rois`, once at the start: each soma's
+//! footprint pixels and weights, `roi` = the ROI index of the ground truth), so that
+//! `inputs = ["mc", "sim.rois"]` gives `roi_traces` the true masks.
 //!
 //! The data do not depend on `batch_ms`: spike trains, noise segments, LFP, frames and speed are
 //! all fixed on the data clock, so any batch size cuts the same recording differently.
@@ -57,6 +60,8 @@ pub use twophoton::frames_schema;
 
 /// The side port carrying the ground truth.
 pub const GROUND_TRUTH_PORT: &str = "ground_truth";
+/// The side port carrying the two-photon ROI masks.
+pub const ROIS_PORT: &str = "rois";
 const TYPE_NAME: &str = "simulated";
 
 /// Options of `[sources.<id>] type = "simulated"`.
@@ -187,6 +192,7 @@ impl Source for SimulatedSource {
         vec![
             PortSpec::default_port(&[Layout::Continuous, Layout::Frames, Layout::Table]),
             PortSpec::named(GROUND_TRUTH_PORT, &[Layout::Events, Layout::Table]),
+            PortSpec::named(ROIS_PORT, &[Layout::Rois]),
         ]
     }
 
@@ -206,6 +212,28 @@ impl Source for SimulatedSource {
             streams = ?rig.data_streams(),
             "simulated rig started"
         );
+        // The masks go once, before any frame, and only to someone who reads them.
+        if ctx
+            .outputs
+            .port(ROIS_PORT)
+            .is_some_and(|o| o.has_consumers())
+        {
+            match rig.rois_batch() {
+                Some(Ok(b)) => {
+                    let _ = ctx.outputs.send_to(ROIS_PORT, b);
+                }
+                Some(Err(e)) => {
+                    let e = ComponentError::arrow(
+                        format!("component `{}`: building the ROI masks", ctx.id),
+                        e,
+                    );
+                    ctx.metrics
+                        .error(e.error_type(), "generating", e.to_string());
+                    return Err(e);
+                }
+                None => {}
+            }
+        }
         while !ctx.shutdown.is_triggered() {
             let ground_truth = ctx
                 .outputs

@@ -138,6 +138,11 @@ impl Rig {
         })
     }
 
+    /// The two-photon ROI masks (for the `rois` port), if the rig images.
+    pub fn rois_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
+        self.twophoton.as_ref().map(TwoPhotonSim::rois_batch)
+    }
+
     /// Ids of the data streams (default port), in the order the rig sends them.
     pub fn data_streams(&self) -> Vec<String> {
         let mut s = self.spike_streams.clone();

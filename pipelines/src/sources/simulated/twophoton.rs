@@ -9,8 +9,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeListArray, Float64Array, Int16Array, Int64Array};
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::array::{
+    ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use rand::rngs::SmallRng;
@@ -21,6 +23,8 @@ use rand_distr::StandardNormal;
 use super::geometry::SAMPLE_RATE_HZ;
 use super::spikes::{rng_for, Firing, Locomotion, Spike, SpikeTrain};
 pub use crate::stream::frames_schema;
+use crate::stream::rois_schema;
+use crate::transforms::spike_detect::SOURCE_STREAM_KEY;
 
 mod domain {
     pub const PLACEMENT: u64 = 10;
@@ -297,6 +301,36 @@ impl TwoPhotonSim {
             image: vec![0.0; size * size],
             item_field: Arc::new(Field::new("item", DataType::Int16, false)),
         })
+    }
+
+    /// The ROI masks, one row per pixel of each soma's footprint (`roi` = ROI index, as in the
+    /// ground truth; `weight` = the footprint's weight), stream id `<frames stream id>.rois`,
+    /// naming the frames stream in `neurod.source_stream`.
+    pub fn rois_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let s = rois_schema(&format!("{}.rois", self.stream_id), self.size, self.size);
+        let mut md = s.metadata().clone();
+        md.insert(SOURCE_STREAM_KEY.into(), self.stream_id.clone());
+        let schema = Arc::new(Schema::new_with_metadata(s.fields().clone(), md));
+        let rows: Vec<(i32, usize, f32)> = self
+            .rois
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.footprint.iter().map(move |&(p, w)| (i as i32, p, w)))
+            .collect();
+        let size = self.size;
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int32Array::from_iter_values(
+                    rows.iter().map(|r| (r.1 / size) as i32),
+                )),
+                Arc::new(Int32Array::from_iter_values(
+                    rows.iter().map(|r| (r.1 % size) as i32),
+                )),
+                Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
     }
 
     /// Data-clock sample at which frame `k` is taken (fractional).

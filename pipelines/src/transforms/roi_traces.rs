@@ -1,0 +1,482 @@
+//! `type = "roi_traces"`: per-ROI fluorescence and neuropil of every frame
+//! ([`crate::imaging::rois`]).
+//!
+//! ```toml
+//! [transforms.traces]
+//! type = "roi_traces"
+//! inputs = ["mc", "sim.rois"]    # frames, and a ROI-mask stream (or set `labels`)
+//! # labels = "/data/labels.tif"  # a label image instead (.tif/.tiff/.npy; 0 = background,
+//! #                              # k = ROI k)
+//! weighted = true                # use the ROI stream's weights (Suite2p lam); false: plain means
+//! neuropil_inner_px = 2          # gap between a ROI and its neuropil annulus (Suite2p: 2)
+//! neuropil_min_pixels = 350      # the annulus grows to this many pixels (Suite2p: 350)
+//! neuropil_max_radius_px = 50    # ... but never reaches farther than this from its ROI
+//! max_held_frames = 300          # frames held per stream while no ROIs are known
+//! ```
+//!
+//! F = Σ w·x / Σ w over a ROI's pixels; Fneu = the plain mean over its annulus: pixels more than
+//! `neuropil_inner_px` from the ROI, in no ROI at all, out to the smallest radius that holds
+//! `neuropil_min_pixels` (Suite2p's recipe, with Euclidean distances). A ROI whose annulus is
+//! empty gets NaN as Fneu.
+//!
+//! ROIs: from `labels` (read when the transform is built; a file that cannot be read is a
+//! configuration error), or from `rois` streams among the inputs (layout `rois`: one row per ROI
+//! pixel, `roi, y, x, weight`, height and width in the metadata), e.g. the simulated rig's
+//! `rois` port. Each ROI batch is a complete set and replaces the one before; it applies to the
+//! frames stream named by its `neurod.source_stream` metadata, or, without it, to every frames
+//! stream of its size. Frames that arrive before their ROIs are held, at most `max_held_frames`
+//! per stream; beyond that the oldest are dropped, and each batch that drops is reported as an
+//! error (counted in the component's metrics) naming how many frames went. Frames still held at
+//! the end of the input are reported the same way. With `labels`, ROI streams are refused.
+//!
+//! Output, default port, one traces stream per frames stream, id `<frames stream id>.traces`
+//! (layout `traces`, `neurod.source_stream` = the frames stream id, the frame rate as
+//! `neurod.sampling_hz`): per frame, one row per ROI in ascending ROI number: `frame_index`,
+//! `time_s`, `roi: Int32`, `f: Float32`, `fneu: Float32`.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
+};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use serde::Deserialize;
+
+use super::spike_detect::SOURCE_STREAM_KEY;
+use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::imaging::labels;
+use crate::imaging::rois::{NeuropilParams, RoiSet};
+use crate::stream::{
+    self, keys, traces_schema, Layout, FRAME_INDEX, PIXELS, ROI, ROI_WEIGHT, ROI_X, ROI_Y, TIME_S,
+};
+
+pub const TYPE: &str = "roi_traces";
+/// Output stream id: `<frames stream id>` + this.
+pub const TRACES_SUFFIX: &str = ".traces";
+pub const F: &str = "f";
+pub const FNEU: &str = "fneu";
+
+fn default_true() -> bool {
+    true
+}
+fn default_inner() -> f32 {
+    2.0
+}
+fn default_min_pixels() -> usize {
+    350
+}
+fn default_max_radius() -> f32 {
+    50.0
+}
+fn default_max_held() -> usize {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    labels: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    weighted: bool,
+    #[serde(default = "default_inner")]
+    neuropil_inner_px: f32,
+    #[serde(default = "default_min_pixels")]
+    neuropil_min_pixels: usize,
+    #[serde(default = "default_max_radius")]
+    neuropil_max_radius_px: f32,
+    #[serde(default = "default_max_held")]
+    max_held_frames: usize,
+}
+
+/// A ROI set and which frames it is for.
+struct Rois {
+    /// The frames stream it names; `None`: any of its size.
+    stream: Option<String>,
+    set: Arc<RoiSet>,
+}
+
+pub struct RoiTraces {
+    id: String,
+    options: Options,
+    neuropil: NeuropilParams,
+    /// From `labels`, or by ROI stream id.
+    fixed: Option<Arc<RoiSet>>,
+    streamed: HashMap<String, Rois>,
+    frames: HashMap<String, FramesState>,
+}
+
+#[derive(Default)]
+struct FramesState {
+    held: VecDeque<RecordBatch>,
+    held_frames: usize,
+    /// Output schema for the rate text it was made with.
+    out: Option<(String, SchemaRef)>,
+    f: Vec<f32>,
+    fneu: Vec<f32>,
+}
+
+pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
+    let o: Options = parse_options(ctx.id, TYPE, options)?;
+    let prefix = format!("transform `{}` (type `{TYPE}`)", ctx.id);
+    let mut errors = Vec::new();
+    if !(o.neuropil_inner_px.is_finite() && (0.0..=50.0).contains(&o.neuropil_inner_px)) {
+        errors.push(format!(
+            "{prefix}: `neuropil_inner_px` = {} must be within 0..=50",
+            o.neuropil_inner_px
+        ));
+    }
+    if !(o.neuropil_max_radius_px.is_finite()
+        && o.neuropil_max_radius_px > o.neuropil_inner_px
+        && o.neuropil_max_radius_px <= 500.0)
+    {
+        errors.push(format!(
+            "{prefix}: `neuropil_max_radius_px` = {} must exceed `neuropil_inner_px` and be at most 500",
+            o.neuropil_max_radius_px
+        ));
+    }
+    if o.neuropil_min_pixels > 100_000 {
+        errors.push(format!(
+            "{prefix}: `neuropil_min_pixels` = {} must be at most 100000",
+            o.neuropil_min_pixels
+        ));
+    }
+    if o.max_held_frames > 100_000 {
+        errors.push(format!(
+            "{prefix}: `max_held_frames` = {} must be at most 100000",
+            o.max_held_frames
+        ));
+    }
+    let neuropil = NeuropilParams {
+        inner_px: o.neuropil_inner_px,
+        min_pixels: o.neuropil_min_pixels,
+        max_radius_px: o.neuropil_max_radius_px,
+    };
+    let mut fixed = None;
+    if errors.is_empty() {
+        if let Some(path) = &o.labels {
+            match labels::read(path)
+                .and_then(|img| RoiSet::from_labels(img.height, img.width, &img.labels, neuropil))
+            {
+                Ok(set) => fixed = Some(Arc::new(set)),
+                Err(e) => errors.push(format!("{prefix}: `labels`: {e}")),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Box::new(RoiTraces {
+        id: ctx.id.into(),
+        options: o,
+        neuropil,
+        fixed,
+        streamed: HashMap::new(),
+        frames: HashMap::new(),
+    }))
+}
+
+impl Transform for RoiTraces {
+    fn accepts(&self) -> Vec<Layout> {
+        vec![Layout::Frames, Layout::Rois]
+    }
+
+    fn ports(&self) -> Vec<PortSpec> {
+        vec![PortSpec::default_port(&[Layout::Traces])]
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+        let schema = batch.schema();
+        let sid = stream::stream_id_of(&schema)
+            .unwrap_or("unnamed")
+            .to_string();
+        match Layout::of(&schema) {
+            Some(Layout::Frames) => self.frames(sid, batch, out),
+            Some(Layout::Rois) => self.rois(sid, &batch, out),
+            other => Err(ComponentError::Other(format!(
+                "stream `{sid}`: roi_traces takes frames and rois streams, not {}",
+                other.map_or("unlabelled", Layout::as_str)
+            ))),
+        }
+    }
+
+    fn finish(&mut self, _out: &mut Emitter) -> Result<(), ComponentError> {
+        let lost: Vec<String> = self
+            .frames
+            .iter()
+            .filter(|(_, s)| s.held_frames > 0)
+            .map(|(id, s)| format!("`{id}`: {}", s.held_frames))
+            .collect();
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(ComponentError::Other(format!(
+                "frames that never got ROIs, not traced: {}",
+                lost.join(", ")
+            )))
+        }
+    }
+}
+
+impl RoiTraces {
+    /// The ROI set for frames stream `sid` of `h` × `w`, if one is known.
+    fn set_for(&self, sid: &str, h: usize, w: usize) -> Option<Arc<RoiSet>> {
+        if let Some(f) = &self.fixed {
+            return Some(f.clone());
+        }
+        let fits = |r: &&Rois| r.set.height == h && r.set.width == w;
+        self.streamed
+            .values()
+            .filter(fits)
+            .find(|r| r.stream.as_deref() == Some(sid))
+            .or_else(|| {
+                self.streamed
+                    .values()
+                    .filter(fits)
+                    .find(|r| r.stream.is_none())
+            })
+            .map(|r| r.set.clone())
+    }
+
+    fn frames(
+        &mut self,
+        sid: String,
+        batch: RecordBatch,
+        out: &mut Emitter,
+    ) -> Result<(), ComponentError> {
+        let bad = |why: String| ComponentError::Other(format!("stream `{sid}`: {why}"));
+        let md = batch.schema_ref().metadata();
+        let dim = |k: &'static str| -> Result<usize, ComponentError> {
+            md.get(k)
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|v| *v > 0)
+                .ok_or_else(|| bad(format!("no valid `{k}` in the schema metadata")))
+        };
+        let (h, w) = (dim(keys::HEIGHT)?, dim(keys::WIDTH)?);
+        let Some(set) = self.set_for(&sid, h, w) else {
+            return self.hold(sid, batch);
+        };
+        if set.height != h || set.width != w {
+            return Err(bad(format!(
+                "frames of {h}×{w}, ROIs (labels) of {}×{}",
+                set.height, set.width
+            )));
+        }
+        let state = self.frames.entry(sid.clone()).or_default();
+        // ROIs known now: what was held goes first.
+        let mut first_error = None;
+        while let Some(held) = state.held.pop_front() {
+            state.held_frames -= held.num_rows();
+            if let Err(e) = state.trace(&sid, &set, &held, out) {
+                first_error.get_or_insert(e);
+            }
+        }
+        let r = state.trace(&sid, &set, &batch, out);
+        first_error.map_or(r, Err)
+    }
+
+    fn hold(&mut self, sid: String, batch: RecordBatch) -> Result<(), ComponentError> {
+        let max = self.options.max_held_frames;
+        let state = self.frames.entry(sid.clone()).or_default();
+        state.held_frames += batch.num_rows();
+        state.held.push_back(batch);
+        let mut dropped = 0;
+        while state.held_frames > max {
+            let Some(b) = state.held.pop_front() else {
+                break;
+            };
+            state.held_frames -= b.num_rows();
+            dropped += b.num_rows();
+        }
+        if dropped > 0 {
+            return Err(ComponentError::Other(format!(
+                "stream `{sid}`: no ROIs yet; {dropped} frames dropped ({max} held at most: `max_held_frames`)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn rois(
+        &mut self,
+        sid: String,
+        batch: &RecordBatch,
+        out: &mut Emitter,
+    ) -> Result<(), ComponentError> {
+        let bad = |why: String| ComponentError::Other(format!("ROI stream `{sid}`: {why}"));
+        if self.fixed.is_some() {
+            return Err(bad("`labels` is set, so ROI streams are not taken".into()));
+        }
+        let schema = batch.schema_ref();
+        let md = schema.metadata();
+        let dim = |k: &'static str| -> Result<usize, ComponentError> {
+            md.get(k)
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|v| *v > 0)
+                .ok_or_else(|| bad(format!("no valid `{k}` in the schema metadata")))
+        };
+        let (h, w) = (dim(keys::HEIGHT)?, dim(keys::WIDTH)?);
+        let col = |name: &str| {
+            schema
+                .index_of(name)
+                .map(|i| batch.column(i))
+                .map_err(|_| bad(format!("no column `{name}`")))
+        };
+        let int = |name: &str| -> Result<Int32Array, ComponentError> {
+            col(name)?
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .filter(|a| a.null_count() == 0)
+                .cloned()
+                .ok_or_else(|| bad(format!("`{name}` is not a non-null Int32")))
+        };
+        let (roi, y, x) = (int(ROI)?, int(ROI_Y)?, int(ROI_X)?);
+        let weight = col(ROI_WEIGHT)?
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .filter(|a| a.null_count() == 0)
+            .cloned()
+            .ok_or_else(|| bad(format!("`{ROI_WEIGHT}` is not a non-null Float32")))?;
+        let rows =
+            (0..batch.num_rows()).map(|i| (roi.value(i), y.value(i), x.value(i), weight.value(i)));
+        let set =
+            RoiSet::from_pixels(h, w, rows, self.options.weighted, self.neuropil).map_err(bad)?;
+        tracing::info!(component = %self.id, stream = %sid, rois = set.len(), "ROIs received");
+        self.streamed.insert(
+            sid,
+            Rois {
+                stream: md.get(SOURCE_STREAM_KEY).cloned(),
+                set: Arc::new(set),
+            },
+        );
+        // Frames that waited for these ROIs go now.
+        let waiting: Vec<String> = self
+            .frames
+            .iter()
+            .filter(|(_, s)| !s.held.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut first_error = None;
+        for id in waiting {
+            let Some(batch) = self.frames.get_mut(&id).and_then(|s| {
+                s.held_frames -= s.held.back().map_or(0, RecordBatch::num_rows);
+                s.held.pop_back()
+            }) else {
+                continue;
+            };
+            // Traced like a new batch: the held ones before it leave first, in order.
+            if let Err(e) = self.frames(id, batch, out) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl FramesState {
+    fn trace(
+        &mut self,
+        sid: &str,
+        set: &RoiSet,
+        batch: &RecordBatch,
+        out: &mut Emitter,
+    ) -> Result<(), ComponentError> {
+        let bad = |why: String| ComponentError::Other(format!("stream `{sid}`: {why}"));
+        let schema = batch.schema_ref();
+        let col = |name: &str| {
+            schema
+                .index_of(name)
+                .map(|i| batch.column(i))
+                .map_err(|_| bad(format!("no column `{name}`")))
+        };
+        let index = col(FRAME_INDEX)?
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| bad(format!("`{FRAME_INDEX}` is not Int64")))?;
+        let time = col(TIME_S)?
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| bad(format!("`{TIME_S}` is not Float64")))?;
+        let list = col(PIXELS)?
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .ok_or_else(|| bad(format!("`{PIXELS}` is not a fixed-size list")))?;
+        let px = set.height * set.width;
+        if list.value_length() as usize != px {
+            return Err(bad(format!(
+                "frames of {} pixels, ROIs on {px}",
+                list.value_length()
+            )));
+        }
+        let values = list
+            .values()
+            .as_any()
+            .downcast_ref::<Int16Array>()
+            .ok_or_else(|| bad(format!("`{PIXELS}` items are not Int16")))?;
+        if list.null_count() > 0
+            || values.null_count() > 0
+            || index.null_count() > 0
+            || time.null_count() > 0
+        {
+            return Err(bad("null frames or pixels".into()));
+        }
+        let start = list.offset() * px;
+        let pixels = values
+            .values()
+            .get(start..start + list.len() * px)
+            .ok_or_else(|| bad("pixel buffer shorter than its frames".into()))?;
+        let rate = schema
+            .metadata()
+            .get(keys::SAMPLING_HZ)
+            .cloned()
+            .unwrap_or_default();
+        if self.out.as_ref().is_none_or(|(r, _)| *r != rate) {
+            let s = traces_schema(&format!("{sid}{TRACES_SUFFIX}"), &rate, &[F, FNEU]);
+            let mut md = s.metadata().clone();
+            md.insert(SOURCE_STREAM_KEY.into(), sid.into());
+            self.out = Some((
+                rate,
+                Arc::new(arrow::datatypes::Schema::new_with_metadata(
+                    s.fields().clone(),
+                    md,
+                )),
+            ));
+        }
+        let Some((_, out_schema)) = &self.out else {
+            return Ok(());
+        };
+        let (n, k) = (list.len(), set.len());
+        let mut fi = Vec::with_capacity(n * k);
+        let mut ts = Vec::with_capacity(n * k);
+        let mut roi = Vec::with_capacity(n * k);
+        let mut f = Vec::with_capacity(n * k);
+        let mut fneu = Vec::with_capacity(n * k);
+        self.f.resize(k, 0.0);
+        self.fneu.resize(k, 0.0);
+        for (i, frame) in pixels.chunks_exact(px).enumerate() {
+            set.extract(frame, &mut self.f, &mut self.fneu);
+            fi.extend(std::iter::repeat_n(index.value(i), k));
+            ts.extend(std::iter::repeat_n(time.value(i), k));
+            roi.extend_from_slice(&set.ids);
+            f.extend_from_slice(&self.f);
+            fneu.extend_from_slice(&self.fneu);
+        }
+        let b = RecordBatch::try_new(
+            out_schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(fi)),
+                Arc::new(Float64Array::from(ts)),
+                Arc::new(Int32Array::from(roi)),
+                Arc::new(Float32Array::from(f)),
+                Arc::new(Float32Array::from(fneu)),
+            ],
+        )
+        .map_err(|e| ComponentError::arrow("building the traces batch", e))?;
+        out.emit(b);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
