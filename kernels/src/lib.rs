@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod cmr;
+pub mod columns;
 pub mod detect;
 pub mod filter;
 pub mod gpu;
