@@ -434,7 +434,7 @@ impl CpuChain {
             ),
             mad: MadEstimator::default(),
             work: Vec::new(),
-            ring: vec![0.0; ring_len],
+            ring: crate::memory::zeroed_f32(ring_len),
             ring_samples,
             calibration,
             refresh,

@@ -10,6 +10,7 @@ pub mod columns;
 pub mod detect;
 pub mod filter;
 pub mod gpu;
+mod memory;
 pub mod noise;
 
 pub use chain::KernelError;

@@ -52,7 +52,7 @@ impl MadEstimator {
         }
         let n_samples: usize = blocks.iter().map(|b| b.len() / n_channels).sum();
         if self.columns.len() < BLOCK * n_samples {
-            self.columns.resize(BLOCK * n_samples, 0.0);
+            self.columns = crate::memory::zeroed_f32(BLOCK * n_samples);
         }
         if self.spare.len() < n_samples + crate::cmr::SLACK {
             self.spare.resize(n_samples + crate::cmr::SLACK, 0.0);
