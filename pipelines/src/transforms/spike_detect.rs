@@ -31,7 +31,7 @@
 //!
 //! `auto` follows the daemon-wide order (hardware, lavapipe, CPU), so a machine without a GPU
 //! still runs the WGSL kernels. But lavapipe (Mesa's software Vulkan) on two cores runs the chain
-//! at about 1.3× real time against the CPU twins' 26× (`bench/spikes.sh`): where real time
+//! at about 1.3× real time against the CPU twins' ~37× (`bench/spikes.sh`): where real time
 //! matters and there may be no GPU, say `backend = "hardware"` (as `config.toml` does).
 //!
 //! Only `ap` channels are detected (sync and other channels are neither detected nor part of the
