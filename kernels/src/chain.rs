@@ -22,6 +22,7 @@
 //! per chunk in steady state.
 
 use crate::cmr::MedianReference;
+use crate::columns::{check_columns, columns_to_microvolts, columns_to_rows, Columns};
 use crate::detect::{Neighbours, Peak, PeakDetector};
 use crate::filter::{butter_bandpass, SosFilter};
 use crate::noise::MadEstimator;
@@ -45,6 +46,10 @@ pub enum KernelError {
     },
     #[error("chunk of {len} values is not a whole number of samples of {n_channels} channels")]
     ChunkShape { len: usize, n_channels: usize },
+    #[error(
+        "chunk of {columns} columns (or columns shorter than the first) for {n_channels} channels"
+    )]
+    ColumnShape { columns: usize, n_channels: usize },
     #[error("a GPU was required but none is usable")]
     NoGpu,
     #[error("gpu: {0}")]
@@ -330,6 +335,22 @@ pub trait DetectionChain: Send {
         raw: &[i16],
         out: &mut Vec<Detection>,
     ) -> Result<(), KernelError>;
+    /// [`process`](Self::process) from one Int16 column per channel (Arrow's layout).
+    /// `staging` is the caller's reusable buffer for backends that take the chunk sample-major
+    /// (the CPU chain converts straight from the columns).
+    fn process_columns(
+        &mut self,
+        first_sample: i64,
+        columns: &dyn Columns,
+        staging: &mut Vec<i16>,
+        out: &mut Vec<Detection>,
+    ) -> Result<(), KernelError> {
+        check_columns_shape(columns, self.n_channels())?;
+        columns_to_rows(columns, staging);
+        self.process(first_sample, staging, out)
+    }
+    /// Channels per sample.
+    fn n_channels(&self) -> usize;
     /// End of stream: calibrate on what there is if not yet done, flush held-back samples.
     fn finish(&mut self, out: &mut Vec<Detection>) -> Result<(), KernelError>;
     fn backend(&self) -> Backend;
@@ -413,7 +434,7 @@ impl CpuChain {
             ),
             mad: MadEstimator::default(),
             work: Vec::new(),
-            ring: vec![0.0; ring_len],
+            ring: crate::memory::zeroed_f32(ring_len),
             ring_samples,
             calibration,
             refresh,
@@ -574,6 +595,66 @@ impl DetectionChain for CpuChain {
         if rows == 0 {
             return Ok(());
         }
+        if self.work.len() != raw.len() {
+            self.work.resize(raw.len(), 0.0);
+        }
+        to_microvolts(raw, &self.uv_per_bit, &mut self.work);
+        self.process_work(first_sample, rows, out);
+        Ok(())
+    }
+
+    fn process_columns(
+        &mut self,
+        first_sample: i64,
+        columns: &dyn Columns,
+        _staging: &mut Vec<i16>,
+        out: &mut Vec<Detection>,
+    ) -> Result<(), KernelError> {
+        let rows = check_columns_shape(columns, self.n_channels)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let len = rows * self.n_channels;
+        if self.work.len() != len {
+            self.work.resize(len, 0.0);
+        }
+        columns_to_microvolts(columns, &self.uv_per_bit, &mut self.work);
+        self.process_work(first_sample, rows, out);
+        Ok(())
+    }
+
+    fn n_channels(&self) -> usize {
+        self.n_channels
+    }
+
+    fn finish(&mut self, out: &mut Vec<Detection>) -> Result<(), KernelError> {
+        if !self.calibrated && self.processed > 0 {
+            tracing::info!(
+                rows = self.processed,
+                "detection chain: stream ended during calibration; calibrating on what there is"
+            );
+            self.calibrate(self.processed, out);
+        }
+        self.detector
+            .finish_with(&mut |peak, threshold_uv| out.push(Detection { peak, threshold_uv }));
+        self.next_sample = None;
+        Ok(())
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Cpu
+    }
+
+    fn noise_uv(&self) -> Option<&[f32]> {
+        self.calibrated.then_some(self.sigma.as_slice())
+    }
+}
+
+impl CpuChain {
+    /// The chain after conversion: `self.work` holds `rows` samples of µV starting at
+    /// `first_sample`.
+    fn process_work(&mut self, first_sample: i64, rows: usize, out: &mut Vec<Detection>) {
+        let c = self.n_channels;
         let n0 = self.processed;
         if self.next_sample != Some(first_sample) {
             if let Some(expected) = self.next_sample {
@@ -590,11 +671,7 @@ impl DetectionChain for CpuChain {
         }
         self.next_sample = Some(first_sample + rows as i64);
 
-        // Scale, filter, reference: independent of thresholds, the whole chunk at once.
-        if self.work.len() != raw.len() {
-            self.work.resize(raw.len(), 0.0);
-        }
-        to_microvolts(raw, &self.uv_per_bit, &mut self.work);
+        // Filter, reference: independent of thresholds, the whole chunk at once.
         self.filter.process(&mut self.work);
         self.reference.process(&mut self.work);
 
@@ -647,30 +724,15 @@ impl DetectionChain for CpuChain {
                 self.refresh_step(r, target.next_multiple_of(REFRESH_STEP));
             }
         }
-        Ok(())
     }
+}
 
-    fn finish(&mut self, out: &mut Vec<Detection>) -> Result<(), KernelError> {
-        if !self.calibrated && self.processed > 0 {
-            tracing::info!(
-                rows = self.processed,
-                "detection chain: stream ended during calibration; calibrating on what there is"
-            );
-            self.calibrate(self.processed, out);
-        }
-        self.detector
-            .finish_with(&mut |peak, threshold_uv| out.push(Detection { peak, threshold_uv }));
-        self.next_sample = None;
-        Ok(())
-    }
-
-    fn backend(&self) -> Backend {
-        Backend::Cpu
-    }
-
-    fn noise_uv(&self) -> Option<&[f32]> {
-        self.calibrated.then_some(self.sigma.as_slice())
-    }
+/// `Some(rows)` of a well-shaped chunk of columns, else the error.
+fn check_columns_shape(columns: &dyn Columns, n_channels: usize) -> Result<usize, KernelError> {
+    check_columns(columns, n_channels).ok_or(KernelError::ColumnShape {
+        columns: columns.n_columns(),
+        n_channels,
+    })
 }
 
 /// `raw · µV per bit`, row by row (channels innermost, vectorised).

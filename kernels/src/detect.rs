@@ -343,19 +343,35 @@ impl PeakDetector {
         let Some(prev) = prev else {
             return;
         };
-        if any_below(row, prev, &self.neg_thresholds) {
-            for (ch, ((&x, &p), &neg)) in row.iter().zip(prev).zip(&self.neg_thresholds).enumerate()
-            {
-                if x <= neg && x < p {
-                    let inv = self.inv_thresholds[ch];
-                    self.pending.push(Candidate {
-                        sample: s,
-                        channel: ch as u32,
-                        value: x,
-                        threshold: self.thresholds[ch],
-                        score: exclusion_score(x, inv),
-                    });
-                }
+        // Blocks of SCAN_BLOCK channels, each tested at once (one vector compare), and only a
+        // block with a candidate scanned value by value: on a busy probe most samples have a
+        // candidate somewhere, but few blocks do.
+        let c = self.n_channels;
+        let mut b0 = 0;
+        while b0 < c {
+            let b1 = (b0 + SCAN_BLOCK).min(c);
+            if any_below(&row[b0..b1], &prev[b0..b1], &self.neg_thresholds[b0..b1]) {
+                self.push_candidates(s, b0, &row[b0..b1], &prev[b0..b1]);
+            }
+            b0 = b1;
+        }
+    }
+
+    /// The candidate starts among channels `b0..` (`row` and `prev` start at channel `b0`).
+    #[inline(never)]
+    fn push_candidates(&mut self, s: i64, b0: usize, row: &[f32], prev: &[f32]) {
+        let neg = &self.neg_thresholds[b0..b0 + row.len()];
+        for (i, ((&x, &p), &neg)) in row.iter().zip(prev).zip(neg).enumerate() {
+            if x <= neg && x < p {
+                let ch = b0 + i;
+                let inv = self.inv_thresholds[ch];
+                self.pending.push(Candidate {
+                    sample: s,
+                    channel: ch as u32,
+                    value: x,
+                    threshold: self.thresholds[ch],
+                    score: exclusion_score(x, inv),
+                });
             }
         }
     }
@@ -412,6 +428,9 @@ impl PeakDetector {
         }
     }
 }
+
+/// Channels tested together for a candidate start (one AVX-512 vector, two AVX2 ones).
+const SCAN_BLOCK: usize = 16;
 
 /// Whether any channel is a candidate start (below its negative threshold and below its previous
 /// value); branch-free so it vectorises, since almost every sample has none.

@@ -6,9 +6,11 @@
 
 pub mod chain;
 pub mod cmr;
+pub mod columns;
 pub mod detect;
 pub mod filter;
 pub mod gpu;
+mod memory;
 pub mod noise;
 
 pub use chain::KernelError;

@@ -4,6 +4,8 @@
 //! values; the final division is done in f32, as numpy 2 does for an f32 array and a Python float).
 //! Divide by 0.6745: multiplying is a known bug in the wild.
 
+use crate::columns::gather_columns;
+
 /// The MAD of a normal distribution in units of σ: divide a MAD by it to get σ.
 pub const MAD_TO_SIGMA: f64 = 0.6744897501960817;
 
@@ -31,8 +33,8 @@ pub struct MadEstimator {
 
 /// Channels gathered per pass over the data (bounds the column scratch to BLOCK × samples).
 const BLOCK: usize = 64;
-/// Rows transposed at a time.
-const TILE: usize = 16;
+/// Rows transposed at a time (a multiple of 8, the vector transpose's tile).
+const TILE: usize = 64;
 
 impl MadEstimator {
     /// σ of `channels` (indices into rows of `n_channels`) over the concatenation of `blocks`
@@ -50,7 +52,7 @@ impl MadEstimator {
         }
         let n_samples: usize = blocks.iter().map(|b| b.len() / n_channels).sum();
         if self.columns.len() < BLOCK * n_samples {
-            self.columns.resize(BLOCK * n_samples, 0.0);
+            self.columns = crate::memory::zeroed_f32(BLOCK * n_samples);
         }
         if self.spare.len() < n_samples + crate::cmr::SLACK {
             self.spare.resize(n_samples + crate::cmr::SLACK, 0.0);
@@ -65,17 +67,7 @@ impl MadEstimator {
                 while r < rows {
                     let tn = TILE.min(rows - r);
                     let tile = &block[r * n_channels..(r + tn) * n_channels];
-                    for (j, &c) in group.iter().enumerate() {
-                        let dst =
-                            &mut self.columns[j * n_samples + t + r..j * n_samples + t + r + tn];
-                        if c < n_channels {
-                            for (d, row) in dst.iter_mut().zip(tile.chunks_exact(n_channels)) {
-                                *d = row[c];
-                            }
-                        } else {
-                            dst.fill(f32::NAN);
-                        }
-                    }
+                    gather_columns(tile, n_channels, group, &mut self.columns, n_samples, t + r);
                     r += tn;
                 }
                 t += rows;

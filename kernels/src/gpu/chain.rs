@@ -438,6 +438,10 @@ impl GpuChain {
 }
 
 impl DetectionChain for GpuChain {
+    fn n_channels(&self) -> usize {
+        self.n_channels
+    }
+
     fn process(
         &mut self,
         first_sample: i64,

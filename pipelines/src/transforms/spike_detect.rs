@@ -31,14 +31,15 @@
 //!
 //! `auto` follows the daemon-wide order (hardware, lavapipe, CPU), so a machine without a GPU
 //! still runs the WGSL kernels. But lavapipe (Mesa's software Vulkan) on two cores runs the chain
-//! at about 1.3× real time against the CPU twins' 26× (`bench/spikes.sh`): where real time
+//! at about 1.3× real time against the CPU twins' ~37× (`bench/spikes.sh`): where real time
 //! matters and there may be no GPU, say `backend = "hardware"` (as `config.toml` does).
 //!
 //! Only `ap` channels are detected (sync and other channels are neither detected nor part of the
 //! median). Streams on the input that are not continuous (a rig's frames, tables) are passed by,
 //! logged once. The chain ([`kernels::chain`]) is built when a stream's first batch arrives, from the
-//! geometry and µV per bit in its schema; Int16 columns are copied sample-major into a buffer the
-//! stream keeps (no allocation per batch once it has grown to the batch size).
+//! geometry and µV per bit in its schema. The CPU chain reads the Int16 columns in place,
+//! converting them to µV sample-major in one tiled pass; a GPU chain gets them copied sample-major
+//! into a buffer the stream keeps (no allocation per batch once it has grown to the batch size).
 //!
 //! Output, default port, one events stream per input stream, id `<input stream id>.spikes`:
 //! `sample_index: Int64` (of the input stream), `time_s: Float64` (= sample_index / rate),
@@ -70,6 +71,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use kernels::chain::{ChainConfig, Detection, DetectionChain, Reference};
+use kernels::columns::Columns;
 use kernels::gpu::Preference;
 use kernels::Backend;
 use prometheus::{Histogram, HistogramOpts, HistogramVec};
@@ -423,7 +425,8 @@ struct StreamState {
     holdback: i64,
     /// Last `complete_before_sample` sent.
     watermark: i64,
-    /// Sample-major copy of the batch (`raw[t * C + c]`), kept between batches.
+    /// Sample-major copy of the batch (`raw[t * C + c]`) for chains that take one, kept between
+    /// batches.
     raw: Vec<i16>,
     detections: Vec<Detection>,
 }
@@ -479,10 +482,17 @@ impl StreamState {
             return Ok(());
         }
         let first = self.check_indices(batch)?;
-        self.copy_sample_major(batch)?;
+        self.check_columns(batch)?;
         self.detections.clear();
+        // The chain reads the Int16 columns in place (the CPU chain converts and transposes
+        // them in one pass; a GPU chain transposes them into `raw` first).
         self.chain
-            .process(first, &self.raw, &mut self.detections)
+            .process_columns(
+                first,
+                &BatchColumns(batch),
+                &mut self.raw,
+                &mut self.detections,
+            )
             .map_err(|e| self.err(format!("detection failed at sample {first}: {e}")))?;
         let end = first + n as i64;
         self.next_sample = Some(end);
@@ -543,71 +553,23 @@ impl StreamState {
         }
     }
 
-    /// Copies the Int16 columns into `raw`, sample-major, in tiles of 16 samples × 16 channels:
-    /// columns are read 32 bytes at a time and each row gets 32 contiguous bytes (about twice a
-    /// memcpy of the batch; a channel at a time is several times slower).
-    fn copy_sample_major(&mut self, batch: &RecordBatch) -> Result<(), ComponentError> {
-        const WIDE: usize = 16;
-        let n = batch.num_rows();
-        let c = self.n_channels;
+    /// Checks the batch's channel columns are non-null Int16 of the batch's length, one per
+    /// channel of the stream.
+    fn check_columns(&self, batch: &RecordBatch) -> Result<(), ComponentError> {
+        let (n, c) = (batch.num_rows(), self.n_channels);
         if batch.num_columns() != c + 1 {
             return Err(self.err(format!(
                 "batch has {} channel columns, the stream has {c}",
                 batch.num_columns().saturating_sub(1)
             )));
         }
-        let column = |ch: usize| -> Option<&[i16]> {
-            batch
-                .column(ch + 1)
-                .as_any()
+        let good = |a: &ArrayRef| {
+            a.as_any()
                 .downcast_ref::<Int16Array>()
-                .filter(|a| a.null_count() == 0 && a.len() == n)
-                .map(|a| &a.values()[..n])
+                .is_some_and(|a| a.null_count() == 0 && a.len() == n)
         };
-        if let Some(bad) = (0..c).find(|&ch| column(ch).is_none()) {
-            return Err(self.err(format!(
-                "channel column {} is not a non-null Int16",
-                bad + 1
-            )));
-        }
-        self.raw.clear();
-        self.raw.resize(n * c, 0);
-        let mut ch0 = 0;
-        while ch0 + WIDE <= c {
-            let cols: [&[i16]; WIDE] = std::array::from_fn(|j| column(ch0 + j).unwrap_or(&[]));
-            let mut t0 = 0;
-            // Whole 16 × 16 tiles through a local array: fixed bounds, no checks in the loops.
-            while t0 + WIDE <= n {
-                let mut tile = [[0i16; WIDE]; WIDE];
-                for (line, col) in tile.iter_mut().zip(&cols) {
-                    if let Some(src) = col.get(t0..t0 + WIDE) {
-                        line.copy_from_slice(src);
-                    }
-                }
-                for (k, row) in self.raw[t0 * c..(t0 + WIDE) * c]
-                    .chunks_exact_mut(c)
-                    .enumerate()
-                {
-                    let dst = &mut row[ch0..ch0 + WIDE];
-                    for (j, d) in dst.iter_mut().enumerate() {
-                        *d = tile[j][k];
-                    }
-                }
-                t0 += WIDE;
-            }
-            for t in t0..n {
-                let row = &mut self.raw[t * c + ch0..t * c + ch0 + WIDE];
-                for (d, col) in row.iter_mut().zip(&cols) {
-                    *d = col.get(t).copied().unwrap_or(0);
-                }
-            }
-            ch0 += WIDE;
-        }
-        for ch in ch0..c {
-            let col = column(ch).unwrap_or(&[]);
-            for (row, v) in self.raw.chunks_exact_mut(c).zip(col) {
-                row[ch] = *v;
-            }
+        if let Some(bad) = (1..=c).find(|&i| !good(batch.column(i))) {
+            return Err(self.err(format!("channel column {bad} is not a non-null Int16")));
         }
         Ok(())
     }
@@ -653,6 +615,27 @@ impl StreamState {
         .map_err(|e| ComponentError::arrow("building the progress batch", e))?;
         out.emit_to(PROGRESS_PORT, b);
         Ok(())
+    }
+}
+
+/// A continuous batch's channel columns (all after the sample index), checked by
+/// [`StreamState::check_columns`]; a column that is not Int16 reads as empty, which the chain
+/// rejects.
+struct BatchColumns<'a>(&'a RecordBatch);
+
+impl Columns for BatchColumns<'_> {
+    fn n_columns(&self) -> usize {
+        self.0.num_columns().saturating_sub(1)
+    }
+    fn rows(&self) -> usize {
+        self.0.num_rows()
+    }
+    fn column(&self, channel: usize) -> &[i16] {
+        self.0
+            .column(channel + 1)
+            .as_any()
+            .downcast_ref::<Int16Array>()
+            .map_or(&[], |a| &a.values()[..])
     }
 }
 
