@@ -16,6 +16,9 @@ pub const TRANSFORMS: &[(&str, Builder<dyn Transform>)] = &[
     ("select_channels", transforms::select_channels::build),
     ("spike_detect", transforms::spike_detect::build),
     ("bin_features", transforms::bin_features::build),
+    ("dff", transforms::dff::build),
+    ("moments", transforms::moments::build),
+    ("predictability", transforms::predictability::build),
 ];
 
 pub const SINKS: &[(&str, Builder<dyn Sink>)] = &[("store", sinks::store::build)];

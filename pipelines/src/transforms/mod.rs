@@ -1,5 +1,9 @@
 //! Transforms: batches in, batches out.
 
 pub mod bin_features;
+pub mod dff;
+pub mod moments;
+pub mod predictability;
 pub mod select_channels;
 pub mod spike_detect;
+mod traces;
