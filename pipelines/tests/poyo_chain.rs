@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow::array::{
+    Array, ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array, StringArray,
+};
 use arrow::record_batch::RecordBatch;
 use pipelines::component::{BuildContext, Emitter, Transform};
 use pipelines::registry::build_transform;
@@ -101,11 +103,21 @@ fn labels_of_the_real_traces_follow_the_poyo_rule_on_scipys_moments() {
             .flat_map(|t| (0..n_roi).map(move |r| (t, r)))
             .collect();
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from_iter_values(frames.iter().map(|x| x.0 as i64))),
-            Arc::new(Float64Array::from_iter_values(frames.iter().map(|x| x.0 as f64 / RATE))),
-            Arc::new(Int32Array::from_iter_values(frames.iter().map(|x| x.1 as i32))),
-            Arc::new(Float32Array::from_iter_values(frames.iter().map(|x| f[[x.1, x.0]]))),
-            Arc::new(Float32Array::from_iter_values(frames.iter().map(|x| fneu[[x.1, x.0]]))),
+            Arc::new(Int64Array::from_iter_values(
+                frames.iter().map(|x| x.0 as i64),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                frames.iter().map(|x| x.0 as f64 / RATE),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                frames.iter().map(|x| x.1 as i32),
+            )),
+            Arc::new(Float32Array::from_iter_values(
+                frames.iter().map(|x| f[[x.1, x.0]]),
+            )),
+            Arc::new(Float32Array::from_iter_values(
+                frames.iter().map(|x| fneu[[x.1, x.0]]),
+            )),
         ];
         let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
         let mut d = Emitter::default();
@@ -132,7 +144,10 @@ fn labels_of_the_real_traces_follow_the_poyo_rule_on_scipys_moments() {
         .collect();
     let last = *tables.last().unwrap();
     assert_eq!(last.num_rows(), n_roi);
-    assert_eq!(last.schema().metadata()["neurod.stream_id"], "plane0.dff.neurons");
+    assert_eq!(
+        last.schema().metadata()["neurod.stream_id"],
+        "plane0.dff.neurons"
+    );
     let unit = col::<StringArray>(last, "unit");
     let label = col::<StringArray>(last, "label");
     let n = col::<Int64Array>(last, "n");
@@ -142,9 +157,21 @@ fn labels_of_the_real_traces_follow_the_poyo_rule_on_scipys_moments() {
     for i in 0..n_roi {
         let r: usize = unit.value(i).parse().unwrap();
         assert_eq!(n.value(i), n_frames as i64);
-        assert!((s.value(i) - skew[r]).abs() < 1e-6 * skew[r].abs(), "roi {r} skew");
-        assert!((k.value(i) - kurt[r]).abs() < 1e-6 * kurt[r].abs(), "roi {r} kurtosis");
-        assert_eq!(label.value(i), want[r], "roi {r}: skew {} kurtosis {}", skew[r], kurt[r]);
+        assert!(
+            (s.value(i) - skew[r]).abs() < 1e-6 * skew[r].abs(),
+            "roi {r} skew"
+        );
+        assert!(
+            (k.value(i) - kurt[r]).abs() < 1e-6 * kurt[r].abs(),
+            "roi {r} kurtosis"
+        );
+        assert_eq!(
+            label.value(i),
+            want[r],
+            "roi {r}: skew {} kurtosis {}",
+            skew[r],
+            kurt[r]
+        );
         final_label.insert(r as i32, want[r]);
     }
     // Label history: (moments frame of the change, label) per ROI.
@@ -181,11 +208,20 @@ fn labels_of_the_real_traces_follow_the_poyo_rule_on_scipys_moments() {
         if port.is_empty() {
             continue;
         }
-        assert_eq!(b.schema().metadata()["neurod.stream_id"], format!("plane0.dff.{port}"));
+        assert_eq!(
+            b.schema().metadata()["neurod.stream_id"],
+            format!("plane0.dff.{port}")
+        );
         let t = col::<Int64Array>(b, "frame_index");
         let r = col::<Int32Array>(b, "roi");
         for i in 0..b.num_rows() {
-            assert_eq!(port, label_at(r.value(i), t.value(i)), "roi {} frame {}", r.value(i), t.value(i));
+            assert_eq!(
+                port,
+                label_at(r.value(i), t.value(i)),
+                "roi {} frame {}",
+                r.value(i),
+                t.value(i)
+            );
         }
         routed += b.num_rows();
     }

@@ -260,10 +260,7 @@ impl StreamState {
             .filter(|(_, f)| f.name() != FC && f.name() != DFF)
             .map(|(i, _)| i)
             .collect();
-        let mut fields: Vec<Field> = keep
-            .iter()
-            .map(|&i| schema.field(i).clone())
-            .collect();
+        let mut fields: Vec<Field> = keep.iter().map(|&i| schema.field(i).clone()).collect();
         fields.push(Field::new(FC, DataType::Float32, true));
         fields.push(Field::new(DFF, DataType::Float32, true));
         let out = Schema::new_with_metadata(fields, schema.metadata().clone());
@@ -354,7 +351,7 @@ impl StreamState {
         }
         columns.push(Arc::new(Float32Array::from(fc_out)));
         columns.push(Arc::new(Float32Array::from(dff_out)));
-        if columns[0].len() > 0 {
+        if !columns[0].is_empty() {
             let b = RecordBatch::try_new(schema, columns)
                 .map_err(|e| ComponentError::arrow("building the dff batch", e))?;
             out.emit(b);
@@ -462,7 +459,11 @@ pub(crate) mod tests {
     }
 
     /// (fc, dff) per ROI × frame from the output, whatever the batching.
-    fn collect(out: &[(String, RecordBatch)], n_roi: usize, n_frames: usize) -> (Vec<f32>, Vec<f32>) {
+    fn collect(
+        out: &[(String, RecordBatch)],
+        n_roi: usize,
+        n_frames: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
         let mut fc = vec![f32::NAN; n_roi * n_frames];
         let mut dff = fc.clone();
         for (_, b) in out {
@@ -560,13 +561,18 @@ np.save(out, np.stack([fc, dff]))
     fn negative_and_tiny_baselines_divide_by_their_magnitude_or_the_floor() {
         let f = ndarray::Array2::from_shape_vec((1, 4), vec![-4.0f32, -2.0, -0.5, 6.0]).unwrap();
         let mut tr = build_with("dff_neg", "percentile = 0\nmin_baseline = 1.0");
-        let before = small_baseline_series().with_label_values(&["dff_neg"]).get();
+        let before = small_baseline_series()
+            .with_label_values(&["dff_neg"])
+            .get();
         let out = run(tr.as_mut(), traces_batches("neg", &f, None, 2));
         let (_, dff) = collect(&out, 1, 4);
         // F0 = running minimum: -4, -4, -4, -4 → (x + 4) / 4.
         assert_eq!(dff, vec![0.0, 0.5, 0.875, 2.5]);
         assert_eq!(
-            small_baseline_series().with_label_values(&["dff_neg"]).get() - before,
+            small_baseline_series()
+                .with_label_values(&["dff_neg"])
+                .get()
+                - before,
             4
         );
         // A baseline of 0.25 is below the floor: divide by 1, not by 0.25.
@@ -583,7 +589,10 @@ np.save(out, np.stack([fc, dff]))
         let mut v = vec![100.0f32; 60];
         v[40] = 150.0;
         let f = ndarray::Array2::from_shape_vec((1, 60), v).unwrap();
-        let mut tr = build_with("allen", "baseline = 'allen'\nwindow_s = 1.0\nshort_window_frames = 5");
+        let mut tr = build_with(
+            "allen",
+            "baseline = 'allen'\nwindow_s = 1.0\nshort_window_frames = 5",
+        );
         let (_, dff) = collect(&run(tr.as_mut(), traces_batches("a", &f, None, 9)), 1, 60);
         assert_eq!(dff[39], 0.0);
         assert_eq!(dff[40], 0.5);
@@ -592,13 +601,17 @@ np.save(out, np.stack([fc, dff]))
 
     #[test]
     fn repeated_frames_are_dropped_and_reported_and_bad_options_named() {
-        let f = ndarray::Array2::from_shape_vec((2, 3), vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let f =
+            ndarray::Array2::from_shape_vec((2, 3), vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
         let mut tr = build_with("rep", "");
         let batches = traces_batches("r", &f, None, 6);
         let mut out = Emitter::default();
         tr.process(batches[0].clone(), &mut out).unwrap();
         let e = tr.process(batches[0].clone(), &mut out).unwrap_err();
-        assert!(e.to_string().contains("`r`") && e.to_string().contains("6 rows"), "{e}");
+        assert!(
+            e.to_string().contains("`r`") && e.to_string().contains("6 rows"),
+            "{e}"
+        );
         assert_eq!(out.batches.len(), 1, "nothing new to send");
         let e = build(
             &BuildContext {

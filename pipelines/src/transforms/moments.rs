@@ -144,7 +144,10 @@ impl Transform for MomentsTransform {
             return Ok(());
         };
         if state.wide != wide {
-            return Err(err(&sid, "changed between traces and a table; batch dropped"));
+            return Err(err(
+                &sid,
+                "changed between traces and a table; batch dropped",
+            ));
         }
         if wide {
             state.wide_batch(&self.options, &sid, &batch, out)
@@ -277,9 +280,7 @@ impl StreamState {
     ) -> Result<(), ComponentError> {
         self.flush_row();
         let e = o.emit_every_s;
-        let next = *self
-            .next_emit
-            .get_or_insert(((time / e).floor() + 1.0) * e);
+        let next = *self.next_emit.get_or_insert(((time / e).floor() + 1.0) * e);
         if time >= next {
             if self.pushed_since_emit {
                 self.emit(out)?;
@@ -303,11 +304,13 @@ impl StreamState {
         let rois = traces::roi(batch, sid)?;
         let values = traces::values_f64(batch, &o.value, sid)?
             .ok_or_else(|| err(sid, format!("no `{}` column (option `value`)", o.value)))?;
-        let groups = batch
-            .schema()
-            .index_of(GROUP)
-            .ok()
-            .and_then(|i| batch.column(i).as_any().downcast_ref::<StringArray>().cloned());
+        let groups = batch.schema().index_of(GROUP).ok().and_then(|i| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+        });
         for i in 0..batch.num_rows() {
             let frame = frames.value(i);
             if self.row_frame != Some(frame) {
@@ -428,7 +431,13 @@ fn moments_schema(md: HashMap<String, String>, with_ew: bool) -> SchemaRef {
         fields.push(Field::new(name, DataType::Float64, false));
     }
     if with_ew {
-        for name in ["ew_n", "ew_mean", "ew_variance", "ew_skew", "ew_excess_kurtosis"] {
+        for name in [
+            "ew_n",
+            "ew_mean",
+            "ew_variance",
+            "ew_skew",
+            "ew_excess_kurtosis",
+        ] {
             fields.push(Field::new(name, DataType::Float64, false));
         }
     }
@@ -496,7 +505,12 @@ mod tests {
     }
 
     fn check(m: &Moments, e: &Expected, r: usize) {
-        assert!(rel(m.skew(), e.skew[r]) < 1e-9, "roi {r} skew {} vs {}", m.skew(), e.skew[r]);
+        assert!(
+            rel(m.skew(), e.skew[r]) < 1e-9,
+            "roi {r} skew {} vs {}",
+            m.skew(),
+            e.skew[r]
+        );
         assert!(
             rel(m.excess_kurtosis(), e.excess_kurtosis[r]) < 1e-9,
             "roi {r} kurtosis {} vs {}",
@@ -630,7 +644,9 @@ mod tests {
             RecordBatch::try_new(
                 schema.clone(),
                 vec![
-                    Arc::new(Float64Array::from_iter_values(r.clone().map(|i| i as f64 * 0.02))),
+                    Arc::new(Float64Array::from_iter_values(
+                        r.clone().map(|i| i as f64 * 0.02),
+                    )),
                     Arc::new(UInt16Array::from(a[r.clone()].to_vec())),
                     Arc::new(UInt16Array::from(b[r.clone()].to_vec())),
                     Arc::new(arrow::array::Float32Array::from(vec![1.0f32; r.len()])),
@@ -658,8 +674,16 @@ mod tests {
         };
         // scipy.stats.skew([0,1,0,2,0,0,7,0]) = 1.91227..., kurtosis = 2.13586...;
         // for [3,3,4,3,3,2,3,3]: skew 0, kurtosis 1.0 (two ±1 deviations among eight).
-        assert!((f(SKEW, 0) - 1.912_278_553_555_328_2).abs() < 1e-12, "{}", f(SKEW, 0));
-        assert!((f(EXCESS_KURTOSIS, 0) - 2.135_868_776_310_059_2).abs() < 1e-12, "{}", f(EXCESS_KURTOSIS, 0));
+        assert!(
+            (f(SKEW, 0) - 1.912_278_553_555_328_2).abs() < 1e-12,
+            "{}",
+            f(SKEW, 0)
+        );
+        assert!(
+            (f(EXCESS_KURTOSIS, 0) - 2.135_868_776_310_059_2).abs() < 1e-12,
+            "{}",
+            f(EXCESS_KURTOSIS, 0)
+        );
         assert!(f(SKEW, 1).abs() < 1e-12);
         assert!((f(EXCESS_KURTOSIS, 1) - 1.0).abs() < 1e-12);
         assert!((f(MEAN, 0) - 1.25).abs() < 1e-15);

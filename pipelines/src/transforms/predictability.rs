@@ -124,7 +124,10 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         kurtosis: o.kurtosis,
     };
     let mut errors = Vec::new();
-    for (name, v) in [("max_skew", rule.max_skew), ("max_kurtosis", rule.max_kurtosis)] {
+    for (name, v) in [
+        ("max_skew", rule.max_skew),
+        ("max_kurtosis", rule.max_kurtosis),
+    ] {
         if !v.is_finite() {
             errors.push(format!("{prefix}: `{name}` = {v} must be a finite number"));
         }
@@ -259,7 +262,10 @@ impl Transform for Predictability {
                     .get(SOURCE_STREAM_KEY)
                     .cloned()
                     .ok_or_else(|| {
-                        err(&sid, format!("a moments table without `{SOURCE_STREAM_KEY}`"))
+                        err(
+                            &sid,
+                            format!("a moments table without `{SOURCE_STREAM_KEY}`"),
+                        )
                     })?;
                 let src = self.sources.entry(source.clone()).or_default();
                 src.moments(&self.rule, &self.options, &source, &sid, &batch, out)
@@ -289,12 +295,21 @@ impl Transform for Predictability {
     }
 }
 
-fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str, sid: &str) -> Result<&'a T, ComponentError> {
+fn column<'a, T: 'static>(
+    b: &'a RecordBatch,
+    name: &str,
+    sid: &str,
+) -> Result<&'a T, ComponentError> {
     b.schema()
         .index_of(name)
         .ok()
         .and_then(|i| b.column(i).as_any().downcast_ref::<T>())
-        .ok_or_else(|| err(sid, format!("moments table: no column `{name}` of the expected type")))
+        .ok_or_else(|| {
+            err(
+                sid,
+                format!("moments table: no column `{name}` of the expected type"),
+            )
+        })
 }
 
 impl SourceState {
@@ -448,15 +463,22 @@ impl SourceState {
             Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|&u| self.units[u].name.as_str()),
             )),
-            Arc::new(StringArray::from_iter(info.iter().map(|(g, _)| g.as_deref()))),
-            Arc::new(Int64Array::from_iter_values(info.iter().map(|(_, j)| j.n as i64))),
-            Arc::new(Float64Array::from_iter_values(info.iter().map(|(_, j)| j.skew))),
+            Arc::new(StringArray::from_iter(
+                info.iter().map(|(g, _)| g.as_deref()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                info.iter().map(|(_, j)| j.n as i64),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                info.iter().map(|(_, j)| j.skew),
+            )),
             Arc::new(Float64Array::from_iter_values(
                 info.iter().map(|(_, j)| j.excess_kurtosis),
             )),
-            Arc::new(StringArray::from_iter_values(info.iter().map(|(_, j)| {
-                j.label.map_or(UNLABELLED, Label::as_str)
-            }))),
+            Arc::new(StringArray::from_iter_values(
+                info.iter()
+                    .map(|(_, j)| j.label.map_or(UNLABELLED, Label::as_str)),
+            )),
             Arc::new(Int64Array::from_iter(info.iter().map(|(_, j)| j.since))),
         ];
         let b = RecordBatch::try_new(schema, cols)
@@ -536,7 +558,12 @@ impl SourceState {
         let rois = traces::roi(b, source)?;
         let mut by_port: [Vec<u32>; 3] = Default::default();
         for &i in idx {
-            let p = match self.roi_labels.get(&rois.value(i as usize)).copied().flatten() {
+            let p = match self
+                .roi_labels
+                .get(&rois.value(i as usize))
+                .copied()
+                .flatten()
+            {
                 Some(Label::Predictable) => 0,
                 Some(Label::Unpredictable) => 1,
                 None => 2,
@@ -580,7 +607,10 @@ fn take(b: &RecordBatch, idx: &[u32]) -> Result<RecordBatch, ComponentError> {
 
 fn neurons_schema(source: &str) -> SchemaRef {
     let md: HashMap<String, String> = [
-        (keys::STREAM_ID.to_string(), format!("{source}{NEURONS_SUFFIX}")),
+        (
+            keys::STREAM_ID.to_string(),
+            format!("{source}{NEURONS_SUFFIX}"),
+        ),
         (keys::LAYOUT.to_string(), Layout::Table.as_str().to_string()),
         (keys::STREAM_KIND.to_string(), "neurons".to_string()),
         (SOURCE_STREAM_KEY.to_string(), source.to_string()),
@@ -645,7 +675,9 @@ mod tests {
             vec![
                 Arc::new(Int64Array::from(vec![frame; k])),
                 Arc::new(StringArray::from_iter_values(units.iter().map(|u| u.0))),
-                Arc::new(Int64Array::from_iter_values(units.iter().map(|u| u.1 as i64))),
+                Arc::new(Int64Array::from_iter_values(
+                    units.iter().map(|u| u.1 as i64),
+                )),
                 f(vec![0.0; k]),
                 f(n.clone()),
                 f(units.iter().zip(&n).map(|(u, n)| u.2 * n).collect()),
@@ -692,14 +724,29 @@ mod tests {
         let rule = PoyoRule::default();
         let h = 0.05;
         // The first label is the plain rule.
-        assert_eq!(next_label(&rule, h, None, 3.51, 22.62), Some(Label::Predictable));
-        assert_eq!(next_label(&rule, h, None, 3.52, 0.0), Some(Label::Unpredictable));
-        assert_eq!(next_label(&rule, h, None, 0.0, 22.63), Some(Label::Unpredictable));
+        assert_eq!(
+            next_label(&rule, h, None, 3.51, 22.62),
+            Some(Label::Predictable)
+        );
+        assert_eq!(
+            next_label(&rule, h, None, 3.52, 0.0),
+            Some(Label::Unpredictable)
+        );
+        assert_eq!(
+            next_label(&rule, h, None, 0.0, 22.63),
+            Some(Label::Unpredictable)
+        );
         // Predictable stays so up to 3.51·1.05 = 3.6855 and 22.62·1.05 = 23.751.
         let p = Some(Label::Predictable);
         assert_eq!(next_label(&rule, h, p, 3.68, 23.7), p);
-        assert_eq!(next_label(&rule, h, p, 3.69, 0.0), Some(Label::Unpredictable));
-        assert_eq!(next_label(&rule, h, p, 0.0, 23.76), Some(Label::Unpredictable));
+        assert_eq!(
+            next_label(&rule, h, p, 3.69, 0.0),
+            Some(Label::Unpredictable)
+        );
+        assert_eq!(
+            next_label(&rule, h, p, 0.0, 23.76),
+            Some(Label::Unpredictable)
+        );
         // Unpredictable needs both below 3.51·0.95 = 3.3345 and 22.62·0.95 = 21.489.
         let u = Some(Label::Unpredictable);
         assert_eq!(next_label(&rule, h, u, 3.4, 10.0), u);
@@ -711,7 +758,10 @@ mod tests {
             kurtosis: KurtosisConvention::Pearson,
             ..rule
         };
-        assert_eq!(next_label(&pearson, h, None, 0.0, 20.0), Some(Label::Unpredictable));
+        assert_eq!(
+            next_label(&pearson, h, None, 0.0, 20.0),
+            Some(Label::Unpredictable)
+        );
     }
 
     #[test]
@@ -719,15 +769,16 @@ mod tests {
         let mut tr = build_with("min_samples = 100");
         let mut out = Emitter::default();
         let steps: [(i64, u64, f64); 6] = [
-            (10, 50, 5.0),   // too few samples: no label, even though clearly unpredictable
-            (20, 100, 3.0),  // labelled predictable
-            (30, 150, 3.6),  // above 3.51 but within the margin: stays
+            (10, 50, 5.0),  // too few samples: no label, even though clearly unpredictable
+            (20, 100, 3.0), // labelled predictable
+            (30, 150, 3.6), // above 3.51 but within the margin: stays
             (40, 200, 3.4),
-            (50, 250, 3.7),  // past 3.6855: unpredictable
-            (60, 300, 3.4),  // below 3.51 but not below 3.3345: stays
+            (50, 250, 3.7), // past 3.6855: unpredictable
+            (60, 300, 3.4), // below 3.51 but not below 3.3345: stays
         ];
         for (frame, n, skew) in steps {
-            tr.process(table("s", frame, &[("0", n, skew, 1.0)]), &mut out).unwrap();
+            tr.process(table("s", frame, &[("0", n, skew, 1.0)]), &mut out)
+                .unwrap();
         }
         assert_eq!(
             labels(&out),
@@ -738,7 +789,10 @@ mod tests {
         );
         out.batches.clear();
         tr.finish(&mut out).unwrap();
-        assert_eq!(labels(&out), vec![("0".into(), "unpredictable".into(), Some(50))]);
+        assert_eq!(
+            labels(&out),
+            vec![("0".into(), "unpredictable".into(), Some(50))]
+        );
     }
 
     #[test]
@@ -750,8 +804,16 @@ mod tests {
         // Traces first: held, nothing is known of their units yet.
         tr.process(traces[0].clone(), &mut out).unwrap();
         assert!(out.batches.is_empty());
-        tr.process(table("s", 0, &[("0", 2, 0.0, 0.0), ("1", 2, 0.0, 0.0)]), &mut out).unwrap();
-        tr.process(table("s", 2, &[("0", 3, 0.0, 0.0), ("1", 3, 9.0, 0.0)]), &mut out).unwrap();
+        tr.process(
+            table("s", 0, &[("0", 2, 0.0, 0.0), ("1", 2, 0.0, 0.0)]),
+            &mut out,
+        )
+        .unwrap();
+        tr.process(
+            table("s", 2, &[("0", 3, 0.0, 0.0), ("1", 3, 9.0, 0.0)]),
+            &mut out,
+        )
+        .unwrap();
         for b in &traces[1..] {
             tr.process(b.clone(), &mut out).unwrap();
         }
@@ -770,14 +832,22 @@ mod tests {
         }
         // Frame 0 judged with 2 samples: unlabelled; frames 1–5 after the table at frame 2.
         assert_eq!(rows[UNLABELLED_PORT], vec![(0, 0), (0, 1)]);
-        assert_eq!(rows[PREDICTABLE_PORT], (1..6).map(|t| (t, 0)).collect::<Vec<_>>());
-        assert_eq!(rows[UNPREDICTABLE_PORT], (1..6).map(|t| (t, 1)).collect::<Vec<_>>());
+        assert_eq!(
+            rows[PREDICTABLE_PORT],
+            (1..6).map(|t| (t, 0)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            rows[UNPREDICTABLE_PORT],
+            (1..6).map(|t| (t, 1)).collect::<Vec<_>>()
+        );
     }
 
     /// Groups judged on merged moments: equal to scipy on the concatenated traces of the group.
     #[test]
     fn groups_are_judged_on_merged_moments_equal_to_scipy() {
-        let Some((dir, f, fneu)) = suite2p_traces() else { return };
+        let Some((dir, f, fneu)) = suite2p_traces() else {
+            return;
+        };
         let Some(py) = python() else { return };
         let mut groups = String::from("groups = {");
         for r in 0..23 {
@@ -788,7 +858,10 @@ mod tests {
         groups += "}\nmin_samples = 600";
         let mut dff = crate::transforms::dff::tests::build_with("dff", "");
         let mut mo = crate::transforms::moments::build(
-            &BuildContext { id: "m", data_dir: "/tmp".as_ref() },
+            &BuildContext {
+                id: "m",
+                data_dir: "/tmp".as_ref(),
+            },
             toml::from_str("value = 'fc'").unwrap(),
         )
         .unwrap();
@@ -823,25 +896,59 @@ fc = (F - 0.7 * N).astype(np.float32).astype(np.float64)   # dff's `fc` column i
 for g in (fc[:12].ravel(), fc[12:].ravel()):
     print(repr(float(stats.skew(g))), repr(float(stats.kurtosis(g))))
 "#;
-        let o = std::process::Command::new(&py).args(["-c", code]).arg(&dir).output().unwrap();
+        let o = std::process::Command::new(&py)
+            .args(["-c", code])
+            .arg(&dir)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let want: Vec<Vec<f64>> = String::from_utf8_lossy(&o.stdout)
             .lines()
             .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
             .collect();
-        let g = last.column(2).as_any().downcast_ref::<StringArray>().unwrap();
-        let n = last.column(3).as_any().downcast_ref::<Int64Array>().unwrap();
-        let skew = last.column(4).as_any().downcast_ref::<Float64Array>().unwrap();
-        let kurt = last.column(5).as_any().downcast_ref::<Float64Array>().unwrap();
-        let label = last.column(6).as_any().downcast_ref::<StringArray>().unwrap();
+        let g = last
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let n = last
+            .column(3)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let skew = last
+            .column(4)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        let kurt = last
+            .column(5)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        let label = last
+            .column(6)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(last.num_rows(), 23);
         for i in 0..23 {
             let k = usize::from(g.value(i) == "B");
             assert_eq!(g.value(i), if i < 12 { "A" } else { "B" });
             assert_eq!(n.value(i), if i < 12 { 12 * 864 } else { 11 * 864 });
             let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
-            assert!(rel(skew.value(i), want[k][0]) < 1e-9, "{} vs {}", skew.value(i), want[k][0]);
-            assert!(rel(kurt.value(i), want[k][1]) < 1e-9, "{} vs {}", kurt.value(i), want[k][1]);
+            assert!(
+                rel(skew.value(i), want[k][0]) < 1e-9,
+                "{} vs {}",
+                skew.value(i),
+                want[k][0]
+            );
+            assert!(
+                rel(kurt.value(i), want[k][1]) < 1e-9,
+                "{} vs {}",
+                kurt.value(i),
+                want[k][1]
+            );
             let expect = PoyoRule::default().label(want[k][0], want[k][1]).unwrap();
             assert_eq!(label.value(i), expect.as_str(), "unit {i}");
         }

@@ -17,7 +17,9 @@ pub(crate) fn err(stream: &str, msg: impl std::fmt::Display) -> ComponentError {
 
 /// The stream id a batch carries (`unnamed` without one).
 pub(crate) fn stream_id(schema: &Schema) -> String {
-    stream::stream_id_of(schema).unwrap_or("unnamed").to_string()
+    stream::stream_id_of(schema)
+        .unwrap_or("unnamed")
+        .to_string()
 }
 
 /// The stream's rate (frames per second) from its schema.
@@ -90,8 +92,8 @@ pub(crate) fn values_f64(
             format!("`{name}` is {}, not a numeric column", col.data_type()),
         ));
     }
-    let c = cast(col, &DataType::Float64)
-        .map_err(|e| err(sid, format!("`{name}` as Float64: {e}")))?;
+    let c =
+        cast(col, &DataType::Float64).map_err(|e| err(sid, format!("`{name}` as Float64: {e}")))?;
     let a = c
         .as_any()
         .downcast_ref::<Float64Array>()
