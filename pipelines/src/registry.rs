@@ -20,6 +20,9 @@ pub const TRANSFORMS: &[(&str, Builder<dyn Transform>)] = &[
     ("bin_features", transforms::bin_features::build),
     ("motion_correct", transforms::motion_correct::build),
     ("roi_traces", transforms::roi_traces::build),
+    ("dff", transforms::dff::build),
+    ("moments", transforms::moments::build),
+    ("predictability", transforms::predictability::build),
 ];
 
 pub const SINKS: &[(&str, Builder<dyn Sink>)] = &[("store", sinks::store::build)];

@@ -1,7 +1,11 @@
 //! Transforms: batches in, batches out.
 
 pub mod bin_features;
+pub mod dff;
+pub mod moments;
 pub mod motion_correct;
+pub mod predictability;
 pub mod roi_traces;
 pub mod select_channels;
 pub mod spike_detect;
+mod traces;
