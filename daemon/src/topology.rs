@@ -14,6 +14,7 @@ use pipelines::component::{
 };
 use pipelines::edge::{EdgeSender, Inbox, Overflow, Recv};
 use pipelines::metrics::{ComponentMetrics, ComponentState, Metrics};
+use pipelines::stream::{stream_id_of, Layout};
 use tokio::sync::watch;
 
 use crate::config::{Built, Component, Plan};
@@ -206,10 +207,23 @@ fn run_transform(
 ) -> bool {
     metrics.set_state(ComponentState::Running);
     let mut out = Emitter::default();
+    // A rig's port carries several layouts (probes, frames, tables); a transform sees only the
+    // ones it takes, and each stream passed by is said once.
+    let accepts = tr.accepts();
+    let mut passed_by = std::collections::HashSet::new();
     loop {
         match inbox.recv_timeout(Duration::from_millis(200)) {
             Recv::Data(batch) => {
                 metrics.received(&batch);
+                if let Some(layout) = Layout::of(&batch.schema()).filter(|l| !accepts.contains(l)) {
+                    let stream = stream_id_of(&batch.schema())
+                        .unwrap_or("unnamed")
+                        .to_string();
+                    if passed_by.insert(stream.clone()) {
+                        tracing::info!(component = %metrics.id(), %stream, layout = layout.as_str(), "layout not taken by this transform: stream passed by");
+                    }
+                    continue;
+                }
                 let t = Instant::now();
                 if let Err(e) = tr.process(batch, &mut out) {
                     metrics.error(e.error_type(), "processing", e.to_string());

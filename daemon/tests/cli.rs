@@ -85,7 +85,7 @@ fn validate_accepts_the_shipped_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 sources, 1 transforms, 1 sinks"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 sources, 6 transforms, 3 sinks"));
 }
 
 #[test]
