@@ -44,8 +44,9 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::imaging::frames::Frames;
 use crate::imaging::registration::{shift_bilinear, to_i16, Params, Registration, Shift};
-use crate::stream::{self, keys, Layout, FRAME_INDEX, PIXELS, TIME_S};
+use crate::stream::{self, Layout, FRAME_INDEX, PIXELS, TIME_S};
 
 pub const TYPE: &str = "motion_correct";
 pub const SHIFT_Y: &str = "shift_y";
@@ -177,87 +178,6 @@ impl Transform for MotionCorrect {
             }
         }
         first_error.map_or(Ok(()), Err)
-    }
-}
-
-/// A frames batch's columns, checked.
-struct Frames<'a> {
-    h: usize,
-    w: usize,
-    index: &'a Int64Array,
-    time: &'a Float64Array,
-    list: &'a FixedSizeListArray,
-    pixels: &'a [i16],
-}
-
-impl<'a> Frames<'a> {
-    fn of(batch: &'a RecordBatch, sid: &str) -> Result<Self, ComponentError> {
-        let bad = |why: String| ComponentError::Other(format!("stream `{sid}`: {why}"));
-        let schema = batch.schema_ref();
-        if Layout::of(schema) != Some(Layout::Frames) {
-            return Err(bad(
-                "not a frames stream (motion_correct takes frames)".into()
-            ));
-        }
-        let dim = |k: &'static str| -> Result<usize, ComponentError> {
-            schema
-                .metadata()
-                .get(k)
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|v| *v > 0)
-                .ok_or_else(|| bad(format!("no valid `{k}` in the schema metadata")))
-        };
-        let (h, w) = (dim(keys::HEIGHT)?, dim(keys::WIDTH)?);
-        let col = |name: &str| {
-            schema
-                .index_of(name)
-                .map(|i| batch.column(i))
-                .map_err(|_| bad(format!("no column `{name}`")))
-        };
-        let index = col(FRAME_INDEX)?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| bad(format!("`{FRAME_INDEX}` is not Int64")))?;
-        let time = col(TIME_S)?
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .ok_or_else(|| bad(format!("`{TIME_S}` is not Float64")))?;
-        let list = col(PIXELS)?
-            .as_any()
-            .downcast_ref::<FixedSizeListArray>()
-            .ok_or_else(|| bad(format!("`{PIXELS}` is not a fixed-size list")))?;
-        if list.value_length() as usize != h * w {
-            return Err(bad(format!(
-                "frames of {} pixels, but the metadata says {h}×{w}",
-                list.value_length()
-            )));
-        }
-        let values = list
-            .values()
-            .as_any()
-            .downcast_ref::<Int16Array>()
-            .ok_or_else(|| bad(format!("`{PIXELS}` items are not Int16")))?;
-        if list.null_count() > 0
-            || values.null_count() > 0
-            || index.null_count() > 0
-            || time.null_count() > 0
-        {
-            return Err(bad("null frames or pixels".into()));
-        }
-        // A sliced batch starts its list at an offset.
-        let start = list.offset() * h * w;
-        let pixels = values
-            .values()
-            .get(start..start + list.len() * h * w)
-            .ok_or_else(|| bad("pixel buffer shorter than its frames".into()))?;
-        Ok(Frames {
-            h,
-            w,
-            index,
-            time,
-            list,
-            pixels,
-        })
     }
 }
 

@@ -38,20 +38,17 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
-};
+use arrow::array::{Array, Float32Array, Float64Array, Int32Array, Int64Array};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use super::spike_detect::SOURCE_STREAM_KEY;
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::imaging::frames::Frames;
 use crate::imaging::labels;
 use crate::imaging::rois::{NeuropilParams, RoiSet};
-use crate::stream::{
-    self, keys, traces_schema, Layout, FRAME_INDEX, PIXELS, ROI, ROI_WEIGHT, ROI_X, ROI_Y, TIME_S,
-};
+use crate::stream::{self, keys, traces_schema, Layout, ROI, ROI_WEIGHT, ROI_X, ROI_Y};
 
 pub const TYPE: &str = "roi_traces";
 /// Output stream id: `<frames stream id>` + this.
@@ -382,50 +379,22 @@ impl FramesState {
         batch: &RecordBatch,
         out: &mut Emitter,
     ) -> Result<(), ComponentError> {
-        let bad = |why: String| ComponentError::Other(format!("stream `{sid}`: {why}"));
-        let schema = batch.schema_ref();
-        let col = |name: &str| {
-            schema
-                .index_of(name)
-                .map(|i| batch.column(i))
-                .map_err(|_| bad(format!("no column `{name}`")))
-        };
-        let index = col(FRAME_INDEX)?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| bad(format!("`{FRAME_INDEX}` is not Int64")))?;
-        let time = col(TIME_S)?
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .ok_or_else(|| bad(format!("`{TIME_S}` is not Float64")))?;
-        let list = col(PIXELS)?
-            .as_any()
-            .downcast_ref::<FixedSizeListArray>()
-            .ok_or_else(|| bad(format!("`{PIXELS}` is not a fixed-size list")))?;
+        let Frames {
+            h,
+            w,
+            index,
+            time,
+            list,
+            pixels,
+        } = Frames::of(batch, sid)?;
         let px = set.height * set.width;
-        if list.value_length() as usize != px {
-            return Err(bad(format!(
-                "frames of {} pixels, ROIs on {px}",
-                list.value_length()
+        if h * w != px {
+            return Err(ComponentError::Other(format!(
+                "stream `{sid}`: frames of {h}×{w} pixels, ROIs on {}×{}",
+                set.height, set.width
             )));
         }
-        let values = list
-            .values()
-            .as_any()
-            .downcast_ref::<Int16Array>()
-            .ok_or_else(|| bad(format!("`{PIXELS}` items are not Int16")))?;
-        if list.null_count() > 0
-            || values.null_count() > 0
-            || index.null_count() > 0
-            || time.null_count() > 0
-        {
-            return Err(bad("null frames or pixels".into()));
-        }
-        let start = list.offset() * px;
-        let pixels = values
-            .values()
-            .get(start..start + list.len() * px)
-            .ok_or_else(|| bad("pixel buffer shorter than its frames".into()))?;
+        let schema = batch.schema_ref();
         let rate = schema
             .metadata()
             .get(keys::SAMPLING_HZ)

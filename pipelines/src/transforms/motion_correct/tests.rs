@@ -1,6 +1,6 @@
 use super::*;
 use crate::imaging::testdata::{frames_batch, python, run_python, thunder_movie, thunder_path};
-use crate::stream::frames_schema;
+use crate::stream::{frames_schema, keys};
 
 fn build_with(options: &str) -> Box<dyn Transform> {
     build(
