@@ -22,7 +22,7 @@ use super::context::{GpuContext, GpuError};
 use super::detect::GpuPeakDetector;
 use super::noise::GpuNoise;
 use super::sosfilt::{GpuConvert, GpuSosFilter};
-use super::util::{check_binding, scoped, write_padded, GrowBuffer};
+use super::util::{buffer, check_binding, command_encoder, scoped, write_padded, GrowBuffer};
 use crate::chain::{ChainConfig, Detection, DetectionChain, KernelError};
 use crate::filter::butter_bandpass;
 use crate::schedule::{RefreshSchedule, RowClock};
@@ -104,15 +104,15 @@ impl GpuChain {
         check_binding(&ctx, STAGE, "the calibration ring", ring_bytes)?;
         let detect_list = cfg.detect_list();
         let device = &ctx.device;
-        let ring = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("detection ring"),
-            size: super::util::padded_size(ring_bytes),
+        let ring = buffer(
+            &ctx,
+            "detection ring",
+            ring_bytes,
             // COPY_SRC: the detector keeps its history rows from whatever it detected.
-            usage: wgpu::BufferUsages::STORAGE
+            wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
+        );
         let raw = GrowBuffer::new(
             device,
             "raw chunk",
@@ -172,11 +172,9 @@ impl GpuChain {
     }
 
     fn encoder(&mut self) -> wgpu::CommandEncoder {
-        self.pending.take().unwrap_or_else(|| {
-            self.ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) })
-        })
+        self.pending
+            .take()
+            .unwrap_or_else(|| command_encoder(&self.ctx, STAGE))
     }
 
     fn submit_pending(&mut self) {
