@@ -523,14 +523,7 @@ impl DetectionChain for CpuChain {
         raw: &[i16],
         out: &mut Vec<Detection>,
     ) -> Result<(), KernelError> {
-        let c = self.n_channels;
-        if !raw.len().is_multiple_of(c) {
-            return Err(KernelError::ChunkShape {
-                len: raw.len(),
-                n_channels: c,
-            });
-        }
-        let rows = raw.len() / c;
+        let rows = check_chunk_shape(raw, self.n_channels)?;
         if rows == 0 {
             return Ok(());
         }
@@ -642,6 +635,17 @@ impl CpuChain {
             }
         }
     }
+}
+
+/// The rows of a chunk of whole samples of `n_channels`, else the error.
+pub(crate) fn check_chunk_shape(raw: &[i16], n_channels: usize) -> Result<usize, KernelError> {
+    if !raw.len().is_multiple_of(n_channels) {
+        return Err(KernelError::ChunkShape {
+            len: raw.len(),
+            n_channels,
+        });
+    }
+    Ok(raw.len() / n_channels)
 }
 
 /// `Some(rows)` of a well-shaped chunk of columns, else the error.

@@ -23,7 +23,7 @@ use super::detect::GpuPeakDetector;
 use super::noise::GpuNoise;
 use super::sosfilt::{GpuConvert, GpuSosFilter};
 use super::util::{buffer, check_binding, command_encoder, scoped, write_padded, GrowBuffer};
-use crate::chain::{ChainConfig, Detection, DetectionChain, KernelError};
+use crate::chain::{check_chunk_shape, ChainConfig, Detection, DetectionChain, KernelError};
 use crate::filter::butter_bandpass;
 use crate::schedule::{RefreshSchedule, RowClock};
 use crate::Backend;
@@ -364,14 +364,7 @@ impl DetectionChain for GpuChain {
         raw: &[i16],
         out: &mut Vec<Detection>,
     ) -> Result<(), KernelError> {
-        let c = self.n_channels;
-        if !raw.len().is_multiple_of(c) {
-            return Err(KernelError::ChunkShape {
-                len: raw.len(),
-                n_channels: c,
-            });
-        }
-        let rows = raw.len() / c;
+        let rows = check_chunk_shape(raw, self.n_channels)?;
         if rows == 0 {
             return Ok(());
         }
