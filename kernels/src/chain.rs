@@ -26,6 +26,7 @@ use crate::columns::{check_columns, columns_to_microvolts, columns_to_rows, Colu
 use crate::detect::{Neighbours, Peak, PeakDetector};
 use crate::filter::{butter_bandpass, SosFilter};
 use crate::noise::MadEstimator;
+use crate::schedule::{RefreshSchedule, RowClock};
 use crate::Backend;
 
 /// Errors of the kernels crate.
@@ -373,18 +374,8 @@ pub struct CpuChain {
     /// Ring of rows by count since the stream start: row n lives at slot `n % ring_samples`.
     ring: Vec<f32>,
     ring_samples: u64,
-    calibration: u64,
-    refresh: u64,
-    spread: u64,
-    /// Rows processed since the start of the stream.
-    processed: u64,
-    /// The next expected sample index.
-    next_sample: Option<i64>,
-    /// Sample index of the first row of each contiguous run in the calibration buffer:
-    /// `(row count, sample index)`.
-    calibration_runs: Vec<(u64, i64)>,
-    /// Sample index of row count 0 of the current run (sample = base + count).
-    sample_base: i64,
+    schedule: RefreshSchedule,
+    clock: RowClock,
     calibrated: bool,
     sigma: Vec<f32>,
     thresholds: Vec<f32>,
@@ -400,14 +391,8 @@ impl CpuChain {
         cfg.validate()?;
         let c = cfg.n_channels;
         let sos = butter_bandpass(cfg.order, cfg.band_hz.0, cfg.band_hz.1, cfg.sampling_hz)?;
-        let calibration = cfg.calibration_samples();
-        let refresh = cfg.refresh_samples();
-        let spread = if refresh > 0 {
-            cfg.refresh_spread_samples()
-        } else {
-            0
-        };
-        let ring_samples = calibration + spread;
+        let schedule = RefreshSchedule::new(cfg);
+        let ring_samples = schedule.ring_samples();
         let ring_len = usize::try_from(ring_samples)
             .ok()
             .and_then(|s| s.checked_mul(c))
@@ -436,13 +421,8 @@ impl CpuChain {
             work: Vec::new(),
             ring: crate::memory::zeroed_f32(ring_len),
             ring_samples,
-            calibration,
-            refresh,
-            spread,
-            processed: 0,
-            next_sample: None,
-            calibration_runs: Vec::new(),
-            sample_base: 0,
+            schedule,
+            clock: RowClock::default(),
             calibrated: false,
             sigma: vec![0.0; c],
             thresholds: vec![f32::INFINITY; c],
@@ -458,46 +438,11 @@ impl CpuChain {
         &self.work
     }
 
-    /// Whether row count `n` (≥ calibration) belongs to the window of the next refresh point.
-    fn in_refresh_window(&self, n: u64) -> bool {
-        if self.refresh == 0 {
-            return false;
-        }
-        let j = (n - self.calibration) / self.refresh + 1;
-        let r = self.calibration + j * self.refresh;
-        n + self.calibration >= r
-    }
-
-    /// The refresh point R whose estimation is under way once `processed` rows have been seen:
-    /// its window is complete (`processed > R`) and its apply point not reached
-    /// (`processed < R + spread`; at the apply point the estimation was completed and used).
-    fn refresh_in_progress(&self, processed: u64) -> Option<u64> {
-        if self.refresh == 0 || processed <= self.calibration + self.refresh {
-            return None;
-        }
-        let j = (processed - 1 - self.calibration) / self.refresh;
-        let r = self.calibration + j * self.refresh;
-        (processed > r && processed < r + self.spread).then_some(r)
-    }
-
-    /// The next row count after `n` at which new thresholds apply.
-    fn next_apply_point(&self, n: u64) -> u64 {
-        if self.refresh == 0 || !self.calibrated {
-            return u64::MAX;
-        }
-        let first = self.calibration + self.refresh + self.spread;
-        if n < first {
-            return first;
-        }
-        let j = (n - first) / self.refresh + 1;
-        first + j * self.refresh
-    }
-
     fn copy_into_ring(&mut self, first_count: u64, rows: &[f32]) {
         let c = self.n_channels;
         for (i, row) in rows.chunks_exact(c).enumerate() {
             let n = first_count + i as u64;
-            if n < self.calibration || self.in_refresh_window(n) {
+            if self.schedule.goes_to_ring(n) {
                 let slot = (n % self.ring_samples) as usize * c;
                 self.ring[slot..slot + c].copy_from_slice(row);
             }
@@ -523,12 +468,7 @@ impl CpuChain {
         self.set_thresholds();
         self.calibrated = true;
         tracing::debug!(rows, "detection chain calibrated");
-        let runs = std::mem::take(&mut self.calibration_runs);
-        for (i, &(start, sample)) in runs.iter().enumerate() {
-            let end = runs.get(i + 1).map_or(rows, |r| r.0).min(rows);
-            if start >= end {
-                continue;
-            }
+        for (start, end, sample) in self.clock.take_calibration_runs(rows) {
             let data = &self.ring[start as usize * c..end as usize * c];
             let thresholds = &self.thresholds;
             self.detector
@@ -536,8 +476,6 @@ impl CpuChain {
                     out.push(Detection { peak, threshold_uv })
                 });
         }
-        self.calibration_runs = runs;
-        self.calibration_runs.clear();
     }
 
     /// Estimation work for the refresh in progress, so that `target` of the detect channels are
@@ -550,8 +488,9 @@ impl CpuChain {
         let c = self.n_channels;
         let ring_samples = self.ring_samples;
         // The window [r − calibration, r) in ring slots: up to two contiguous pieces.
-        let start = ((r - self.calibration) % ring_samples) as usize;
-        let len = self.calibration as usize;
+        let calibration = self.schedule.calibration;
+        let start = ((r - calibration) % ring_samples) as usize;
+        let len = calibration as usize;
         let first_len = len.min(ring_samples as usize - start);
         let a = &self.ring[start * c..(start + first_len) * c];
         let b = &self.ring[..(len - first_len) * c];
@@ -567,7 +506,7 @@ impl CpuChain {
     /// Detects rows `[t0, t1)` of the current chunk (row counts from `n0`).
     fn detect_rows(&mut self, n0: u64, t0: usize, t1: usize, out: &mut Vec<Detection>) {
         let c = self.n_channels;
-        let sample = self.sample_base + (n0 + t0 as u64) as i64;
+        let sample = self.clock.sample(n0 + t0 as u64);
         let data = &self.work[t0 * c..t1 * c];
         let thresholds = &self.thresholds;
         self.detector
@@ -584,14 +523,7 @@ impl DetectionChain for CpuChain {
         raw: &[i16],
         out: &mut Vec<Detection>,
     ) -> Result<(), KernelError> {
-        let c = self.n_channels;
-        if !raw.len().is_multiple_of(c) {
-            return Err(KernelError::ChunkShape {
-                len: raw.len(),
-                n_channels: c,
-            });
-        }
-        let rows = raw.len() / c;
+        let rows = check_chunk_shape(raw, self.n_channels)?;
         if rows == 0 {
             return Ok(());
         }
@@ -628,16 +560,16 @@ impl DetectionChain for CpuChain {
     }
 
     fn finish(&mut self, out: &mut Vec<Detection>) -> Result<(), KernelError> {
-        if !self.calibrated && self.processed > 0 {
+        if !self.calibrated && self.clock.processed > 0 {
             tracing::info!(
-                rows = self.processed,
+                rows = self.clock.processed,
                 "detection chain: stream ended during calibration; calibrating on what there is"
             );
-            self.calibrate(self.processed, out);
+            self.calibrate(self.clock.processed, out);
         }
         self.detector
             .finish_with(&mut |peak, threshold_uv| out.push(Detection { peak, threshold_uv }));
-        self.next_sample = None;
+        self.clock.end_stream();
         Ok(())
     }
 
@@ -655,21 +587,7 @@ impl CpuChain {
     /// `first_sample`.
     fn process_work(&mut self, first_sample: i64, rows: usize, out: &mut Vec<Detection>) {
         let c = self.n_channels;
-        let n0 = self.processed;
-        if self.next_sample != Some(first_sample) {
-            if let Some(expected) = self.next_sample {
-                tracing::warn!(
-                    expected,
-                    got = first_sample,
-                    "detection chain: the stream skipped samples; filtering on as if contiguous, peak context restarts"
-                );
-            }
-            self.sample_base = first_sample - n0 as i64;
-            if !self.calibrated {
-                self.calibration_runs.push((n0, first_sample));
-            }
-        }
-        self.next_sample = Some(first_sample + rows as i64);
+        let n0 = self.clock.start_chunk(first_sample, rows, self.calibrated);
 
         // Filter, reference: independent of thresholds, the whole chunk at once.
         self.filter.process(&mut self.work);
@@ -679,16 +597,7 @@ impl CpuChain {
         let mut t = 0usize;
         while t < rows {
             let n = n0 + t as u64;
-            let event = if self.calibrated {
-                self.next_apply_point(n)
-            } else {
-                self.calibration
-            };
-            let end = if event > n {
-                ((event - n0) as usize).min(rows)
-            } else {
-                rows
-            };
+            let (event, end) = self.schedule.segment(n0, t, rows, self.calibrated);
             let (from, to) = (t * c, end * c);
             let segment = std::mem::take(&mut self.work);
             self.copy_into_ring(n, &segment[from..to]);
@@ -698,11 +607,11 @@ impl CpuChain {
             }
             t = end;
             let reached = n0 + t as u64;
-            if !self.calibrated && reached == self.calibration {
+            if !self.calibrated && reached == event {
                 self.calibrate(reached, out);
             } else if self.calibrated && reached == event {
                 // Apply point: finish the estimation and switch thresholds.
-                let r = event - self.spread;
+                let r = event - self.schedule.spread;
                 self.refresh_step(r, usize::MAX);
                 for &ch in &self.detect_list {
                     self.sigma[ch] = self.sigma_next[ch];
@@ -711,20 +620,32 @@ impl CpuChain {
                 self.refresh_done = 0;
             }
         }
-        self.processed = n0 + rows as u64;
+        let processed = n0 + rows as u64;
+        self.clock.processed = processed;
 
         // Spread the estimation of a refresh in progress over its period.
         if self.calibrated {
-            if let Some(r) = self.refresh_in_progress(self.processed) {
-                let elapsed = self.processed - r;
-                let target =
-                    (self.detect_list.len() as u64 * elapsed).div_ceil(self.spread) as usize;
+            if let Some(r) = self.schedule.refresh_in_progress(processed) {
+                let elapsed = processed - r;
+                let target = (self.detect_list.len() as u64 * elapsed)
+                    .div_ceil(self.schedule.spread) as usize;
                 // Whole steps of REFRESH_STEP channels: each step reads every row of the window
                 // once, so tiny steps would multiply that cost.
                 self.refresh_step(r, target.next_multiple_of(REFRESH_STEP));
             }
         }
     }
+}
+
+/// The rows of a chunk of whole samples of `n_channels`, else the error.
+pub(crate) fn check_chunk_shape(raw: &[i16], n_channels: usize) -> Result<usize, KernelError> {
+    if !raw.len().is_multiple_of(n_channels) {
+        return Err(KernelError::ChunkShape {
+            len: raw.len(),
+            n_channels,
+        });
+    }
+    Ok(raw.len() / n_channels)
 }
 
 /// `Some(rows)` of a well-shaped chunk of columns, else the error.

@@ -443,8 +443,34 @@ fn any_below(row: &[f32], prev: &[f32], neg_thresholds: &[f32]) -> bool {
     any
 }
 
+/// Helpers shared by this module's tests and the GPU twin's.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Neighbours;
+
+    pub(crate) fn line_probe(n: usize) -> Neighbours {
+        // Channels 20 µm apart on one line, 50 µm radius → ±2 channels.
+        let x = vec![0.0; n];
+        let y: Vec<f64> = (0..n).map(|i| i as f64 * 20.0).collect();
+        Neighbours::within_radius(&x, &y, &vec![0; n], 50.0)
+    }
+
+    /// `(first row, rows)` of chunks of `sizes` (cycled, at least 1) over `n` rows.
+    pub(crate) fn chunks(n: usize, sizes: &[usize]) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut t = 0;
+        sizes.iter().cycle().map_while(move |&size| {
+            (t < n).then(|| {
+                let chunk = (t, size.clamp(1, n - t));
+                t += chunk.1;
+                chunk
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::{chunks, line_probe};
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -503,13 +529,6 @@ mod tests {
         out
     }
 
-    fn line_probe(n: usize) -> Neighbours {
-        // Channels 20 µm apart on one line, 50 µm radius → ±2 channels.
-        let x = vec![0.0; n];
-        let y: Vec<f64> = (0..n).map(|i| i as f64 * 20.0).collect();
-        Neighbours::within_radius(&x, &y, &vec![0; n], 50.0)
-    }
-
     fn run_chunked(
         det: &mut PeakDetector,
         data: &[f32],
@@ -518,19 +537,9 @@ mod tests {
         sizes: &[usize],
     ) -> Vec<Peak> {
         let mut out = Vec::new();
-        let n = data.len() / n_channels;
-        let mut t = 0;
-        let mut i = 0;
-        while t < n {
-            let len = sizes[i % sizes.len()].clamp(1, n - t);
-            det.process(
-                1000 + t as i64,
-                &data[t * n_channels..(t + len) * n_channels],
-                thr,
-                &mut out,
-            );
-            t += len;
-            i += 1;
+        for (t, len) in chunks(data.len() / n_channels, sizes) {
+            let chunk = &data[t * n_channels..(t + len) * n_channels];
+            det.process(1000 + t as i64, chunk, thr, &mut out);
         }
         det.finish(&mut out);
         out

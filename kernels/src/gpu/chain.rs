@@ -22,9 +22,10 @@ use super::context::{GpuContext, GpuError};
 use super::detect::GpuPeakDetector;
 use super::noise::GpuNoise;
 use super::sosfilt::{GpuConvert, GpuSosFilter};
-use super::util::{check_binding, scoped, write_padded, GrowBuffer};
-use crate::chain::{ChainConfig, Detection, DetectionChain, KernelError};
+use super::util::{buffer, check_binding, command_encoder, scoped, write_padded, GrowBuffer};
+use crate::chain::{check_chunk_shape, ChainConfig, Detection, DetectionChain, KernelError};
 use crate::filter::butter_bandpass;
+use crate::schedule::{RefreshSchedule, RowClock};
 use crate::Backend;
 
 const STAGE: &str = "detection chain";
@@ -74,13 +75,8 @@ pub struct GpuChain {
     /// Ring of rows by count since the stream start: row n lives at slot `n % ring_samples`.
     ring: wgpu::Buffer,
     ring_samples: u64,
-    calibration: u64,
-    refresh: u64,
-    spread: u64,
-    processed: u64,
-    next_sample: Option<i64>,
-    calibration_runs: Vec<(u64, i64)>,
-    sample_base: i64,
+    schedule: RefreshSchedule,
+    clock: RowClock,
     calibrated: bool,
     sigma: Vec<f32>,
     thresholds: Vec<f32>,
@@ -97,14 +93,8 @@ impl GpuChain {
         cfg.validate()?;
         let c = cfg.n_channels;
         let sos = butter_bandpass(cfg.order, cfg.band_hz.0, cfg.band_hz.1, cfg.sampling_hz)?;
-        let calibration = cfg.calibration_samples();
-        let refresh = cfg.refresh_samples();
-        let spread = if refresh > 0 {
-            cfg.refresh_spread_samples()
-        } else {
-            0
-        };
-        let ring_samples = calibration + spread;
+        let schedule = RefreshSchedule::new(cfg);
+        let ring_samples = schedule.ring_samples();
         let ring_bytes = ring_samples
             .checked_mul(c as u64 * 4)
             .ok_or(KernelError::Config {
@@ -114,15 +104,15 @@ impl GpuChain {
         check_binding(&ctx, STAGE, "the calibration ring", ring_bytes)?;
         let detect_list = cfg.detect_list();
         let device = &ctx.device;
-        let ring = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("detection ring"),
-            size: super::util::padded_size(ring_bytes),
+        let ring = buffer(
+            &ctx,
+            "detection ring",
+            ring_bytes,
             // COPY_SRC: the detector keeps its history rows from whatever it detected.
-            usage: wgpu::BufferUsages::STORAGE
+            wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
+        );
         let raw = GrowBuffer::new(
             device,
             "raw chunk",
@@ -154,13 +144,8 @@ impl GpuChain {
             work,
             ring,
             ring_samples,
-            calibration,
-            refresh,
-            spread,
-            processed: 0,
-            next_sample: None,
-            calibration_runs: Vec::new(),
-            sample_base: 0,
+            schedule,
+            clock: RowClock::default(),
             calibrated: false,
             sigma: vec![0.0; c],
             thresholds: vec![f32::INFINITY; c],
@@ -187,54 +172,15 @@ impl GpuChain {
     }
 
     fn encoder(&mut self) -> wgpu::CommandEncoder {
-        self.pending.take().unwrap_or_else(|| {
-            self.ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) })
-        })
+        self.pending
+            .take()
+            .unwrap_or_else(|| command_encoder(&self.ctx, STAGE))
     }
 
     fn submit_pending(&mut self) {
         if let Some(encoder) = self.pending.take() {
             self.ctx.queue.submit([encoder.finish()]);
         }
-    }
-
-    // The next three are CpuChain's, verbatim: which rows go to the ring, when a refresh is
-    // under way, when new thresholds apply.
-
-    fn in_refresh_window(&self, n: u64) -> bool {
-        if self.refresh == 0 {
-            return false;
-        }
-        let j = (n - self.calibration) / self.refresh + 1;
-        let r = self.calibration + j * self.refresh;
-        n + self.calibration >= r
-    }
-
-    fn refresh_in_progress(&self, processed: u64) -> Option<u64> {
-        if self.refresh == 0 || processed <= self.calibration + self.refresh {
-            return None;
-        }
-        let j = (processed - 1 - self.calibration) / self.refresh;
-        let r = self.calibration + j * self.refresh;
-        (processed > r && processed < r + self.spread).then_some(r)
-    }
-
-    fn next_apply_point(&self, n: u64) -> u64 {
-        if self.refresh == 0 || !self.calibrated {
-            return u64::MAX;
-        }
-        let first = self.calibration + self.refresh + self.spread;
-        if n < first {
-            return first;
-        }
-        let j = (n - first) / self.refresh + 1;
-        first + j * self.refresh
-    }
-
-    fn goes_to_ring(&self, n: u64) -> bool {
-        n < self.calibration || self.in_refresh_window(n)
     }
 
     /// Records copies of the chunk rows `[t0, t1)` (row counts from `n0`) that belong to a
@@ -244,12 +190,12 @@ impl GpuChain {
         let mut encoder = self.encoder();
         let mut t = t0;
         while t < t1 {
-            if !self.goes_to_ring(n0 + t as u64) {
+            if !self.schedule.goes_to_ring(n0 + t as u64) {
                 t += 1;
                 continue;
             }
             let mut end = t + 1;
-            while end < t1 && self.goes_to_ring(n0 + end as u64) {
+            while end < t1 && self.schedule.goes_to_ring(n0 + end as u64) {
                 end += 1;
             }
             // Rows [t, end) go to consecutive slots, split where the ring wraps.
@@ -305,12 +251,7 @@ impl GpuChain {
         self.set_thresholds();
         self.calibrated = true;
         tracing::debug!(rows, "GPU detection chain calibrated");
-        let runs = std::mem::take(&mut self.calibration_runs);
-        for (i, &(start, sample)) in runs.iter().enumerate() {
-            let end = runs.get(i + 1).map_or(rows, |r| r.0).min(rows);
-            if start >= end {
-                continue;
-            }
+        for (start, end, sample) in self.clock.take_calibration_runs(rows) {
             let encoder = self.encoder();
             self.detector.process_resident(
                 encoder,
@@ -322,8 +263,6 @@ impl GpuChain {
                 &mut |peak, threshold_uv| out.push(Detection { peak, threshold_uv }),
             )?;
         }
-        self.calibration_runs = runs;
-        self.calibration_runs.clear();
         Ok(())
     }
 
@@ -335,21 +274,7 @@ impl GpuChain {
     ) -> Result<(), GpuError> {
         let c = self.n_channels;
         let rows = raw.len() / c;
-        let n0 = self.processed;
-        if self.next_sample != Some(first_sample) {
-            if let Some(expected) = self.next_sample {
-                tracing::warn!(
-                    expected,
-                    got = first_sample,
-                    "detection chain: the stream skipped samples; filtering on as if contiguous, peak context restarts"
-                );
-            }
-            self.sample_base = first_sample - n0 as i64;
-            if !self.calibrated {
-                self.calibration_runs.push((n0, first_sample));
-            }
-        }
-        self.next_sample = Some(first_sample + rows as i64);
+        let n0 = self.clock.start_chunk(first_sample, rows, self.calibrated);
 
         // Upload the chunk as is; convert, filter and reference it in place.
         let device = self.ctx.device.clone();
@@ -372,21 +297,11 @@ impl GpuChain {
         // Then in segments split where thresholds change, exactly as CpuChain::process.
         let mut t = 0usize;
         while t < rows {
-            let n = n0 + t as u64;
-            let event = if self.calibrated {
-                self.next_apply_point(n)
-            } else {
-                self.calibration
-            };
-            let end = if event > n {
-                ((event - n0) as usize).min(rows)
-            } else {
-                rows
-            };
+            let (event, end) = self.schedule.segment(n0, t, rows, self.calibrated);
             self.copy_into_ring(n0, t, end);
             if self.calibrated {
                 let encoder = self.encoder();
-                let sample = self.sample_base + (n0 + t as u64) as i64;
+                let sample = self.clock.sample(n0 + t as u64);
                 self.detector.process_resident(
                     encoder,
                     sample,
@@ -399,12 +314,12 @@ impl GpuChain {
             }
             t = end;
             let reached = n0 + t as u64;
-            if !self.calibrated && reached == self.calibration {
+            if !self.calibrated && reached == event {
                 self.calibrate(reached, out)?;
             } else if self.calibrated && reached == event {
                 // Apply point: the estimate over [r − calibration, r), launched when its window
                 // completed (or now, if this chunk spans both), replaces σ.
-                let r = event - self.spread;
+                let r = event - self.schedule.spread;
                 if self.launched != Some(r) {
                     self.launch_refresh(r)?;
                 }
@@ -415,11 +330,11 @@ impl GpuChain {
                 self.set_thresholds();
             }
         }
-        self.processed = n0 + rows as u64;
+        self.clock.processed = n0 + rows as u64;
 
         // A refresh window just completed: estimate now, on the GPU, while the stream goes on.
         if self.calibrated {
-            if let Some(r) = self.refresh_in_progress(self.processed) {
+            if let Some(r) = self.schedule.refresh_in_progress(self.clock.processed) {
                 if self.launched != Some(r) {
                     self.launch_refresh(r)?;
                 }
@@ -430,8 +345,9 @@ impl GpuChain {
     }
 
     fn launch_refresh(&mut self, r: u64) -> Result<(), GpuError> {
-        let start = (r - self.calibration) % self.ring_samples;
-        self.estimate(start, self.calibration, false)?;
+        let calibration = self.schedule.calibration;
+        let start = (r - calibration) % self.ring_samples;
+        self.estimate(start, calibration, false)?;
         self.launched = Some(r);
         Ok(())
     }
@@ -448,14 +364,7 @@ impl DetectionChain for GpuChain {
         raw: &[i16],
         out: &mut Vec<Detection>,
     ) -> Result<(), KernelError> {
-        let c = self.n_channels;
-        if !raw.len().is_multiple_of(c) {
-            return Err(KernelError::ChunkShape {
-                len: raw.len(),
-                n_channels: c,
-            });
-        }
-        let rows = raw.len() / c;
+        let rows = check_chunk_shape(raw, self.n_channels)?;
         if rows == 0 {
             return Ok(());
         }
@@ -478,12 +387,12 @@ impl DetectionChain for GpuChain {
     fn finish(&mut self, out: &mut Vec<Detection>) -> Result<(), KernelError> {
         let device = self.ctx.device.clone();
         let result = scoped(&device, STAGE, || {
-            if !self.calibrated && self.processed > 0 {
+            if !self.calibrated && self.clock.processed > 0 {
                 tracing::info!(
-                    rows = self.processed,
+                    rows = self.clock.processed,
                     "detection chain: stream ended during calibration; calibrating on what there is"
                 );
-                self.calibrate(self.processed, out)?;
+                self.calibrate(self.clock.processed, out)?;
             }
             let encoder = self.encoder();
             self.detector
@@ -492,7 +401,7 @@ impl DetectionChain for GpuChain {
                 })
         });
         self.pending = None;
-        self.next_sample = None;
+        self.clock.end_stream();
         result.map_err(KernelError::from)
     }
 

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use super::context::{GpuContext, GpuError};
 use super::util::{
-    bind_group, compute_pipeline, grid, padded_size, read_back, scoped, uniform_buffer,
-    write_padded, HostIo,
+    bind_group, compute_pipeline, dispatch, grid, table_buffer, uniform_buffer, BindCache, HostIo,
 };
 use crate::cmr::MedianReference;
 
@@ -32,7 +31,7 @@ pub struct GpuMedianReference {
     groups: wgpu::Buffer,
     n_channels: usize,
     n_groups: usize,
-    bound: Option<(wgpu::Buffer, wgpu::BindGroup)>,
+    bound: BindCache,
     io: Option<HostIo>,
 }
 
@@ -72,13 +71,7 @@ impl GpuMedianReference {
             wgpu::include_wgsl!("../shaders/cmr.wgsl"),
             "main",
         )?;
-        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("median groups"),
-            size: padded_size((table.len() * 4) as u64),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        write_padded(&ctx, &buffer, 0, bytemuck::cast_slice(&table));
+        let buffer = table_buffer(&ctx, "median groups", bytemuck::cast_slice(&table));
         let params = uniform_buffer(&ctx, "median params", std::mem::size_of::<Params>() as u64);
         Ok(GpuMedianReference {
             ctx,
@@ -87,7 +80,7 @@ impl GpuMedianReference {
             groups: buffer,
             n_channels,
             n_groups: groups.len(),
-            bound: None,
+            bound: BindCache::default(),
             io: None,
         })
     }
@@ -122,26 +115,16 @@ impl GpuMedianReference {
         self.ctx
             .queue
             .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
-        if self.bound.as_ref().is_none_or(|(b, _)| b != data) {
-            let group = bind_group(
+        let group = self.bound.get(&[data], || {
+            bind_group(
                 &self.ctx,
                 STAGE,
                 &self.pipeline,
                 &[&self.params, &self.groups, data],
-            );
-            self.bound = Some((data.clone(), group));
-        }
-        let Some((_, group)) = &self.bound else {
-            return Ok(());
-        };
-        let (x, y) = grid(&self.ctx, STAGE, jobs.div_ceil(64))?;
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(STAGE),
-            timestamp_writes: None,
+            )
         });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        let workgroups = grid(&self.ctx, STAGE, jobs.div_ceil(64))?;
+        dispatch(encoder, STAGE, &self.pipeline, group, workgroups);
         Ok(())
     }
 
@@ -161,25 +144,8 @@ impl GpuMedianReference {
             .io
             .take()
             .unwrap_or_else(|| HostIo::new(&ctx, "median io"));
-        let result = scoped(&ctx.device, STAGE, || {
-            io.upload(&ctx, bytemuck::cast_slice(whole));
-            let mut encoder = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
-            self.encode(&mut encoder, io.data.buffer(), n_samples)?;
-            encoder.copy_buffer_to_buffer(
-                io.data.buffer(),
-                0,
-                io.readback.buffer(),
-                0,
-                padded_size((whole.len() * 4) as u64),
-            );
-            ctx.queue.submit([encoder.finish()]);
-            read_back(
-                &ctx,
-                STAGE,
-                &mut [(io.readback.buffer(), bytemuck::cast_slice_mut(whole))],
-            )
+        let result = io.run_in_place(&ctx, STAGE, whole, |encoder, data| {
+            self.encode(encoder, data, n_samples)
         });
         self.io = Some(io);
         result

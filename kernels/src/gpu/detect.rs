@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use super::context::{GpuContext, GpuError};
 use super::util::{
-    bind_group, compute_pipeline, grid, padded_size, read_back, scoped, uniform_buffer,
-    write_padded, GrowBuffer, HostIo,
+    bind_group, buffer, check_binding, command_encoder, compute_pipeline, dispatch, grid,
+    read_back, scoped, table_buffer, uniform_buffer, write_padded, GrowBuffer, HostIo,
 };
 use crate::detect::{Neighbours, Peak};
 
@@ -177,21 +177,13 @@ impl GpuPeakDetector {
 
         let history = 2 * exclude_samples + 2;
         let slots = history + 1;
-        let storage = |label, bytes: u64, usage| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: padded_size(bytes),
-                usage,
-                mapped_at_creation: false,
-            })
-        };
+        let storage = |label, bytes, usage| buffer(&ctx, label, bytes, usage);
         let read_only = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let copyable = read_only | wgpu::BufferUsages::COPY_SRC;
-        let nb = storage("detect neighbours", (table.len() * 4) as u64, read_only);
-        write_padded(&ctx, &nb, 0, bytemuck::cast_slice(&table));
+        let nb = table_buffer(&ctx, "detect neighbours", bytemuck::cast_slice(&table));
         let thr_bytes = (slots * n_channels) as u64 * std::mem::size_of::<ThresholdEntry>() as u64;
         let hist_bytes = (history * n_channels * 4) as u64;
-        super::util::check_binding(&ctx, STAGE, "the threshold table", thr_bytes)?;
+        check_binding(&ctx, STAGE, "the threshold table", thr_bytes)?;
         let thresholds = storage("detect thresholds", thr_bytes, read_only);
         let hist = [
             storage("detect history a", hist_bytes, copyable),
@@ -293,9 +285,7 @@ impl GpuPeakDetector {
             .take()
             .unwrap_or_else(|| HostIo::new(&ctx, "detect io"));
         io.upload(&ctx, bytemuck::cast_slice(whole));
-        let encoder = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
+        let encoder = command_encoder(&ctx, STAGE);
         let result = self.process_resident(
             encoder,
             first_sample,
@@ -317,10 +307,7 @@ impl GpuPeakDetector {
 
     /// [`finish`](Self::finish), handing each peak with its threshold.
     pub fn finish_with(&mut self, emit: &mut dyn FnMut(Peak, f32)) -> Result<(), GpuError> {
-        let encoder = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
+        let encoder = command_encoder(&self.ctx, STAGE);
         self.finish_resident(encoder, emit)
     }
 
@@ -348,10 +335,7 @@ impl GpuPeakDetector {
         if self.next_sample.is_some_and(|next| next != first_sample) {
             // A gap: flush the previous segment first (with the work recorded so far).
             self.finish_resident(encoder, emit)?;
-            encoder = self
-                .ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
+            encoder = command_encoder(&self.ctx, STAGE);
         }
         let set = self.use_thresholds(thresholds);
         if self.next_sample.is_none() {
@@ -548,18 +532,12 @@ impl GpuPeakDetector {
                 self.out.ensure(&self.ctx.device, bytes);
                 self.out_staging.ensure(&self.ctx.device, bytes);
                 self.guess = count;
-                let mut again = self
-                    .ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
+                let mut again = command_encoder(&self.ctx, STAGE);
                 count = self.dispatch(&mut again, d, jobs)?;
             }
             if count > self.records.len() {
                 // The first read fetched `guess` records; fetch the rest.
-                let mut rest = self
-                    .ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
+                let mut rest = command_encoder(&self.ctx, STAGE);
                 let from = self.records.len() as u64 * RECORD;
                 let bytes = count as u64 * RECORD - from;
                 rest.copy_buffer_to_buffer(
@@ -616,17 +594,15 @@ impl GpuPeakDetector {
             .queue
             .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
         let group = self.bind_group_for(d.source);
-        let (x, y) = grid(&self.ctx, STAGE, jobs.div_ceil(WORKGROUP))?;
+        let workgroups = grid(&self.ctx, STAGE, jobs.div_ceil(WORKGROUP))?;
         encoder.clear_buffer(&self.counter, 0, None);
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(STAGE),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&self.pipeline);
-            pass.set_bind_group(0, &self.bound[group].3, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        }
+        dispatch(
+            encoder,
+            STAGE,
+            &self.pipeline,
+            &self.bound[group].3,
+            workgroups,
+        );
         let first = self.guess.min(self.capacity);
         encoder.copy_buffer_to_buffer(&self.counter, 0, &self.counter_staging, 0, 4);
         encoder.copy_buffer_to_buffer(
@@ -636,12 +612,7 @@ impl GpuPeakDetector {
             0,
             first as u64 * RECORD,
         );
-        let submission = std::mem::replace(
-            encoder,
-            self.ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) }),
-        );
+        let submission = std::mem::replace(encoder, command_encoder(&self.ctx, STAGE));
         self.ctx.queue.submit([submission.finish()]);
         let mut count = [0u32; 1];
         self.records.resize(first, [0; 4]);
@@ -693,16 +664,10 @@ impl GpuPeakDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::test_support::{chunks, line_probe};
     use crate::detect::PeakDetector;
     use crate::gpu::test_context;
     use rand::{Rng, SeedableRng};
-
-    fn line_probe(n: usize) -> Neighbours {
-        // Channels 20 µm apart on one line, 50 µm radius → ±2 channels.
-        let x = vec![0.0; n];
-        let y: Vec<f64> = (0..n).map(|i| i as f64 * 20.0).collect();
-        Neighbours::within_radius(&x, &y, &vec![0; n], 50.0)
-    }
 
     /// Feeds `data` in chunks of `sizes` (cycled) with per-chunk thresholds from `thr_of`, then
     /// finishes; returns (peak, threshold) pairs.
@@ -714,19 +679,11 @@ mod tests {
         thr_of: &dyn Fn(usize) -> Vec<f32>,
     ) -> Vec<(Peak, f32)> {
         let mut out = Vec::new();
-        let n = data.len() / c;
-        let (mut t, mut i) = (0, 0);
-        while t < n {
-            let len = sizes[i % sizes.len()].clamp(1, n - t);
-            let thr = thr_of(t);
-            det.process_with(
-                1000 + t as i64,
-                &data[t * c..(t + len) * c],
-                &thr,
-                &mut |p, th| out.push((p, th)),
-            );
-            t += len;
-            i += 1;
+        for (t, len) in chunks(data.len() / c, sizes) {
+            let chunk = &data[t * c..(t + len) * c];
+            det.process_with(1000 + t as i64, chunk, &thr_of(t), &mut |p, th| {
+                out.push((p, th))
+            });
         }
         det.finish_with(&mut |p, th| out.push((p, th)));
         out
@@ -740,20 +697,12 @@ mod tests {
         thr_of: &dyn Fn(usize) -> Vec<f32>,
     ) -> Vec<(Peak, f32)> {
         let mut out = Vec::new();
-        let n = data.len() / c;
-        let (mut t, mut i) = (0, 0);
-        while t < n {
-            let len = sizes[i % sizes.len()].clamp(1, n - t);
-            let thr = thr_of(t);
-            det.process_with(
-                1000 + t as i64,
-                &data[t * c..(t + len) * c],
-                &thr,
-                &mut |p, th| out.push((p, th)),
-            )
+        for (t, len) in chunks(data.len() / c, sizes) {
+            let chunk = &data[t * c..(t + len) * c];
+            det.process_with(1000 + t as i64, chunk, &thr_of(t), &mut |p, th| {
+                out.push((p, th))
+            })
             .unwrap();
-            t += len;
-            i += 1;
         }
         det.finish_with(&mut |p, th| out.push((p, th))).unwrap();
         out

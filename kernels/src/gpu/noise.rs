@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::context::{GpuContext, GpuError};
 use super::util::{
-    bind_group, check_binding, compute_pipeline, grid, padded_size, read_back, scoped,
-    uniform_buffer, write_padded, HostIo,
+    bind_group, buffer, check_binding, command_encoder, compute_pipeline, dispatch, grid,
+    padded_size, read_back, scoped, table_buffer, uniform_buffer, BindCache, HostIo,
 };
 use crate::noise::MAD_TO_SIGMA;
 
@@ -36,7 +36,7 @@ pub struct GpuNoise {
     n_list: usize,
     /// Rows of the window last encoded (σ of an empty window is NaN, as on the CPU).
     last_rows: usize,
-    bound: Option<(wgpu::Buffer, wgpu::BindGroup)>,
+    bound: BindCache,
     io: Option<HostIo>,
 }
 
@@ -61,27 +61,16 @@ impl GpuNoise {
             "main",
         )?;
         let list: Vec<u32> = channels.iter().map(|&c| c as u32).collect();
-        let buffer = |label, bytes: u64, usage| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: padded_size(bytes),
-                usage,
-                mapped_at_creation: false,
-            })
-        };
-        let list_buffer = buffer(
-            "noise channels",
-            (list.len() * 4) as u64,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        );
-        write_padded(&ctx, &list_buffer, 0, bytemuck::cast_slice(&list));
+        let list_buffer = table_buffer(&ctx, "noise channels", bytemuck::cast_slice(&list));
         let out_bytes = (list.len() * 8) as u64;
         let out = buffer(
+            &ctx,
             "noise out",
             out_bytes,
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         );
         let staging = buffer(
+            &ctx,
             "noise read-back",
             out_bytes,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -97,7 +86,7 @@ impl GpuNoise {
             n_channels,
             n_list: list.len(),
             last_rows: 0,
-            bound: None,
+            bound: BindCache::default(),
             io: None,
         })
     }
@@ -144,28 +133,16 @@ impl GpuNoise {
         self.ctx
             .queue
             .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
-        if self.bound.as_ref().is_none_or(|(b, _)| b != data) {
-            let group = bind_group(
+        let group = self.bound.get(&[data], || {
+            bind_group(
                 &self.ctx,
                 STAGE,
                 &self.pipeline,
                 &[&self.params, data, &self.channels, &self.out],
-            );
-            self.bound = Some((data.clone(), group));
-        }
-        let Some((_, group)) = &self.bound else {
-            return Ok(());
-        };
-        let (x, y) = grid(&self.ctx, STAGE, self.n_list as u64)?;
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(STAGE),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&self.pipeline);
-            pass.set_bind_group(0, group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        }
+            )
+        });
+        let workgroups = grid(&self.ctx, STAGE, self.n_list as u64)?;
+        dispatch(encoder, STAGE, &self.pipeline, group, workgroups);
         encoder.copy_buffer_to_buffer(
             &self.out,
             0,
@@ -212,9 +189,7 @@ impl GpuNoise {
             .unwrap_or_else(|| HostIo::new(&ctx, "noise io"));
         let result = scoped(&ctx.device, STAGE, || {
             io.upload(&ctx, bytemuck::cast_slice(whole));
-            let mut encoder = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
+            let mut encoder = command_encoder(&ctx, STAGE);
             self.encode(&mut encoder, io.data.buffer(), n_rows.max(1), 0, n_rows)?;
             ctx.queue.submit([encoder.finish()]);
             self.read_sigma(sigma)

@@ -7,7 +7,10 @@
 use std::sync::Arc;
 
 use super::context::{GpuContext, GpuError};
-use super::util::{bind_group, compute_pipeline, grid, read_back, scoped, uniform_buffer, HostIo};
+use super::util::{
+    bind_group, buffer, check_binding, command_encoder, compute_pipeline, dispatch, grid,
+    read_back, scoped, table_buffer, uniform_buffer, BindCache, HostIo,
+};
 use crate::filter::{Sos, SosFilter};
 
 const STAGE: &str = "bandpass filter";
@@ -35,8 +38,7 @@ pub struct GpuSosFilter {
     state: wgpu::Buffer,
     n_channels: usize,
     n_sections: usize,
-    /// The data buffer the cached bind group points at.
-    bound: Option<(wgpu::Buffer, wgpu::BindGroup)>,
+    bound: BindCache,
     io: Option<HostIo>,
 }
 
@@ -57,27 +59,27 @@ impl GpuSosFilter {
         }
         let coefficients: Vec<f32> = sections.iter().flatten().copied().collect();
         let state_bytes = (sections.len() * n_channels * 2 * 4) as u64;
-        super::util::check_binding(&ctx, STAGE, "filter state", state_bytes)?;
+        check_binding(&ctx, STAGE, "filter state", state_bytes)?;
         let pipeline = compute_pipeline(
             &ctx,
             STAGE,
             wgpu::include_wgsl!("../shaders/sosfilt.wgsl"),
             "main",
         )?;
-        let storage = |label, bytes: u64| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: super::util::padded_size(bytes),
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            })
-        };
-        let coeffs = storage("sos coefficients", (coefficients.len() * 4) as u64);
-        super::util::write_padded(&ctx, &coeffs, 0, bytemuck::cast_slice(&coefficients));
+        let coeffs = table_buffer(
+            &ctx,
+            "sos coefficients",
+            bytemuck::cast_slice(&coefficients),
+        );
         // New buffers are zero-initialised by wgpu: the state starts at rest, like the twin's.
-        let state = storage("sos state", state_bytes);
+        let state = buffer(
+            &ctx,
+            "sos state",
+            state_bytes,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        );
         let params = uniform_buffer(&ctx, "sos params", std::mem::size_of::<Params>() as u64);
         Ok(GpuSosFilter {
             ctx,
@@ -87,7 +89,7 @@ impl GpuSosFilter {
             state,
             n_channels,
             n_sections: sections.len(),
-            bound: None,
+            bound: BindCache::default(),
             io: None,
         })
     }
@@ -99,10 +101,7 @@ impl GpuSosFilter {
     /// Zero state, as at the start of a stream.
     pub fn reset(&mut self) -> Result<(), GpuError> {
         scoped(&self.ctx.device, STAGE, || {
-            let mut encoder = self
-                .ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
+            let mut encoder = command_encoder(&self.ctx, STAGE);
             encoder.clear_buffer(&self.state, 0, None);
             self.ctx.queue.submit([encoder.finish()]);
             Ok(())
@@ -133,32 +132,22 @@ impl GpuSosFilter {
         self.ctx
             .queue
             .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
-        if self.bound.as_ref().is_none_or(|(b, _)| b != data) {
-            let group = bind_group(
+        let group = self.bound.get(&[data], || {
+            bind_group(
                 &self.ctx,
                 STAGE,
                 &self.pipeline,
                 &[&self.params, &self.coeffs, &self.state, data],
-            );
-            self.bound = Some((data.clone(), group));
-        }
-        let Some((_, group)) = &self.bound else {
-            return Ok(());
-        };
+            )
+        });
         let (x, y) = grid(
             &self.ctx,
             STAGE,
             (self.n_channels as u64).div_ceil(WORKGROUP as u64),
         )?;
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(STAGE),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, group, &[]);
         // One row of workgroups covers every channel (a probe has hundreds, not millions).
         debug_assert_eq!(y, 1);
-        pass.dispatch_workgroups(x, 1, 1);
+        dispatch(encoder, STAGE, &self.pipeline, group, (x, 1));
         Ok(())
     }
 
@@ -179,26 +168,8 @@ impl GpuSosFilter {
             .io
             .take()
             .unwrap_or_else(|| HostIo::new(&ctx, "sos io"));
-        let result = scoped(&ctx.device, STAGE, || {
-            io.upload(&ctx, bytemuck::cast_slice(whole));
-            let mut encoder = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
-            self.encode(&mut encoder, io.data.buffer(), n_samples)?;
-            let bytes = (whole.len() * 4) as u64;
-            encoder.copy_buffer_to_buffer(
-                io.data.buffer(),
-                0,
-                io.readback.buffer(),
-                0,
-                super::util::padded_size(bytes),
-            );
-            ctx.queue.submit([encoder.finish()]);
-            read_back(
-                &ctx,
-                STAGE,
-                &mut [(io.readback.buffer(), bytemuck::cast_slice_mut(whole))],
-            )
+        let result = io.run_in_place(&ctx, STAGE, whole, |encoder, data| {
+            self.encode(encoder, data, n_samples)
         });
         self.io = Some(io);
         result
@@ -214,17 +185,15 @@ impl GpuSosFilter {
         }
         let ctx = &self.ctx;
         scoped(&ctx.device, STAGE, || {
-            let bytes = super::util::padded_size((n * 4) as u64);
-            let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("sos state read-back"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let mut encoder = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(STAGE) });
-            encoder.copy_buffer_to_buffer(&self.state, 0, &staging, 0, bytes);
+            let bytes = (n * 4) as u64;
+            let staging = buffer(
+                ctx,
+                "sos state read-back",
+                bytes,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            );
+            let mut encoder = command_encoder(ctx, STAGE);
+            encoder.copy_buffer_to_buffer(&self.state, 0, &staging, 0, staging.size());
             ctx.queue.submit([encoder.finish()]);
             read_back(
                 ctx,
@@ -256,7 +225,7 @@ pub(crate) struct GpuConvert {
     params: wgpu::Buffer,
     scale: wgpu::Buffer,
     n_channels: usize,
-    bound: Option<(wgpu::Buffer, wgpu::Buffer, wgpu::BindGroup)>,
+    bound: BindCache,
 }
 
 impl GpuConvert {
@@ -267,13 +236,7 @@ impl GpuConvert {
             wgpu::include_wgsl!("../shaders/convert.wgsl"),
             "main",
         )?;
-        let scale = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("uv per bit"),
-            size: super::util::padded_size((uv_per_bit.len() * 4) as u64),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        super::util::write_padded(&ctx, &scale, 0, bytemuck::cast_slice(uv_per_bit));
+        let scale = table_buffer(&ctx, "uv per bit", bytemuck::cast_slice(uv_per_bit));
         let params = uniform_buffer(
             &ctx,
             "convert params",
@@ -285,7 +248,7 @@ impl GpuConvert {
             params,
             scale,
             n_channels: uv_per_bit.len(),
-            bound: None,
+            bound: BindCache::default(),
         })
     }
 
@@ -312,30 +275,16 @@ impl GpuConvert {
         self.ctx
             .queue
             .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
-        if self
-            .bound
-            .as_ref()
-            .is_none_or(|(r, d, _)| r != raw || d != data)
-        {
-            let group = bind_group(
+        let group = self.bound.get(&[raw, data], || {
+            bind_group(
                 &self.ctx,
                 CONVERT_STAGE,
                 &self.pipeline,
                 &[&self.params, raw, &self.scale, data],
-            );
-            self.bound = Some((raw.clone(), data.clone(), group));
-        }
-        let Some((_, _, group)) = &self.bound else {
-            return Ok(());
-        };
-        let (x, y) = grid(&self.ctx, CONVERT_STAGE, (n_values as u64).div_ceil(256))?;
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(CONVERT_STAGE),
-            timestamp_writes: None,
+            )
         });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        let workgroups = grid(&self.ctx, CONVERT_STAGE, (n_values as u64).div_ceil(256))?;
+        dispatch(encoder, CONVERT_STAGE, &self.pipeline, group, workgroups);
         Ok(())
     }
 }

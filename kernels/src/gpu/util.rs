@@ -149,6 +149,72 @@ pub(crate) fn bind_group(
     })
 }
 
+/// A command encoder labelled with the kernel's stage.
+pub(crate) fn command_encoder(ctx: &GpuContext, stage: &'static str) -> wgpu::CommandEncoder {
+    ctx.device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(stage) })
+}
+
+/// A buffer of `bytes` (padded) with `usage`; wgpu zero-initialises new buffers.
+pub(crate) fn buffer(
+    ctx: &GpuContext,
+    label: &'static str,
+    bytes: u64,
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: padded_size(bytes),
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+/// A read-only table for a shader (`STORAGE | COPY_DST`) holding `data`.
+pub(crate) fn table_buffer(ctx: &GpuContext, label: &'static str, data: &[u8]) -> wgpu::Buffer {
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+    let table = buffer(ctx, label, data.len() as u64, usage);
+    write_padded(ctx, &table, 0, data);
+    table
+}
+
+/// Records one compute pass: `pipeline` with `group` as bind group 0 over a `(x, y)` grid.
+pub(crate) fn dispatch(
+    encoder: &mut wgpu::CommandEncoder,
+    stage: &'static str,
+    pipeline: &wgpu::ComputePipeline,
+    group: &wgpu::BindGroup,
+    (x, y): (u32, u32),
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(stage),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, group, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+}
+
+/// A kernel's bind group for the caller's buffers it was last bound to, rebuilt only when they
+/// change (the chain passes the same buffers chunk after chunk).
+#[derive(Default)]
+pub(crate) struct BindCache(Option<(Vec<wgpu::Buffer>, wgpu::BindGroup)>);
+
+impl BindCache {
+    /// The group for `buffers`, made by `make` unless the cached one was made for them.
+    pub(crate) fn get(
+        &mut self,
+        buffers: &[&wgpu::Buffer],
+        make: impl FnOnce() -> wgpu::BindGroup,
+    ) -> &wgpu::BindGroup {
+        let entry = match self.0.take() {
+            Some((bound, group)) if bound.iter().eq(buffers.iter().copied()) => (bound, group),
+            _ => (buffers.iter().map(|&b| b.clone()).collect(), make()),
+        };
+        &self.0.insert(entry).1
+    }
+}
+
 /// A uniform buffer for a kernel's parameters, rewritten before each submission.
 pub(crate) fn uniform_buffer(ctx: &GpuContext, label: &'static str, bytes: u64) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -263,6 +329,35 @@ impl HostIo {
                 4,
             ),
         }
+    }
+
+    /// Runs a kernel in place on host data: uploads `data`, records `encode` on the uploaded
+    /// copy, and reads the result back into `data`.
+    pub(crate) fn run_in_place(
+        &mut self,
+        ctx: &GpuContext,
+        stage: &'static str,
+        data: &mut [f32],
+        encode: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        scoped(&ctx.device, stage, || {
+            self.upload(ctx, bytemuck::cast_slice(data));
+            let mut encoder = command_encoder(ctx, stage);
+            encode(&mut encoder, self.data.buffer())?;
+            encoder.copy_buffer_to_buffer(
+                self.data.buffer(),
+                0,
+                self.readback.buffer(),
+                0,
+                padded_size((data.len() * 4) as u64),
+            );
+            ctx.queue.submit([encoder.finish()]);
+            read_back(
+                ctx,
+                stage,
+                &mut [(self.readback.buffer(), bytemuck::cast_slice_mut(data))],
+            )
+        })
     }
 
     /// Uploads `bytes`, growing the buffers if needed; true when the data buffer was re-created.
