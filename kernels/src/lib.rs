@@ -12,6 +12,7 @@ pub mod filter;
 pub mod gpu;
 mod memory;
 pub mod noise;
+pub mod roi;
 mod schedule;
 
 pub use chain::KernelError;

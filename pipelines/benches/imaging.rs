@@ -123,8 +123,18 @@ fn main() {
     let mut mc =
         motion_correct::build(&ctx("mc"), toml::from_str("max_shift_px = 12").unwrap()).unwrap();
     let t0 = Instant::now();
-    let mut tr = roi_traces::build(&ctx("traces"), toml::Table::new()).unwrap();
-    tr.process(rois, &mut Emitter::default()).unwrap();
+    let cpu: toml::Table = toml::from_str("backend = 'cpu'").unwrap();
+    let mut tr = roi_traces::build(&ctx("traces"), cpu).unwrap();
+    tr.process(rois.clone(), &mut Emitter::default()).unwrap();
+    // The GPU twin (a hardware GPU, else lavapipe: labelled in the table), when there is one.
+    let gpu_backend = kernels::gpu::acquire().map(|c| c.backend.as_str());
+    let mut tr_gpu = gpu_backend.map(|_| {
+        let gpu: toml::Table = toml::from_str("backend = 'gpu'").unwrap();
+        let mut t = roi_traces::build(&ctx("traces_gpu"), gpu).unwrap();
+        t.process(rois, &mut Emitter::default()).unwrap();
+        t
+    });
+    let mut tr_gpu_s = 0.0;
     let rois_s = t0.elapsed().as_secs_f64();
     // The reference: the first 30 (unmoved) frames, untimed.
     let mut warm = Emitter::default();
@@ -194,6 +204,13 @@ fn main() {
                 .max((sy.value(i) - ay).abs())
                 .max((sx.value(i) - ax).abs());
         }
+        if let Some(g) = &mut tr_gpu {
+            let mut traces = Emitter::default();
+            let t = Instant::now();
+            g.process(registered.clone(), &mut traces).unwrap();
+            tr_gpu_s += t.elapsed().as_secs_f64();
+            std::hint::black_box(traces);
+        }
         let mut traces = Emitter::default();
         let t = Instant::now();
         tr.process(registered, &mut traces).unwrap();
@@ -216,6 +233,12 @@ fn main() {
     row("bilinear warp", warp_s);
     row("`motion_correct` (estimate + warp + Arrow)", per(mc_s));
     row("`roi_traces` (F + neuropil, 1,000 ROIs)", per(tr_s));
+    if let Some(b) = gpu_backend {
+        row(
+            &format!("`roi_traces` on the GPU twin ({b}; not one core)"),
+            per(tr_gpu_s),
+        );
+    }
     row("**both**", per(mc_s + tr_s));
     println!(
         "\n{n_timed} frames timed in batches of {BATCH}; ROI masks and neuropil annuli built once in {:.0} ms; largest shift error {worst_err:.3} px (shifts applied with the bilinear warp, within ±8 px).",

@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use kernels::roi::RoiTable;
+
 /// How neuropil annuli are drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NeuropilParams {
@@ -32,19 +34,16 @@ impl Default for NeuropilParams {
     }
 }
 
-/// ROIs ready for extraction: pixel lists in compressed rows (`offsets[i]..offsets[i + 1]`).
+/// ROIs ready for extraction: pixel lists in compressed rows, as the extraction kernels take them
+/// ([`kernels::roi::RoiTable`], whose CPU twin and GPU shader do the sums).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoiSet {
     pub height: usize,
     pub width: usize,
     /// ROI numbers, ascending, as they come in (`roi` column or label value).
     pub ids: Vec<i32>,
-    cell_offsets: Vec<usize>,
-    cell_pixels: Vec<u32>,
-    /// Normalised: each ROI's weights sum to 1.
-    cell_weights: Vec<f32>,
-    np_offsets: Vec<usize>,
-    np_pixels: Vec<u32>,
+    /// Weights normalised: each ROI's sum to 1.
+    table: RoiTable,
 }
 
 impl RoiSet {
@@ -81,16 +80,8 @@ impl RoiSet {
                     .push((y as u32 * width as u32 + x as u32, w));
             }
         }
-        let mut set = RoiSet {
-            height,
-            width,
-            ids: Vec::with_capacity(by_roi.len()),
-            cell_offsets: vec![0],
-            cell_pixels: Vec::new(),
-            cell_weights: Vec::new(),
-            np_offsets: vec![0],
-            np_pixels: Vec::new(),
-        };
+        let mut ids = Vec::with_capacity(by_roi.len());
+        let mut cells: Vec<Vec<(u32, f32)>> = Vec::with_capacity(by_roi.len());
         let mut occupied = vec![false; height * width];
         for (roi, mut px) in by_roi {
             // Sorted for memory order; a pixel listed twice counts once with its weights summed.
@@ -103,20 +94,29 @@ impl RoiSet {
                 same
             });
             let total: f64 = px.iter().map(|p| f64::from(p.1)).sum();
-            for &(p, w) in &px {
-                occupied[p as usize] = true;
-                set.cell_pixels.push(p);
-                set.cell_weights.push((f64::from(w) / total) as f32);
+            for p in &mut px {
+                occupied[p.0 as usize] = true;
+                p.1 = (f64::from(p.1) / total) as f32;
             }
-            set.cell_offsets.push(set.cell_pixels.len());
-            set.ids.push(roi);
+            cells.push(px);
+            ids.push(roi);
         }
+        let mut table = RoiTable::new(height * width);
         let mut annulus = Annulus::default();
-        for i in 0..set.ids.len() {
-            let px = &set.cell_pixels[set.cell_offsets[i]..set.cell_offsets[i + 1]];
-            annulus.draw(px, height, width, &occupied, np, &mut set.np_pixels);
-            set.np_offsets.push(set.np_pixels.len());
+        let (mut px, mut np_pixels) = (Vec::new(), Vec::new());
+        for cell in cells {
+            px.clear();
+            px.extend(cell.iter().map(|p| p.0));
+            np_pixels.clear();
+            annulus.draw(&px, height, width, &occupied, np, &mut np_pixels);
+            table.push(cell, &np_pixels)?;
         }
+        let set = RoiSet {
+            height,
+            width,
+            ids,
+            table,
+        };
         Ok(set)
     }
 
@@ -157,35 +157,24 @@ impl RoiSet {
 
     /// ROI `i`'s pixels (row-major indices) and normalised weights.
     pub fn cell(&self, i: usize) -> (&[u32], &[f32]) {
-        let r = self.cell_offsets[i]..self.cell_offsets[i + 1];
-        (&self.cell_pixels[r.clone()], &self.cell_weights[r])
+        self.table.cell(i)
     }
 
     /// ROI `i`'s neuropil pixels (row-major indices, ascending).
     pub fn neuropil(&self, i: usize) -> &[u32] {
-        &self.np_pixels[self.np_offsets[i]..self.np_offsets[i + 1]]
+        self.table.neuropil(i)
+    }
+
+    /// The compressed rows, for the GPU extraction kernel.
+    pub fn table(&self) -> &RoiTable {
+        &self.table
     }
 
     /// F and neuropil of every ROI in one frame (`frame.len()` = height · width). A ROI without
     /// neuropil pixels gets NaN there.
     pub fn extract(&self, frame: &[i16], f: &mut [f32], fneu: &mut [f32]) {
         debug_assert!(frame.len() >= self.height * self.width);
-        for (i, (f, fneu)) in f.iter_mut().zip(fneu.iter_mut()).enumerate() {
-            let (px, w) = self.cell(i);
-            let mut s = 0f32;
-            for (&p, &w) in px.iter().zip(w) {
-                s += w * f32::from(frame[p as usize]);
-            }
-            *f = s;
-            let np = self.neuropil(i);
-            // Integer sum: exact, and faster than converting each pixel.
-            let sum: i64 = np.iter().map(|&p| i64::from(frame[p as usize])).sum();
-            *fneu = if np.is_empty() {
-                f32::NAN
-            } else {
-                (sum as f64 / np.len() as f64) as f32
-            };
-        }
+        self.table.extract_frame(frame, f, fneu);
     }
 }
 

@@ -12,6 +12,9 @@
 //! neuropil_min_pixels = 350      # the annulus grows to this many pixels (Suite2p: 350)
 //! neuropil_max_radius_px = 50    # ... but never reaches farther than this from its ROI
 //! max_held_frames = 300          # frames held per stream while no ROIs are known
+//! backend = "auto"               # a hardware GPU, else lavapipe, else the CPU; "hardware": a
+//!                                # hardware GPU else the CPU; "gpu": a GPU (lavapipe counts) or
+//!                                # a configuration error; "cpu"
 //! ```
 //!
 //! F = Σ w·x / Σ w over a ROI's pixels; Fneu = the plain mean over its annulus: pixels more than
@@ -29,6 +32,12 @@
 //! error (counted in the component's metrics) naming how many frames went. Frames still held at
 //! the end of the input are reported the same way. With `labels`, ROI streams are refused.
 //!
+//! Backends: the sums run in `kernels::roi` (CPU twin) or its WGSL shader; both give the same
+//! numbers (F bit-identical where the GPU keeps IEEE rounding, contract 1e-5 relative; Fneu from
+//! exact integer sums). The one in use is exported as `neurod_kernel_backend{backend,
+//! component_id} 1`. A GPU failure on a batch with "auto" or "hardware" is logged and that batch
+//! is traced on the CPU; with "gpu" it is an error.
+//!
 //! Output, default port, one traces stream per frames stream, id `<frames stream id>.traces`
 //! (layout `traces`, `neurod.source_stream` = the frames stream id, the frame rate as
 //! `neurod.sampling_hz`): per frame, one row per ROI in ascending ROI number: `frame_index`,
@@ -43,7 +52,11 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
-use super::spike_detect::SOURCE_STREAM_KEY;
+use kernels::gpu::roi::GpuRoiExtractor;
+use kernels::gpu::GpuContext;
+use kernels::Backend;
+
+use super::spike_detect::{BackendOption, SOURCE_STREAM_KEY};
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
 use crate::imaging::frames::Frames;
 use crate::imaging::labels;
@@ -86,6 +99,8 @@ struct Options {
     neuropil_max_radius_px: f32,
     #[serde(default = "default_max_held")]
     max_held_frames: usize,
+    #[serde(default)]
+    backend: BackendOption,
 }
 
 /// A ROI set and which frames it is for.
@@ -103,6 +118,8 @@ pub struct RoiTraces {
     fixed: Option<Arc<RoiSet>>,
     streamed: HashMap<String, Rois>,
     frames: HashMap<String, FramesState>,
+    /// The GPU the sums run on; `None`: the CPU twin.
+    gpu: Option<Arc<GpuContext>>,
 }
 
 #[derive(Default)]
@@ -113,6 +130,8 @@ struct FramesState {
     out: Option<(String, SchemaRef)>,
     f: Vec<f32>,
     fneu: Vec<f32>,
+    /// The GPU copy of the ROI set last traced on the GPU.
+    gpu: Option<(Arc<RoiSet>, GpuRoiExtractor)>,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
@@ -162,9 +181,27 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
             }
         }
     }
+    let gpu = match o.backend {
+        BackendOption::Auto => kernels::gpu::acquire(),
+        // Lavapipe is slower than the CPU twin.
+        BackendOption::Hardware => kernels::gpu::acquire().filter(|c| c.backend == Backend::Gpu),
+        BackendOption::Gpu => {
+            let c = kernels::gpu::acquire();
+            if c.is_none() {
+                errors.push(format!(
+                    "{prefix}: `backend` = \"gpu\" but no usable GPU adapter was found (no Vulkan device with compute shaders, not even lavapipe); use \"auto\" to fall back to the CPU"
+                ));
+            }
+            c
+        }
+        BackendOption::Cpu => None,
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
+    let backend = gpu.as_ref().map_or(Backend::Cpu, |c| c.backend);
+    crate::metrics::record_kernel_backend(ctx.id, backend.as_str());
+    tracing::info!(component = %ctx.id, backend = backend.as_str(), "roi_traces backend");
     Ok(Box::new(RoiTraces {
         id: ctx.id.into(),
         options: o,
@@ -172,6 +209,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         fixed,
         streamed: HashMap::new(),
         frames: HashMap::new(),
+        gpu,
     }))
 }
 
@@ -261,16 +299,21 @@ impl RoiTraces {
                 set.height, set.width
             )));
         }
+        let gpu = Gpu {
+            ctx: self.gpu.as_ref(),
+            strict: self.options.backend == BackendOption::Gpu,
+            component: &self.id,
+        };
         let state = self.frames.entry(sid.clone()).or_default();
         // ROIs known now: what was held goes first.
         let mut first_error = None;
         while let Some(held) = state.held.pop_front() {
             state.held_frames -= held.num_rows();
-            if let Err(e) = state.trace(&sid, &set, &held, out) {
+            if let Err(e) = state.trace(&sid, &set, &gpu, &held, out) {
                 first_error.get_or_insert(e);
             }
         }
-        let r = state.trace(&sid, &set, &batch, out);
+        let r = state.trace(&sid, &set, &gpu, &batch, out);
         first_error.map_or(r, Err)
     }
 
@@ -371,11 +414,60 @@ impl RoiTraces {
     }
 }
 
+/// Where a batch's sums run.
+struct Gpu<'a> {
+    ctx: Option<&'a Arc<GpuContext>>,
+    /// `backend = "gpu"`: a GPU failure is an error, not a fall-back to the CPU.
+    strict: bool,
+    component: &'a str,
+}
+
 impl FramesState {
+    /// F and Fneu of `frames` (whole frames) into `self.f` and `self.fneu`, on the GPU if there
+    /// is one.
+    fn extract(
+        &mut self,
+        sid: &str,
+        set: &Arc<RoiSet>,
+        gpu: &Gpu<'_>,
+        frames: &[i16],
+    ) -> Result<(), ComponentError> {
+        if let Some(ctx) = gpu.ctx {
+            if self.gpu.as_ref().is_none_or(|(s, _)| !Arc::ptr_eq(s, set)) {
+                self.gpu = None;
+                match GpuRoiExtractor::new(ctx.clone(), set.table()) {
+                    Ok(x) => self.gpu = Some((set.clone(), x)),
+                    Err(e) if gpu.strict => {
+                        return Err(ComponentError::Other(format!("stream `{sid}`: {e}")))
+                    }
+                    Err(e) => tracing::warn!(
+                        component = %gpu.component, stream = %sid, error = %e,
+                        "ROI extraction falls back to the CPU"
+                    ),
+                }
+            }
+            if let Some((_, x)) = &mut self.gpu {
+                match x.extract(frames, &mut self.f, &mut self.fneu) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if gpu.strict => {
+                        return Err(ComponentError::Other(format!("stream `{sid}`: {e}")))
+                    }
+                    Err(e) => tracing::warn!(
+                        component = %gpu.component, stream = %sid, error = %e,
+                        "GPU ROI extraction failed; this batch is traced on the CPU"
+                    ),
+                }
+            }
+        }
+        set.table().extract(frames, &mut self.f, &mut self.fneu);
+        Ok(())
+    }
+
     fn trace(
         &mut self,
         sid: &str,
-        set: &RoiSet,
+        set: &Arc<RoiSet>,
+        gpu: &Gpu<'_>,
         batch: &RecordBatch,
         out: &mut Emitter,
     ) -> Result<(), ComponentError> {
@@ -415,24 +507,23 @@ impl FramesState {
         let Some((_, out_schema)) = &self.out else {
             return Ok(());
         };
+        let out_schema = out_schema.clone();
         let (n, k) = (list.len(), set.len());
         let mut fi = Vec::with_capacity(n * k);
         let mut ts = Vec::with_capacity(n * k);
         let mut roi = Vec::with_capacity(n * k);
-        let mut f = Vec::with_capacity(n * k);
-        let mut fneu = Vec::with_capacity(n * k);
-        self.f.resize(k, 0.0);
-        self.fneu.resize(k, 0.0);
-        for (i, frame) in pixels.chunks_exact(px).enumerate() {
-            set.extract(frame, &mut self.f, &mut self.fneu);
+        self.f.resize(n * k, 0.0);
+        self.fneu.resize(n * k, 0.0);
+        self.extract(sid, set, gpu, &pixels[..n * px])?;
+        let f = self.f[..n * k].to_vec();
+        let fneu = self.fneu[..n * k].to_vec();
+        for i in 0..n {
             fi.extend(std::iter::repeat_n(index.value(i), k));
             ts.extend(std::iter::repeat_n(time.value(i), k));
             roi.extend_from_slice(&set.ids);
-            f.extend_from_slice(&self.f);
-            fneu.extend_from_slice(&self.fneu);
         }
         let b = RecordBatch::try_new(
-            out_schema.clone(),
+            out_schema,
             vec![
                 Arc::new(Int64Array::from(fi)),
                 Arc::new(Float64Array::from(ts)),

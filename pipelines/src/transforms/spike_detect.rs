@@ -107,7 +107,7 @@ enum ReferenceOption {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum BackendOption {
+pub(crate) enum BackendOption {
     #[default]
     Auto,
     Hardware,

@@ -341,3 +341,75 @@ fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
         got.num_rows()
     );
 }
+
+/// The GPU backend through the transform against the CPU one: 300 random ROIs on 96×80 frames
+/// (several workgroups), same F within 1e-5 of the largest |F| (bit-identical on lavapipe), same
+/// Fneu and NaNs; each exports its backend. Without an adapter "gpu" is refused by name.
+#[test]
+fn gpu_backend_agrees_with_the_cpu_and_exports_its_backend() {
+    use rand::{Rng, SeedableRng};
+    let build_as = |id: &str, backend: &str| {
+        build(
+            &BuildContext {
+                id,
+                data_dir: "/tmp".as_ref(),
+            },
+            toml::from_str(&format!("backend = '{backend}'\nneuropil_min_pixels = 40")).unwrap(),
+        )
+    };
+    let Some(ctx) = kernels::gpu::test_context() else {
+        let e = build_as("roi_gpu_none", "gpu").err().unwrap().join("; ");
+        assert!(e.contains("no usable GPU adapter"), "{e}");
+        return;
+    };
+    let (h, w) = (96usize, 80usize);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut rows = Vec::new();
+    for roi in 0..300 {
+        let (cy, cx) = (rng.random_range(0..h as i32), rng.random_range(0..w as i32));
+        for _ in 0..rng.random_range(1..12) {
+            let (y, x) = (cy + rng.random_range(-2..=2), cx + rng.random_range(-2..=2));
+            if (0..h as i32).contains(&y) && (0..w as i32).contains(&x) {
+                rows.push((roi, y, x, rng.random_range(0.1..2.0f32)));
+            }
+        }
+    }
+    let schema = frames_schema("cam", "twophoton", h, w, "30");
+    let movie: Vec<Vec<i16>> = (0..3)
+        .map(|_| (0..h * w).map(|_| rng.random()).collect())
+        .collect();
+    let run = |id: &str, backend: &str| {
+        let mut tr = build_as(id, backend).unwrap();
+        let mut out = Emitter::default();
+        tr.process(roi_batch("cam.rois", Some("cam"), h, w, &rows), &mut out)
+            .unwrap();
+        tr.process(frames_batch(&schema, 0, &movie), &mut out)
+            .unwrap();
+        let got = concat(out);
+        let text = crate::metrics::Metrics::new().render();
+        let b = if backend == "cpu" {
+            "cpu"
+        } else {
+            ctx.backend.as_str()
+        };
+        assert!(
+            text.contains(&format!(
+                r#"neurod_kernel_backend{{backend="{b}",component_id="{id}"}} 1"#
+            )),
+            "{text}"
+        );
+        let f: Float32Array = col(&got, F);
+        let fneu: Float32Array = col(&got, FNEU);
+        (f.values().to_vec(), fneu.values().to_vec())
+    };
+    let (gf, gneu) = run("roi_gpu", "gpu");
+    let (cf, cneu) = run("roi_cpu", "cpu");
+    assert!(cf.len() > 3 * 250, "{} rows", cf.len());
+    assert_eq!(gf.len(), cf.len());
+    let scale = cf.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (i, (g, c)) in gf.iter().zip(&cf).enumerate() {
+        assert!((g - c).abs() <= 1e-5 * scale, "F[{i}]: gpu {g}, cpu {c}");
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&gneu), bits(&cneu), "Fneu: exact sums on both");
+}
