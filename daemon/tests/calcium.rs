@@ -6,33 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{python, run_python, shared_data, wait_for, Daemon};
-
-/// Runs a finite config to its end (exit 0, nothing rejected); the daemon's data directory.
-fn run_to_end(dir: &Path, config: &str, timeout: Duration) -> PathBuf {
-    let t = Instant::now();
-    let mut d = Daemon::start(dir, config);
-    let status = d.wait_exit(timeout);
-    let log = d.log_text();
-    assert!(status.success(), "finite runs must end with exit 0:\n{log}");
-    assert!(
-        !log.contains("batch rejected"),
-        "no batch may be rejected:\n{log}"
-    );
-    eprintln!("neurod run: {:.1} s", t.elapsed().as_secs_f64());
-    dir.join("data")
-}
-
-fn header() -> &'static str {
-    r#"
-[daemon]
-data_dir = "{dir}/data"
-listen = "127.0.0.1:{port}"
-"#
-}
+use common::{header, python, run_python, run_to_end, shared_data, wait_for, Daemon};
 
 /// Helpers shared by the checks: stored tables, traces as (roi × frame) grids, the last neuron
 /// table row per unit, the POYO-SSL rule with its hysteresis band, and the routing of trace rows.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{python, run_python, shared_data, Daemon};
+use common::{header, python, run_python, run_to_end, shared_data, Daemon};
 
 fn tools() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools")
@@ -56,33 +56,6 @@ fn bin_of(gt: &Path) -> PathBuf {
     gt.join("groundtruth_g0_t0.imec0.ap.bin")
 }
 
-/// Runs a finite config to its end (exit 0) and returns the store's directory.
-fn run_to_end(dir: &Path, config: &str, timeout: Duration) -> PathBuf {
-    let t = Instant::now();
-    let mut d = Daemon::start(dir, config);
-    let status = d.wait_exit(timeout);
-    assert!(
-        status.success(),
-        "finite replays must end with exit 0:\n{}",
-        d.log_text()
-    );
-    let log = d.log_text();
-    assert!(
-        !log.contains("batch rejected"),
-        "no batch may be rejected:\n{log}"
-    );
-    eprintln!("neurod run: {:.1} s", t.elapsed().as_secs_f64());
-    dir.join("data/store")
-}
-
-fn header() -> &'static str {
-    r#"
-[daemon]
-data_dir = "{dir}/data"
-listen = "127.0.0.1:{port}"
-"#
-}
-
 fn f64_at(v: &serde_json::Value, row: &str, key: &str) -> f64 {
     v[row][key]
         .as_f64()
@@ -114,7 +87,7 @@ inputs = ["det"]
         header(),
         bin_of(&gt).display()
     );
-    let store = run_to_end(dir.path(), &config, Duration::from_secs(300));
+    let store = run_to_end(dir.path(), &config, Duration::from_secs(300)).join("store");
     let spikes = store.join("gt.spikes");
     assert!(
         spikes.is_dir(),
@@ -254,7 +227,7 @@ inputs = ["det_a", "det_b", "bins"]
         header(),
         bin = bin.display()
     );
-    let store = run_to_end(dir.path(), &config, Duration::from_secs(300));
+    let store = run_to_end(dir.path(), &config, Duration::from_secs(300)).join("store");
     let out = run_python(
         &py,
         CHECK_SAME_AND_BINS,

@@ -192,3 +192,28 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The `[daemon]` table of a test config (`{dir}` and `{port}` are filled by [`Daemon::start`]).
+pub fn header() -> &'static str {
+    r#"
+[daemon]
+data_dir = "{dir}/data"
+listen = "127.0.0.1:{port}"
+"#
+}
+
+/// Runs a finite config to its end, which must be exit 0 with no batch rejected; returns the
+/// daemon's data directory.
+pub fn run_to_end(dir: &Path, config: &str, timeout: Duration) -> PathBuf {
+    let t = Instant::now();
+    let mut d = Daemon::start(dir, config);
+    let status = d.wait_exit(timeout);
+    let log = d.log_text();
+    assert!(status.success(), "finite runs must end with exit 0:\n{log}");
+    assert!(
+        !log.contains("batch rejected"),
+        "no batch may be rejected:\n{log}"
+    );
+    eprintln!("neurod run: {:.1} s", t.elapsed().as_secs_f64());
+    dir.join("data")
+}
