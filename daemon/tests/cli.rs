@@ -4,6 +4,21 @@ mod common;
 
 use common::{neurod, shared_data};
 
+/// `neurod inspect --json PATH`, which must succeed, parsed.
+fn inspect_json(path: &std::path::Path) -> serde_json::Value {
+    let out = neurod()
+        .args(["inspect", "--json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn validate_lists_every_problem_of_a_broken_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,17 +107,7 @@ fn validate_accepts_the_shipped_config() {
 fn inspect_json_describes_a_real_neuropixels_meta() {
     let Some(data) = shared_data() else { return };
     let meta = data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta");
-    let out = neurod()
-        .args(["inspect", "--json"])
-        .arg(&meta)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = inspect_json(&meta);
     // Exact rate from the meta, not rounded to 30 kHz.
     assert_eq!(v["sampling_hz"].as_f64(), Some(30000.390639481));
     assert_eq!(v["saved_channels"].as_u64(), Some(385));
@@ -123,17 +128,7 @@ fn inspect_says_growing_for_a_meta_written_while_acquiring() {
     let meta = data.join(
         "spikeglx-meta/ibl-neuropixel/sampleNP2.4_4shanks_while_acquiring_incomplete.ap.meta",
     );
-    let out = neurod()
-        .args(["inspect", "--json"])
-        .arg(&meta)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = inspect_json(&meta);
     assert!(v["duration_s"].is_null());
     let text = neurod().arg("inspect").arg(&meta).output().unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("growing"));
@@ -143,17 +138,7 @@ fn inspect_says_growing_for_a_meta_written_while_acquiring() {
 fn inspect_describes_an_open_ephys_recording() {
     let Some(data) = shared_data() else { return };
     let rec = data.join("openephys-16ch-40khz/experiment1/recording1");
-    let out = neurod()
-        .args(["inspect", "--json"])
-        .arg(&rec)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = inspect_json(&rec);
     assert_eq!(v["sampling_hz"].as_f64(), Some(40000.0));
     assert_eq!(v["saved_channels"].as_u64(), Some(16));
     assert_eq!(v["duration_s"].as_f64(), Some(133120.0 / 40000.0));
@@ -179,17 +164,7 @@ fn inspect_of_a_corrupt_meta_names_the_file_and_problem() {
 fn inspect_json_gives_suite2p_roi_moments_equal_to_scipy() {
     let Some(data) = shared_data() else { return };
     let plane = data.join("suite2p-fissa");
-    let out = neurod()
-        .args(["inspect", "--json"])
-        .arg(&plane)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = inspect_json(&plane);
     let expected: serde_json::Value =
         serde_json::from_slice(&std::fs::read(plane.join("expected_moments.json")).unwrap())
             .unwrap();
@@ -227,17 +202,7 @@ fn inspect_json_gives_suite2p_roi_moments_equal_to_scipy() {
 fn inspect_describes_a_tiff_stack_and_names_a_corrupt_one() {
     let Some(data) = shared_data() else { return };
     let tif = data.join("twophoton-thunder/thunder_mouse_500x64x64_int16.tif");
-    let out = neurod()
-        .args(["inspect", "--json"])
-        .arg(&tif)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = inspect_json(&tif);
     assert_eq!(v["frames"], 500);
     assert_eq!(v["height"], 64);
     assert_eq!(v["width"], 64);
