@@ -46,6 +46,15 @@ use pipelines::stream::{batch_from_interleaved, ContinuousInfo};
 /// live source's inbox holds 256 batches, 2.56 s of 10 ms batches.
 const MAX_LAG_S: f64 = 2.0;
 
+/// The `sample_index` of a continuous batch's first row.
+fn first_sample(b: &RecordBatch) -> i64 {
+    b.column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("continuous batches start with sample_index")
+        .value(0)
+}
+
 fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
 }
@@ -188,12 +197,7 @@ fn throughput(backend: &str, input: &[RecordBatch], rate: f64) -> Throughput {
     let mut steady = (0.0, 0.0);
     let t = Instant::now();
     for b in input {
-        let first = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .value(0);
+        let first = first_sample(b);
         let tb = Instant::now();
         tr.process(b.clone(), &mut out).unwrap();
         drain_spikes(&mut out, &mut spikes);
@@ -262,12 +266,7 @@ fn latency_process(backend: &str, input: &[RecordBatch], rate: f64) -> (Vec<f64>
     let mut release: f64 = 0.0;
     let calib_end = calibration_samples(rate);
     for b in input {
-        let first = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .value(0);
+        let first = first_sample(b);
         let t = Instant::now();
         tr.process(b.clone(), &mut out).unwrap();
         let dt = t.elapsed().as_secs_f64();
@@ -303,12 +302,7 @@ fn latency_through_inbox(backend: &str, input: Vec<RecordBatch>, rate: f64) -> V
             loop {
                 match inbox.recv_timeout(Duration::from_millis(200)) {
                     Recv::Data(b) => {
-                        let first = b
-                            .column(0)
-                            .as_any()
-                            .downcast_ref::<Int64Array>()
-                            .unwrap()
-                            .value(0);
+                        let first = first_sample(&b);
                         tr.process(b, &mut out).unwrap();
                         out.batches.clear();
                         let now = epoch.elapsed().as_nanos() as u64;
