@@ -264,3 +264,47 @@ flush_interval_s = 0.2
     );
     assert!(out.starts_with("6000 "), "{out}");
 }
+
+#[test]
+fn transforms_pass_by_the_layouts_they_do_not_take() {
+    // The rig's one port carries a probe, frames and a behaviour table; spike_detect takes only
+    // the probe and motion_correct only the frames, and neither may reject the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{}
+[sources.rig]
+type = "simulated"
+duration_s = 1
+pace = "max"
+frame_size = 64
+rois = 5
+
+[transforms.spikes]
+type = "spike_detect"
+inputs = ["rig"]
+backend = "cpu"
+calibration_s = 0.5
+
+[transforms.mc]
+type = "motion_correct"
+inputs = ["rig"]
+reference_frames = 5
+
+[sinks.store]
+type = "store"
+inputs = ["spikes", "mc"]
+"#,
+        common::header()
+    );
+    let store = common::run_to_end(dir.path(), &config, Duration::from_secs(60)).join("store");
+    // run_to_end also requires that no batch was rejected.
+    for stream in ["rig.imec0.ap.spikes", "rig.twophoton"] {
+        assert!(
+            store.join(stream).is_dir(),
+            "{stream} not stored; store has {:?}",
+            std::fs::read_dir(&store)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        );
+    }
+}

@@ -35,8 +35,8 @@
 //! matters and there may be no GPU, say `backend = "hardware"` (as `config.toml` does).
 //!
 //! Only `ap` channels are detected (sync and other channels are neither detected nor part of the
-//! median). Streams on the input that are not continuous (a rig's frames, tables) are passed by,
-//! logged once. The chain ([`kernels::chain`]) is built when a stream's first batch arrives, from the
+//! median). In the daemon, streams on the input that are not continuous (a rig's frames, tables)
+//! never reach it: the topology passes by every layout a transform does not take. The chain ([`kernels::chain`]) is built when a stream's first batch arrives, from the
 //! geometry and µV per bit in its schema. The CPU chain reads the Int16 columns in place,
 //! converting them to µV sample-major in one tiled pass; a GPU chain gets them copied sample-major
 //! into a buffer the stream keeps (no allocation per batch once it has grown to the batch size).
@@ -300,8 +300,6 @@ pub struct SpikeDetect {
     streams: HashMap<String, StreamState>,
     /// Streams whose chain could not be built: reported once, then skipped.
     failed: HashSet<String>,
-    /// Streams that are not continuous (frames, tables), passed by.
-    ignored: HashSet<String>,
     latency: Histogram,
 }
 
@@ -327,7 +325,6 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         options: o,
         streams: HashMap::new(),
         failed: HashSet::new(),
-        ignored: HashSet::new(),
         latency: series().latency.with_label_values(&[ctx.id]),
     }))
 }
@@ -349,11 +346,10 @@ impl Transform for SpikeDetect {
         let schema = batch.schema();
         let stream_id = stream::stream_id_of(&schema).unwrap_or("unnamed");
         if let Some(layout) = Layout::of(&schema).filter(|l| *l != Layout::Continuous) {
-            // A rig's port carries frames and tables beside the probes: pass them by, once said.
-            if self.ignored.insert(stream_id.to_string()) {
-                tracing::info!(component = %self.id, stream = %stream_id, layout = layout.as_str(), "not a continuous stream: no spike detection on it");
-            }
-            return Ok(());
+            return Err(ComponentError::Other(format!(
+                "stream `{stream_id}`: spike_detect takes continuous streams, not {}",
+                layout.as_str()
+            )));
         }
         if self.failed.contains(stream_id) {
             return Ok(());
@@ -1094,7 +1090,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn overlapping_input_is_rejected_and_non_continuous_passed_by() {
+    fn non_continuous_and_overlapping_input_is_rejected_and_named() {
         let info = probe_info("p");
         let data = synthetic(600, &[], 6);
         let mut tr = build_with("det", CPU);
@@ -1116,13 +1112,8 @@ pub(crate) mod tests {
             vec![Arc::new(Int64Array::from(vec![1i64])) as ArrayRef],
         )
         .unwrap();
-        // Not continuous: passed by without output (a rig's port also carries frames, tables).
-        let mut side = Emitter::default();
-        tr.process(b, &mut side).unwrap();
-        assert!(
-            side.batches.is_empty(),
-            "nothing comes out of an events stream"
-        );
+        let e = tr.process(b, &mut out).unwrap_err();
+        assert!(e.to_string().contains("`gt`"), "{e}");
     }
 
     #[test]
