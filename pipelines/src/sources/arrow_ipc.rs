@@ -940,6 +940,7 @@ mod tests {
             outputs,
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
+            resume: Default::default(),
         };
         let source = ArrowIpcSource::new("ipc", addr, max_connections);
         let run = std::thread::spawn(move || source.run_on(listener, ctx));
