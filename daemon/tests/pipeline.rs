@@ -7,24 +7,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{python, run_python, shared_data, wait_for, Daemon};
-
-/// Compares every stored stream with the raw interleaved Int16 file it came from.
-const CHECK_EXACT: &str = r#"
-import sys, numpy as np, pyarrow.dataset as ds
-stream_dir, raw, nch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-t = ds.dataset(stream_dir, format="parquet").to_table()
-t = t.sort_by("sample_index")
-want = np.fromfile(raw, dtype="<i2")
-want = want[: len(want) // nch * nch].reshape(-1, nch)
-idx = t.column("sample_index").to_numpy()
-assert (idx == np.arange(len(want))).all(), ("sample_index", idx[:5], len(idx), len(want))
-got = np.stack([t.column(i + 1).to_numpy() for i in range(nch)], axis=1)
-assert got.dtype == np.int16, got.dtype
-assert (got == want).all(), "values differ"
-md = t.schema.metadata
-print(len(want), md[b"neurod.sampling_hz"].decode())
-"#;
+use common::{
+    python, run_python, sample_bytes, shared_data, wait_for, write_meta, Daemon, CHECK_EXACT,
+};
 
 fn oe_config(data: &Path) -> String {
     format!(
@@ -114,33 +99,6 @@ fn write_spikeglx(
     std::fs::write(&bin, &bytes).unwrap();
     write_meta(dir, name, &meta, claimed);
     (bin, bytes)
-}
-
-fn sample_bytes(from: usize, to: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity((to - from) * 385 * 2);
-    for s in from..to {
-        for c in 0..385usize {
-            let v = ((s * 7 + c * 13) % 4001) as i16 - 2000;
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
-fn write_meta(dir: &Path, name: &str, real_meta: &str, claimed: Option<usize>) {
-    let mut text: String = real_meta
-        .lines()
-        .filter(|l| !l.starts_with("fileSizeBytes=") && !l.starts_with("fileTimeSecs="))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if let Some(n) = claimed {
-        text.push_str(&format!(
-            "fileSizeBytes={}\nfileTimeSecs={}\n",
-            n * 770,
-            n as f64 / 30000.0
-        ));
-    }
-    std::fs::write(dir.join(format!("{name}.ap.meta")), text).unwrap();
 }
 
 #[test]
