@@ -15,10 +15,7 @@ pub fn ls(data_dir: &Path, json: bool) -> ExitCode {
         }
     };
     if json {
-        let v: Vec<Value> = streams
-            .iter()
-            .map(|(store, s)| to_json(store, s))
-            .collect();
+        let v: Vec<Value> = streams.iter().map(|(store, s)| to_json(store, s)).collect();
         match serde_json::to_string_pretty(&v) {
             Ok(text) => println!("{text}"),
             Err(e) => {

@@ -173,9 +173,11 @@ flush_interval_s = 0.2
         d.log_text().contains("reloaded").then_some(())
     });
     append_slowly(&bin, 8000, 16000);
-    wait_for(Duration::from_secs(30), "the second part to be sent", || {
-        d.metric(sent).filter(|v| *v >= 8000.0)
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the second part to be sent",
+        || d.metric(sent).filter(|v| *v >= 8000.0),
+    );
     // Let a few flushes make some of it durable, then crash.
     std::thread::sleep(Duration::from_millis(1000));
     let first_log = d.log_text();

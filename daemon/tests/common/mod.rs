@@ -263,4 +263,3 @@ pub fn write_meta(dir: &Path, name: &str, real_meta: &str, claimed: Option<usize
     }
     std::fs::write(dir.join(format!("{name}.ap.meta")), text).unwrap();
 }
-

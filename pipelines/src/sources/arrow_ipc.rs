@@ -18,12 +18,12 @@
 //! crafted body length aborts the process. Here lengths are bounded, memory grows only with the
 //! bytes that actually arrive, and arrow's `StreamDecoder` decodes each complete message.
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as NetShutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -1334,7 +1334,7 @@ mod tests {
         let got = h.collect_rows(2);
         assert_eq!(
             got[0].schema_ref().metadata()[keys::STREAM_ID],
-            "ipc.2p_plane_0"
+            "ipc.2p/plane 0"
         );
         assert_eq!(got[0].columns(), batch.columns());
         assert_eq!(h.metrics.errors_total(), 0);
@@ -1382,7 +1382,7 @@ mod tests {
         let batches = h.collect_rows(15_000);
         let schema = batches[0].schema();
         assert_eq!(schema.fields().len(), 385);
-        assert_eq!(schema.metadata()[keys::STREAM_ID], "ipc.py_rig");
+        assert_eq!(schema.metadata()[keys::STREAM_ID], "ipc.py rig");
         let info = ContinuousInfo::from_schema(&schema).unwrap();
         assert_eq!(info.sampling_hz_text, "30000.5");
         assert_eq!(info.channels[0].x_um, Some(43.0));

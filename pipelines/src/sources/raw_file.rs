@@ -892,7 +892,14 @@ pub(crate) mod tests {
 
     #[test]
     fn truncation_message_names_file_sizes_and_last_sample() {
-        let m = truncation_message(Path::new("/d/x.bin"), "800 bytes (100 samples)", 461, 57, 57, 5);
+        let m = truncation_message(
+            Path::new("/d/x.bin"),
+            "800 bytes (100 samples)",
+            461,
+            57,
+            57,
+            5,
+        );
         assert_eq!(
             m,
             "/d/x.bin: truncated: expected 800 bytes (100 samples), found 461 bytes; the data \

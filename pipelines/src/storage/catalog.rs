@@ -16,9 +16,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use super::layout::{legacy_stream_dir_name, segment_seq, stream_dir_name, PART_PREFIX};
-use super::manifest::{
-    build_manifest, read_manifest, FileEntry, SchemaJson, MANIFEST_FILE,
-};
+use super::manifest::{build_manifest, read_manifest, FileEntry, SchemaJson, MANIFEST_FILE};
 use super::segment::SegmentReader;
 use super::StoreError;
 use crate::stream::{stream_id_of, Layout, FRAME_INDEX, SAMPLE_INDEX};
@@ -238,7 +236,9 @@ fn index_values(batch: &RecordBatch) -> Option<&arrow::array::PrimitiveArray<Int
         Layout::Frames | Layout::Traces => FRAME_INDEX,
         _ => return None,
     };
-    batch.column_by_name(column)?.as_primitive_opt::<Int64Type>()
+    batch
+        .column_by_name(column)?
+        .as_primitive_opt::<Int64Type>()
 }
 
 /// The largest index of a batch, if its layout has an index column.
@@ -295,13 +295,17 @@ impl ResumeLookup {
     /// a new run is started rather than rows being refused).
     pub fn holds(&self, stream_id: &str) -> bool {
         self.stores.iter().any(|store| {
-            let dirs = [stream_dir_name(stream_id), legacy_stream_dir_name(stream_id)];
+            let dirs = [
+                stream_dir_name(stream_id),
+                legacy_stream_dir_name(stream_id),
+            ];
             dirs.iter().any(|d| {
                 read_stream_dir(&store.join(d)).map_or_else(
                     |_| store.join(d).is_dir(),
                     |streams| {
                         streams.iter().any(|s| {
-                            s.stream_id == stream_id && (!s.files.is_empty() || !s.segments.is_empty())
+                            s.stream_id == stream_id
+                                && (!s.files.is_empty() || !s.segments.is_empty())
                         })
                     },
                 )
@@ -369,8 +373,22 @@ mod tests {
     #[test]
     fn ids_that_sanitise_alike_are_listed_apart_and_old_stores_are_read() {
         let store = tempfile::tempdir().unwrap();
-        write(&store.path().join(stream_dir_name("a/b")), "a/b", 0, 0, 10, true);
-        write(&store.path().join(stream_dir_name("a_b")), "a_b", 0, 0, 20, true);
+        write(
+            &store.path().join(stream_dir_name("a/b")),
+            "a/b",
+            0,
+            0,
+            10,
+            true,
+        );
+        write(
+            &store.path().join(stream_dir_name("a_b")),
+            "a_b",
+            0,
+            0,
+            20,
+            true,
+        );
         // An old store: two ids that shared one lossy directory.
         let shared = store.path().join("x_y");
         write(&shared, "x y", 0, 0, 5, true);
@@ -414,7 +432,11 @@ mod tests {
         assert_eq!(one.next_index("p").unwrap(), 150);
         assert_eq!(one.next_index("q").unwrap(), 0);
         let both = ResumeLookup::new(vec![a.path().to_path_buf(), b.path().to_path_buf()]);
-        assert_eq!(both.next_index("p").unwrap(), 0, "store b holds nothing yet");
+        assert_eq!(
+            both.next_index("p").unwrap(),
+            0,
+            "store b holds nothing yet"
+        );
         write(&b.path().join("p"), "p", 0, 0, 30, true);
         assert_eq!(both.next_index("p").unwrap(), 30);
         assert_eq!(ResumeLookup::default().next_index("p").unwrap(), 0);

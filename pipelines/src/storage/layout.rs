@@ -196,7 +196,11 @@ mod tests {
         ];
         for (id, name) in cases {
             assert_eq!(stream_dir_name(id), name, "{id:?}");
-            assert_eq!(stream_id_from_dir_name(name).as_deref(), Some(id), "{name:?}");
+            assert_eq!(
+                stream_id_from_dir_name(name).as_deref(),
+                Some(id),
+                "{name:?}"
+            );
         }
         // Names the rule never writes (old stores, hand-made folders) decode to nothing.
         for name in ["a%2", "a%zz", "%2e.", "a%2fb", "%FF"] {

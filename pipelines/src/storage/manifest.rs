@@ -171,7 +171,10 @@ pub fn build_manifest(dir: &Path, previous: Option<&Manifest>) -> Result<Manifes
             .map_err(|e| StoreError::io(&path, "reading size", e))?
             .len();
         let known = previous.and_then(|m| {
-            let f = m.files.iter().find(|f| f.name == name && f.bytes == bytes)?;
+            let f = m
+                .files
+                .iter()
+                .find(|f| f.name == name && f.bytes == bytes)?;
             Some((f.clone(), m.schemas.get(f.schema)?.clone()))
         });
         let (mut entry, schema) = match known {

@@ -25,12 +25,12 @@ pub mod segment;
 
 use std::path::{Path, PathBuf};
 
+pub use catalog::{
+    held_index, list_data_dir, list_store, open_parquet, ResumeLookup, StoredFile, StoredStream,
+};
 pub use convert::{
     convert_segment, convert_segment_with, finish_segment, writer_properties, ConvertStats,
     Finished, Int16Encoding, ParquetOptions,
-};
-pub use catalog::{
-    held_index, list_data_dir, list_store, open_parquet, ResumeLookup, StoredFile, StoredStream,
 };
 pub use manifest::{refresh_manifest, FileEntry, Manifest, SchemaJson};
 pub use recover::{recover, recover_with, RecoveryReport};

@@ -190,7 +190,11 @@ impl Streams {
                     "batches without `neurod.stream_id` are stored under `{UNNAMED_STREAM}/`"
                 );
             }
-            StreamWriter::new(id.to_string(), dir.join(stream_dir_name(id)), metrics.store(id))
+            StreamWriter::new(
+                id.to_string(),
+                dir.join(stream_dir_name(id)),
+                metrics.store(id),
+            )
         })
     }
 }

@@ -130,7 +130,10 @@ impl StreamWriter {
         let Some(held) = held else {
             return Some(batch);
         };
-        let keep: BooleanArray = values.iter().map(|v| Some(v.is_none_or(|v| v > held))).collect();
+        let keep: BooleanArray = values
+            .iter()
+            .map(|v| Some(v.is_none_or(|v| v > held)))
+            .collect();
         let kept = keep.true_count();
         let dropped = batch.num_rows() - kept;
         if dropped == 0 {

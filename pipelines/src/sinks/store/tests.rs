@@ -394,7 +394,11 @@ fn the_sink_recovers_at_start_and_numbers_new_files_after_old_ones() {
     let registry = run_sink(dir.path(), "", &input[2..]);
     assert_eq!(
         file_names(&stream_dir),
-        ["_manifest.json", "part-000000.parquet", "part-000001.parquet"]
+        [
+            "_manifest.json",
+            "part-000000.parquet",
+            "part-000001.parquet"
+        ]
     );
     assert_eq!(stored_rows(&stream_dir, &schema), concat(&schema, &input));
     assert_eq!(registry.store(ID, "p").files.get(), 2);
@@ -413,7 +417,10 @@ fn rows_a_stream_already_holds_are_never_stored_twice() {
     let stream_dir = dir.path().join(ID).join("p");
     let mut expected = input.clone();
     expected.push(batch(&schema, 600, 50));
-    assert_eq!(stored_rows(&stream_dir, &schema), concat(&schema, &expected));
+    assert_eq!(
+        stored_rows(&stream_dir, &schema),
+        concat(&schema, &expected)
+    );
     assert_eq!(
         registry.store(ID, "p").duplicate_rows.get(),
         400 + 50,
