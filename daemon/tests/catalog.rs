@@ -14,23 +14,20 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use common::{
-    neurod, python, run_python, sample_bytes, shared_data, wait_for, write_meta, Daemon,
-    CHECK_EXACT,
+    check_exact, neurod, neurod_json, python, real_ap_meta, sample_bytes, shared_data, wait_for,
+    write_meta, Daemon,
 };
 
 /// `neurod ls --json` of a directory, parsed.
 fn ls_json(dir: &Path) -> Vec<serde_json::Value> {
-    let out = neurod()
-        .args(["ls", "--json", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    use std::ffi::OsStr;
+    let args = [
+        OsStr::new("ls"),
+        OsStr::new("--json"),
+        OsStr::new("--data-dir"),
+    ];
+    let v = neurod_json(&[&args[..], &[dir.as_os_str()]].concat());
+    v.as_array().cloned().unwrap_or_default()
 }
 
 /// Pushes `batches` batches of 100 samples of a 1-channel continuous stream named `client_id`.
@@ -138,10 +135,7 @@ fn followed_spikeglx_is_stored_exactly_once_across_a_reload_and_a_kill_9() {
     };
     let dir = tempfile::tempdir().unwrap();
     let name = "live_g0_t0.imec0";
-    let real = std::fs::read_to_string(
-        data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),
-    )
-    .unwrap();
+    let real = real_ap_meta(&data);
     // SpikeGLX has started: a meta without fileSizeBytes and an empty .bin.
     write_meta(dir.path(), name, &real, None);
     let bin = dir.path().join(format!("{name}.ap.bin"));
@@ -197,15 +191,7 @@ flush_interval_s = 0.2
     );
     assert!(log.contains("resuming"), "the restart resumes:\n{log}");
     // Every sample exactly once, with its values.
-    let out = run_python(
-        &py,
-        CHECK_EXACT,
-        &[
-            dir.path().join("data/store/live").to_str().unwrap(),
-            bin.to_str().unwrap(),
-            "385",
-        ],
-    );
+    let out = check_exact(&py, &dir.path().join("data/store/live"), &bin, 385);
     assert!(out.starts_with("24000 "), "{out}");
     let listed = ls_json(&dir.path().join("data"));
     assert_eq!(listed.len(), 1);

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    python, run_python, sample_bytes, shared_data, wait_for, write_meta, Daemon, CHECK_EXACT,
+    check_exact, python, real_ap_meta, sample_bytes, shared_data, wait_for, write_meta, Daemon,
 };
 
 fn oe_config(data: &Path) -> String {
@@ -55,28 +55,18 @@ fn open_ephys_recordings_round_trip_bit_exact_through_the_store_and_pyarrow() {
     );
 
     let store = dir.path().join("data/store");
-    let out = run_python(
+    let out = check_exact(
         &py,
-        CHECK_EXACT,
-        &[
-            store.join("oe16").to_str().unwrap(),
-            data.join("openephys-16ch-40khz/experiment1/recording1/continuous/File_Reader-100.example_data/continuous.dat")
-                .to_str()
-                .unwrap(),
-            "16",
-        ],
+        &store.join("oe16"),
+        &data.join("openephys-16ch-40khz/experiment1/recording1/continuous/File_Reader-100.example_data/continuous.dat"),
+        16,
     );
     assert_eq!(out.trim(), "133120 40000.0");
-    let out = run_python(
+    let out = check_exact(
         &py,
-        CHECK_EXACT,
-        &[
-            store.join("probeb").to_str().unwrap(),
-            data.join("openephys-np2-snippets/Record Node 101/experiment1/recording1/continuous/Neuropix-PXI-100.ProbeB/continuous.dat")
-                .to_str()
-                .unwrap(),
-            "384",
-        ],
+        &store.join("probeb"),
+        &data.join("openephys-np2-snippets/Record Node 101/experiment1/recording1/continuous/Neuropix-PXI-100.ProbeB/continuous.dat"),
+        384,
     );
     assert!(out.starts_with("100 "), "{out}");
 }
@@ -90,10 +80,7 @@ fn write_spikeglx(
     claimed: Option<usize>,
 ) -> (std::path::PathBuf, Vec<u8>) {
     let data = shared_data().unwrap();
-    let meta = std::fs::read_to_string(
-        data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),
-    )
-    .unwrap();
+    let meta = real_ap_meta(&data);
     let bytes = sample_bytes(0, samples);
     let bin = dir.join(format!("{name}.ap.bin"));
     std::fs::write(&bin, &bytes).unwrap();
@@ -152,15 +139,7 @@ inputs = ["cut", "rig"]
     // Everything whole that was on disk is stored, exactly.
     let whole = dir.path().join("whole.bin");
     std::fs::write(&whole, &bytes[..2000 * 770]).unwrap();
-    let out = run_python(
-        &py,
-        CHECK_EXACT,
-        &[
-            dir.path().join("data/store/cut").to_str().unwrap(),
-            whole.to_str().unwrap(),
-            "385",
-        ],
-    );
+    let out = check_exact(&py, &dir.path().join("data/store/cut"), &whole, 385);
     assert_eq!(out.trim(), "2000 30000.390639481");
 }
 
@@ -204,22 +183,10 @@ flush_interval_s = 0.2
         || d.metric(rows).filter(|v| *v >= 6000.0),
     );
     // SpikeGLX finishes a file by rewriting its meta with fileSizeBytes: following ends.
-    let real = std::fs::read_to_string(
-        data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),
-    )
-    .unwrap();
-    write_meta(dir.path(), name, &real, Some(6000));
+    write_meta(dir.path(), name, &real_ap_meta(&data), Some(6000));
     let status = d.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{}", d.log_text());
-    let out = run_python(
-        &py,
-        CHECK_EXACT,
-        &[
-            dir.path().join("data/store/live").to_str().unwrap(),
-            bin.to_str().unwrap(),
-            "385",
-        ],
-    );
+    let out = check_exact(&py, &dir.path().join("data/store/live"), &bin, 385);
     assert!(out.starts_with("6000 "), "{out}");
 }
 

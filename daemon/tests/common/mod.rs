@@ -220,7 +220,7 @@ pub fn run_to_end(dir: &Path, config: &str, timeout: Duration) -> PathBuf {
 
 /// Checks a stored continuous stream against the raw file it came from: every sample exactly
 /// once (`sample_index` 0..n, no repeat), the same Int16 values; prints `n rate`.
-pub const CHECK_EXACT: &str = r#"
+const CHECK_EXACT: &str = r#"
 import sys, numpy as np, pyarrow.dataset as ds
 stream_dir, raw, nch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t = ds.dataset(stream_dir, format="parquet").to_table()
@@ -262,4 +262,34 @@ pub fn write_meta(dir: &Path, name: &str, real_meta: &str, claimed: Option<usize
         ));
     }
     std::fs::write(dir.join(format!("{name}.ap.meta")), text).unwrap();
+}
+
+/// Runs [`CHECK_EXACT`] on a stored stream directory against its raw file; its output.
+pub fn check_exact(py: &Path, stream_dir: &Path, raw: &Path, channels: usize) -> String {
+    run_python(
+        py,
+        CHECK_EXACT,
+        &[
+            stream_dir.to_str().unwrap(),
+            raw.to_str().unwrap(),
+            &channels.to_string(),
+        ],
+    )
+}
+
+/// The text of the real NP1.0 AP meta the SpikeGLX tests start from.
+pub fn real_ap_meta(data: &Path) -> String {
+    std::fs::read_to_string(data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"))
+        .unwrap()
+}
+
+/// Runs `neurod` with `args`, which must succeed; its stdout parsed as JSON.
+pub fn neurod_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
+    let out = neurod().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
