@@ -3,6 +3,7 @@
 mod config;
 mod http;
 mod run;
+mod supervise;
 mod topology;
 
 use std::path::PathBuf;

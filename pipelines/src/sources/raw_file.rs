@@ -84,9 +84,9 @@ impl ReadOptions {
                 self.poll_ms
             ));
         }
-        if !(self.idle_timeout_s.is_finite() && self.idle_timeout_s >= 0.0) {
+        if let Err(why) = crate::limits::seconds(self.idle_timeout_s) {
             out.push(format!(
-                "`idle_timeout_s` = {} must be 0 (never) or a positive number of seconds",
+                "`idle_timeout_s` = {} {why} (0 = never)",
                 self.idle_timeout_s
             ));
         }

@@ -108,17 +108,15 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
             cfg.poll_ms
         ));
     }
-    if !(cfg.idle_timeout_s.is_finite() && cfg.idle_timeout_s >= 0.0) {
+    let idle_timeout = crate::limits::seconds(cfg.idle_timeout_s).map_err(|why| {
         errors.push(format!(
-            "{prefix}: `idle_timeout_s` = {} must be 0 (never) or a positive number of seconds",
+            "{prefix}: `idle_timeout_s` = {} {why} (0 = never)",
             cfg.idle_timeout_s
-        ));
-    }
+        ))
+    });
     if let Some(r) = cfg.rate_hz {
-        if !(r.is_finite() && r > 0.0) {
-            errors.push(format!(
-                "{prefix}: `rate_hz` = {r} must be a positive frame rate"
-            ));
+        if let Err(why) = crate::limits::check_rate(r) {
+            errors.push(format!("{prefix}: `rate_hz` = {r}: {why}"));
         }
     }
     let folder = cfg.path.is_dir();
@@ -164,11 +162,11 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
         .or_else(|| first_file.as_deref().and_then(scanimage_frame_rate));
     if rate_hz.is_none() && errors.is_empty() {
         errors.push(format!(
-            "{prefix}: {}: no frame rate in ScanImage metadata; set `rate_hz`",
+            "{prefix}: {}: no usable frame rate in ScanImage metadata; set `rate_hz`",
             cfg.path.display()
         ));
     }
-    let (Some(rate_hz), true) = (rate_hz, errors.is_empty()) else {
+    let (Some(rate_hz), Ok(idle_timeout), true) = (rate_hz, idle_timeout, errors.is_empty()) else {
         return Err(errors);
     };
     Ok(Box::new(TiffSource {
@@ -179,8 +177,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
         follow: cfg.follow,
         batch_frames: cfg.batch_frames,
         poll: Duration::from_secs_f64(cfg.poll_ms / 1000.0),
-        idle_timeout: (cfg.idle_timeout_s > 0.0)
-            .then(|| Duration::from_secs_f64(cfg.idle_timeout_s)),
+        idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
     }))
 }
 
