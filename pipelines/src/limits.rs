@@ -20,7 +20,7 @@ pub fn check_rate(hz: f64) -> Result<f64, String> {
         Ok(hz)
     } else {
         Err(format!(
-            "sampling rate must be between {MIN_RATE_HZ} and {MAX_RATE_HZ:e} Hz, got {hz}"
+            "a sampling rate must be between {MIN_RATE_HZ} and {MAX_RATE_HZ:e} Hz"
         ))
     }
 }
@@ -30,9 +30,7 @@ pub fn seconds(value: f64) -> Result<Duration, String> {
     if value.is_finite() && (0.0..=MAX_SECONDS).contains(&value) {
         Ok(Duration::from_secs_f64(value))
     } else {
-        Err(format!(
-            "must be between 0 and {MAX_SECONDS:e} seconds, got {value}"
-        ))
+        Err(format!("must be between 0 and {MAX_SECONDS:e} seconds"))
     }
 }
 

@@ -218,8 +218,11 @@ impl Options {
         );
         let f = self.refresh_s;
         check(
-            f.is_finite() && f >= 0.0,
-            format!("`refresh_s` = {f} must be 0 (never) or more"),
+            crate::limits::seconds(f).is_ok(),
+            format!(
+                "`refresh_s` = {f} must be 0 (never) or a number of seconds up to {:e}",
+                crate::limits::MAX_SECONDS
+            ),
         );
         out
     }
