@@ -10,6 +10,8 @@ pub const MIN_RATE_HZ: f64 = 1e-3;
 pub const MAX_RATE_HZ: f64 = 1e8;
 /// Longest duration option accepted, in seconds (~31 years; a `Duration` holds ~5·10¹¹ years).
 pub const MAX_SECONDS: f64 = 1e9;
+/// Largest read buffer of a file source's batch (64 MiB).
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
 /// Most pixels in one frame (8192 × 8192, 128 MiB as Int16); also keeps `height · width` within
 /// the `i32` of an Arrow fixed-size list.
 pub const MAX_FRAME_PIXELS: usize = 1 << 26;

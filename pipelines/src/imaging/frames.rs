@@ -19,14 +19,10 @@ pub struct Frames<'a> {
     pub pixels: &'a [i16],
 }
 
-/// Checks a frames schema once for everyone (the `arrow_ipc` source at ingest, every transform
-/// that reads frames): layout `frames`, `neurod.height` × `neurod.width` within
-/// [`crate::limits::MAX_FRAME_PIXELS`], and the columns `frame_index: Int64`, `time_s: Float64`,
-/// `pixels: FixedSizeList<Int16, height·width>`. Returns (height, width).
-pub fn check_frames_schema(schema: &Schema) -> Result<(usize, usize), String> {
-    if Layout::of(schema) != Some(Layout::Frames) {
-        return Err("not a frames stream".into());
-    }
+/// `neurod.height` × `neurod.width` of a frames or ROIs schema, each positive and their product
+/// within [`crate::limits::MAX_FRAME_PIXELS`] (so that `h · w` neither wraps nor allocates
+/// gigabytes).
+pub fn image_dims(schema: &Schema) -> Result<(usize, usize), String> {
     let dim = |k: &'static str| -> Result<u64, String> {
         let text = schema
             .metadata()
@@ -37,7 +33,20 @@ pub fn check_frames_schema(schema: &Schema) -> Result<(usize, usize), String> {
             .map_err(|_| format!("`{k}` = {text:?} is not a positive integer"))
     };
     let (h, w) = (dim(keys::HEIGHT)?, dim(keys::WIDTH)?);
-    let n = crate::limits::frame_pixels(h, w)?;
+    crate::limits::frame_pixels(h, w)?;
+    Ok((h as usize, w as usize))
+}
+
+/// Checks a frames schema once for everyone (the `arrow_ipc` source at ingest, every transform
+/// that reads frames): layout `frames`, `neurod.height` × `neurod.width` within
+/// [`crate::limits::MAX_FRAME_PIXELS`], and the columns `frame_index: Int64`, `time_s: Float64`,
+/// `pixels: FixedSizeList<Int16, height·width>`. Returns (height, width).
+pub fn check_frames_schema(schema: &Schema) -> Result<(usize, usize), String> {
+    if Layout::of(schema) != Some(Layout::Frames) {
+        return Err("not a frames stream".into());
+    }
+    let (h, w) = image_dims(schema)?;
+    let n = h * w;
     let column = |name: &str, want: &str, ok: &dyn Fn(&DataType) -> bool| {
         let field = schema
             .field_with_name(name)
@@ -60,7 +69,7 @@ pub fn check_frames_schema(schema: &Schema) -> Result<(usize, usize), String> {
     )?;
     match schema.field_with_name(PIXELS).map(|f| f.data_type()) {
         Ok(DataType::FixedSizeList(_, size)) if usize::try_from(*size).ok() == Some(n) => {
-            Ok((h as usize, w as usize))
+            Ok((h, w))
         }
         Ok(DataType::FixedSizeList(_, size)) => Err(format!(
             "frames of {size} pixels, but the metadata says {h}×{w}"

@@ -172,9 +172,12 @@ pub fn run_source(
     watcher: Box<dyn FinishWatcher>,
     ctx: SourceContext,
 ) -> Result<(), ComponentError> {
+    // The read buffer is one batch: a header claiming a huge rate or channel count shortens
+    // the batches instead of allocating gigabytes.
+    let most = (crate::limits::MAX_BATCH_BYTES / info.bytes_per_sample().max(1)).max(1);
     let file = RawFile {
         path,
-        batch_samples: options.batch_samples(info.sampling_hz),
+        batch_samples: options.batch_samples(info.sampling_hz).min(most),
         info,
     };
     let mode = if options.follow {

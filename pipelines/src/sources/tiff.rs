@@ -242,6 +242,12 @@ impl FrameBatch {
         }
     }
 
+    /// Pixels reserved for a batch: all its frames, up to limits::MAX_BATCH_BYTES (a larger
+    /// batch grows as its frames come, rather than reserving gigabytes up front).
+    fn reserve(&self, frame_pixels: usize) -> usize {
+        (self.capacity.saturating_mul(frame_pixels)).min(crate::limits::MAX_BATCH_BYTES / 2)
+    }
+
     fn frames(&self) -> usize {
         (self.next_index - self.first_index) as usize
     }
@@ -259,7 +265,7 @@ impl FrameBatch {
                 DataType::FixedSizeList(f, _) => f.clone(),
                 _ => Arc::new(Field::new("item", DataType::Int16, false)),
             };
-            self.pixels.reserve(self.capacity * g.pixels());
+            self.pixels.reserve(self.reserve(g.pixels()));
             self.schema = Some((schema, item, g.pixels()));
         }
         self.pixels.extend_from_slice(frame);
@@ -275,7 +281,8 @@ impl FrameBatch {
         }
         let indices: Vec<i64> = (self.first_index..self.next_index).collect();
         let times: Vec<f64> = indices.iter().map(|&k| k as f64 / self.rate_hz).collect();
-        let values = std::mem::replace(&mut self.pixels, Vec::with_capacity(self.capacity * size));
+        let next = Vec::with_capacity(self.reserve(*size));
+        let values = std::mem::replace(&mut self.pixels, next);
         self.first_index = self.next_index;
         let list = match FixedSizeListArray::try_new(
             item.clone(),
