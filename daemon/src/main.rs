@@ -5,6 +5,7 @@ mod http;
 mod ls;
 mod resume;
 mod run;
+mod supervise;
 mod topology;
 
 use std::path::PathBuf;

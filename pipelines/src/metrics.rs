@@ -346,11 +346,13 @@ impl ComponentMetrics {
         &self.id
     }
     pub fn received(&self, batch: &RecordBatch) {
+        crate::fault::tick(&self.id);
         self.received_batches.inc();
         self.received_rows.inc_by(batch.num_rows() as u64);
         self.received_bytes.inc_by(batch_bytes(batch));
     }
     pub fn sent(&self, batch: &RecordBatch) {
+        crate::fault::tick(&self.id);
         self.sent_batches.inc();
         self.sent_rows.inc_by(batch.num_rows() as u64);
         self.sent_bytes.inc_by(batch_bytes(batch));

@@ -78,6 +78,11 @@ pub struct Daemon {
 impl Daemon {
     /// Writes `config` (with `{port}` and `{dir}` substituted) into `dir` and runs it.
     pub fn start(dir: &Path, config: &str) -> Daemon {
+        Daemon::start_with_env(dir, config, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for the daemon.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let text = config
             .replace("{port}", &port.to_string())
@@ -90,6 +95,7 @@ impl Daemon {
             .arg(&cfg)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
+            .envs(env.iter().copied())
             .spawn()
             .unwrap();
         let d = Daemon { child, port, log };
@@ -163,8 +169,15 @@ pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
         .reduce(|a, b| a + b)
 }
 
-/// Minimal HTTP/1.1 GET; the body, or None if the daemon isn't answering.
+/// Minimal HTTP/1.1 GET; the body of a 200 answer, or None.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
+    http_status(port, path)
+        .filter(|(code, _)| *code == 200)
+        .map(|(_, body)| body)
+}
+
+/// Minimal HTTP/1.1 GET; the status code and body, or None if the daemon isn't answering.
+pub fn http_status(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
@@ -175,10 +188,8 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    Some(body.to_string())
+    let code = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    Some((code, body.to_string()))
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout`.

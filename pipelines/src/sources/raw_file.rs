@@ -85,9 +85,9 @@ impl ReadOptions {
                 self.poll_ms
             ));
         }
-        if !(self.idle_timeout_s.is_finite() && self.idle_timeout_s >= 0.0) {
+        if let Err(why) = crate::limits::seconds(self.idle_timeout_s) {
             out.push(format!(
-                "`idle_timeout_s` = {} must be 0 (never) or a positive number of seconds",
+                "`idle_timeout_s` = {} {why} (0 = never)",
                 self.idle_timeout_s
             ));
         }
@@ -173,9 +173,12 @@ pub fn run_source(
     watcher: Box<dyn FinishWatcher>,
     ctx: SourceContext,
 ) -> Result<(), ComponentError> {
+    // The read buffer is one batch: a header claiming a huge rate or channel count shortens
+    // the batches instead of allocating gigabytes.
+    let most = (crate::limits::MAX_BATCH_BYTES / info.bytes_per_sample().max(1)).max(1);
     let file = RawFile {
         path,
-        batch_samples: options.batch_samples(info.sampling_hz),
+        batch_samples: options.batch_samples(info.sampling_hz).min(most),
         info,
     };
     let mode = if options.follow {

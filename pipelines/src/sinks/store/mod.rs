@@ -102,11 +102,12 @@ pub struct StoreSink {
 }
 
 fn seconds(id: &str, key: &str, value: f64, errors: &mut Vec<String>) -> Duration {
-    match Duration::try_from_secs_f64(value) {
-        Ok(d) if value > 0.0 => d,
+    match crate::limits::seconds(value) {
+        Ok(d) if !d.is_zero() => d,
         _ => {
             errors.push(format!(
-                "component `{id}` (type `{TYPE_NAME}`): `{key}` must be a positive number of seconds, got {value}"
+                "component `{id}` (type `{TYPE_NAME}`): `{key}` must be a positive number of seconds up to {:e}, got {value}",
+                crate::limits::MAX_SECONDS
             ));
             Duration::from_secs(1)
         }

@@ -112,11 +112,11 @@ impl SimulatedOptions {
                 "component `{id}` (type `{TYPE_NAME}`): `{key}` = {value} {why}"
             ))
         };
-        if !(self.duration_s.is_finite() && self.duration_s >= 0.0) {
+        if let Err(why) = crate::limits::seconds(self.duration_s) {
             bad(
                 "duration_s",
                 self.duration_s.to_string(),
-                "must be 0 (forever) or a positive number of seconds",
+                &format!("{why} (0 = forever)"),
             );
         }
         if self.probes > 16 {
@@ -152,13 +152,12 @@ impl SimulatedOptions {
                 );
             }
             if !(self.frame_rate_hz.is_finite()
-                && self.frame_rate_hz > 0.0
-                && self.frame_rate_hz <= 1000.0)
+                && (crate::limits::MIN_RATE_HZ..=1000.0).contains(&self.frame_rate_hz))
             {
                 bad(
                     "frame_rate_hz",
                     self.frame_rate_hz.to_string(),
-                    "must be within (0, 1000] Hz",
+                    &format!("must be within {}..=1000 Hz", crate::limits::MIN_RATE_HZ),
                 );
             }
         }
