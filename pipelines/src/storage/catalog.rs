@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
-use arrow::record_batch::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow::record_batch::{RecordBatch, RecordBatchReader};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use super::layout::{legacy_stream_dir_name, segment_seq, stream_dir_name, PART_PREFIX};
@@ -62,13 +64,37 @@ impl StoredStream {
     }
     /// The finished files as Arrow record batch readers, in order (each with its own schema,
     /// which changes only where the stream's schema changed).
-    pub fn open(&self) -> impl Iterator<Item = Result<ParquetRecordBatchReader, StoreError>> + '_ {
+    pub fn open(&self) -> impl Iterator<Item = Result<StoredReader, StoreError>> + '_ {
         self.files.iter().map(|f| open_parquet(&f.path))
     }
 }
 
+/// The batches of one Parquet file with the file's whole Arrow schema, metadata included (the
+/// parquet crate's reader hands out batches whose schema has lost it).
+pub struct StoredReader {
+    schema: SchemaRef,
+    inner: ParquetRecordBatchReader,
+}
+
+impl Iterator for StoredReader {
+    type Item = Result<RecordBatch, ArrowError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(
+            self.inner
+                .next()?
+                .and_then(|b| b.with_schema(self.schema.clone())),
+        )
+    }
+}
+
+impl RecordBatchReader for StoredReader {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
 /// One Parquet file as an Arrow record batch reader.
-pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReader, StoreError> {
+pub fn open_parquet(path: &Path) -> Result<StoredReader, StoreError> {
     open_parquet_batched(path, None)
 }
 
@@ -78,7 +104,7 @@ pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReader, StoreError>
 pub fn open_parquet_batched(
     path: &Path,
     batch_bytes: Option<u64>,
-) -> Result<ParquetRecordBatchReader, StoreError> {
+) -> Result<StoredReader, StoreError> {
     let file = File::open(path).map_err(|e| StoreError::io(path, "opening", e))?;
     let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| StoreError::parquet(path, "reading", e))?;
@@ -94,9 +120,11 @@ pub fn open_parquet_batched(
         let batch_rows = (target / per_row).clamp(1, 1 << 16);
         builder = builder.with_batch_size(usize::try_from(batch_rows).unwrap_or(1));
     }
-    builder
+    let schema = builder.schema().clone();
+    let inner = builder
         .build()
-        .map_err(|e| StoreError::parquet(path, "reading", e))
+        .map_err(|e| StoreError::parquet(path, "reading", e))?;
+    Ok(StoredReader { schema, inner })
 }
 
 /// Whether `dir` is one stream's directory in a store (it has a manifest, a finished file or a

@@ -9,10 +9,9 @@ use arrow::array::{Array, AsArray, BooleanArray, Float64Array};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchReader};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use super::merge::Keyed;
-use crate::storage::{open_parquet_batched, Held, StoredFile, StoredStream};
+use crate::storage::{open_parquet_batched, Held, StoredFile, StoredReader, StoredStream};
 use crate::stream::{keys, Layout, FRAME_INDEX, SAMPLE_INDEX, TIME_S};
 
 /// About this many bytes per batch read (a probe: ~0.1 s; a 512×512 camera: a few frames).
@@ -127,7 +126,7 @@ pub struct StreamCursor {
 
 struct OpenFile {
     path: PathBuf,
-    reader: ParquetRecordBatchReader,
+    reader: StoredReader,
     time: TimeOf,
     /// The schema batches go out with, when it differs from the file's.
     stamped: Option<SchemaRef>,
