@@ -133,8 +133,11 @@ mod tests {
         items.into_iter()
     }
 
-    /// (cursor, time, tag) of every batch, or (cursor, error) of every failure, in merge order.
-    fn run(cursors: Vec<Cursor>) -> Vec<Result<(usize, f64, i64), (usize, String)>> {
+    /// (cursor, time, tag) of a batch, or (cursor, error) of a failure.
+    type Out = Result<(usize, f64, i64), (usize, String)>;
+
+    /// Everything the merge hands out, in order.
+    fn run(cursors: Vec<Cursor>) -> Vec<Out> {
         Merge::new(cursors)
             .map(|(i, r)| r.map(|k| (i, k.time_s, tag(&k))).map_err(|e| (i, e)))
             .collect()

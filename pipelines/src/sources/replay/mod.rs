@@ -195,7 +195,7 @@ fn canonical(p: &std::path::Path) -> PathBuf {
 impl ReplaySource {
     /// One cursor per stream, leaving out the stores this source writes into and what the
     /// stores it feeds already hold.
-    fn cursors(self: Box<Self>, ctx: &SourceContext) -> Result<Vec<StreamCursor>, ComponentError> {
+    fn cursors(self, ctx: &SourceContext) -> Result<Vec<StreamCursor>, ComponentError> {
         let destinations: Vec<PathBuf> = ctx.resume.stores().iter().map(|s| canonical(s)).collect();
         let (own, planned): (Vec<Planned>, Vec<Planned>) = self
             .planned
@@ -251,7 +251,7 @@ impl Source for ReplaySource {
             start: Instant::now(),
             first: None,
         };
-        let cursors = self.cursors(&ctx)?;
+        let cursors = (*self).cursors(&ctx)?;
         tracing::info!(component = %ctx.id, "replaying {} streams", cursors.len());
         let mut merge = Merge::new(cursors);
         let mut sent = 0u64;
