@@ -12,6 +12,7 @@ pub const SOURCES: &[(&str, Builder<dyn Source>)] = &[
     ("arrow_ipc", sources::arrow_ipc::build),
     ("suite2p", sources::suite2p::build),
     ("tiff", sources::tiff::build),
+    ("replay", sources::replay::build),
 ];
 
 pub const TRANSFORMS: &[(&str, Builder<dyn Transform>)] = &[

@@ -3,6 +3,7 @@
 pub mod arrow_ipc;
 pub mod openephys;
 pub mod raw_file;
+pub mod replay;
 pub mod simulated;
 pub mod spikeglx;
 pub mod suite2p;

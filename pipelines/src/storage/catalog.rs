@@ -12,14 +12,16 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
-use arrow::record_batch::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow::record_batch::{RecordBatch, RecordBatchReader};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use super::layout::{legacy_stream_dir_name, segment_seq, stream_dir_name, PART_PREFIX};
 use super::manifest::{build_manifest, read_manifest, FileEntry, SchemaJson, MANIFEST_FILE};
 use super::segment::SegmentReader;
 use super::StoreError;
-use crate::stream::{stream_id_of, Layout, FRAME_INDEX, SAMPLE_INDEX};
+use crate::stream::{stream_id_of, Layout, FRAME_INDEX, SAMPLE_INDEX, TIME_S};
 
 /// One stream as stored: its finished files in order and any live (or crash-left) segments.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,20 +64,72 @@ impl StoredStream {
     }
     /// The finished files as Arrow record batch readers, in order (each with its own schema,
     /// which changes only where the stream's schema changed).
-    pub fn open(&self) -> impl Iterator<Item = Result<ParquetRecordBatchReader, StoreError>> + '_ {
+    pub fn open(&self) -> impl Iterator<Item = Result<StoredReader, StoreError>> + '_ {
         self.files.iter().map(|f| open_parquet(&f.path))
     }
 }
 
-/// One Parquet file as an Arrow record batch reader.
-pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReader, StoreError> {
-    let file = File::open(path).map_err(|e| StoreError::io(path, "opening", e))?;
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| StoreError::parquet(path, "reading", e))
+/// The batches of one Parquet file with the file's whole Arrow schema, metadata included (the
+/// parquet crate's reader hands out batches whose schema has lost it).
+pub struct StoredReader {
+    schema: SchemaRef,
+    inner: ParquetRecordBatchReader,
 }
 
-fn is_stream_dir(dir: &Path) -> bool {
+impl Iterator for StoredReader {
+    type Item = Result<RecordBatch, ArrowError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(
+            self.inner
+                .next()?
+                .and_then(|b| b.with_schema(self.schema.clone())),
+        )
+    }
+}
+
+impl RecordBatchReader for StoredReader {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+/// One Parquet file as an Arrow record batch reader.
+pub fn open_parquet(path: &Path) -> Result<StoredReader, StoreError> {
+    open_parquet_batched(path, None)
+}
+
+/// One Parquet file as an Arrow record batch reader whose batches hold about `batch_bytes`
+/// (uncompressed, from the footer's sizes; at least one row), so that a reader of wide rows
+/// (image frames) keeps little in memory. `None`: the reader's default row count.
+pub fn open_parquet_batched(
+    path: &Path,
+    batch_bytes: Option<u64>,
+) -> Result<StoredReader, StoreError> {
+    let file = File::open(path).map_err(|e| StoreError::io(path, "opening", e))?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| StoreError::parquet(path, "reading", e))?;
+    if let Some(target) = batch_bytes {
+        let meta = builder.metadata();
+        let rows = u64::try_from(meta.file_metadata().num_rows()).unwrap_or(0);
+        let bytes: u64 = meta
+            .row_groups()
+            .iter()
+            .map(|rg| u64::try_from(rg.total_byte_size()).unwrap_or(0))
+            .sum();
+        let per_row = bytes.checked_div(rows).unwrap_or(1).max(1);
+        let batch_rows = (target / per_row).clamp(1, 1 << 16);
+        builder = builder.with_batch_size(usize::try_from(batch_rows).unwrap_or(1));
+    }
+    let schema = builder.schema().clone();
+    let inner = builder
+        .build()
+        .map_err(|e| StoreError::parquet(path, "reading", e))?;
+    Ok(StoredReader { schema, inner })
+}
+
+/// Whether `dir` is one stream's directory in a store (it has a manifest, a finished file or a
+/// segment).
+pub fn is_stream_dir(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
     };
@@ -187,17 +241,106 @@ pub fn list_data_dir(dir: &Path) -> Result<Vec<(PathBuf, StoredStream)>, StoreEr
     Ok(out)
 }
 
+/// Every stream under `path`, whichever of these it is: one stream directory, one store, or a
+/// data directory; as (store directory, stream). Nothing stored: an empty list.
+pub fn list_path(path: &Path) -> Result<Vec<(PathBuf, StoredStream)>, StoreError> {
+    if is_stream_dir(path) {
+        let store = path.parent().unwrap_or(path).to_path_buf();
+        return Ok(read_stream_dir(path)?
+            .into_iter()
+            .map(|s| (store.clone(), s))
+            .collect());
+    }
+    list_data_dir(path)
+}
+
+/// Parquet files written by anyone, described from their footers as one stream `stream_id`
+/// (in the order given; `layout` and schema as the newest file has them).
+pub fn foreign_stream(stream_id: &str, files: &[PathBuf]) -> Result<StoredStream, StoreError> {
+    let mut stream = StoredStream {
+        stream_id: stream_id.to_string(),
+        dir: files
+            .first()
+            .and_then(|f| f.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        layout: None,
+        sampling_hz: None,
+        schema: None,
+        files: Vec::new(),
+        segments: Vec::new(),
+    };
+    for path in files {
+        let (entry, schema) = super::manifest::describe_part(path)?;
+        stream.layout = schema.metadata.get(crate::stream::keys::LAYOUT).cloned();
+        stream.sampling_hz = schema
+            .metadata
+            .get(crate::stream::keys::SAMPLING_HZ)
+            .cloned();
+        stream.schema = Some(schema);
+        stream.files.push(StoredFile {
+            path: path.clone(),
+            entry,
+        });
+    }
+    Ok(stream)
+}
+
+/// What a store holds of one stream: whether anything, and the largest index and `time_s`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Held {
+    pub any: bool,
+    /// Largest `sample_index` (continuous, events) or `frame_index` (frames, traces).
+    pub last_index: Option<i64>,
+    pub last_time_s: Option<f64>,
+}
+
+impl Held {
+    fn max(self, other: Held) -> Held {
+        Held {
+            any: self.any || other.any,
+            last_index: self.last_index.max(other.last_index),
+            last_time_s: max_f64(self.last_time_s, other.last_time_s),
+        }
+    }
+    /// What two stores both hold.
+    fn min(self, other: Held) -> Held {
+        let lo = |a: Option<i64>, b: Option<i64>| a.zip(b).map(|(a, b)| a.min(b));
+        Held {
+            any: self.any && other.any,
+            last_index: lo(self.last_index, other.last_index),
+            last_time_s: self
+                .last_time_s
+                .zip(other.last_time_s)
+                .map(|(a, b)| a.min(b)),
+        }
+    }
+}
+
+fn max_f64(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The largest `sample_index` (continuous streams, events) or `frame_index` (frames, traces)
 /// a store holds for a stream: in its finished files and in the complete batches of segments not
 /// yet converted (a sink writing now, or a crash its next start has not recovered yet). Looks in
 /// the stream's directory and in the one the old lossy rule gave it. `None`: nothing held.
 pub fn held_index(store_dir: &Path, stream_id: &str) -> Result<Option<i64>, StoreError> {
+    Ok(held(store_dir, stream_id)?.last_index)
+}
+
+/// What a store holds of a stream ([`held_index`], plus whether anything and the largest
+/// `time_s`), finished files and complete segment batches alike.
+pub fn held(store_dir: &Path, stream_id: &str) -> Result<Held, StoreError> {
     let mut dirs = vec![store_dir.join(stream_dir_name(stream_id))];
     let legacy = store_dir.join(legacy_stream_dir_name(stream_id));
     if !dirs.contains(&legacy) {
         dirs.push(legacy);
     }
-    let mut held: Option<i64> = None;
+    let mut held = Held::default();
     for dir in dirs.iter().filter(|d| d.is_dir()) {
         // A segment converted (and removed) while we look is found as a part on the next pass.
         let mut tries = 0;
@@ -216,14 +359,22 @@ pub fn held_index(store_dir: &Path, stream_id: &str) -> Result<Option<i64>, Stor
     Ok(held)
 }
 
-fn held_in_dir(dir: &Path, stream_id: &str) -> Result<Option<i64>, StoreError> {
-    let mut held = None;
+fn held_in_dir(dir: &Path, stream_id: &str) -> Result<Held, StoreError> {
+    let mut held = Held::default();
     for s in read_stream_dir(dir)? {
         if s.stream_id == stream_id {
-            held = held.max(s.last_index());
+            held = held.max(Held {
+                any: !s.files.is_empty(),
+                last_index: s.last_index(),
+                last_time_s: s
+                    .files
+                    .iter()
+                    .filter_map(|f| f.entry.last_time_s)
+                    .reduce(f64::max),
+            });
         }
         for seg in &s.segments {
-            held = held.max(segment_last_index(seg, stream_id)?);
+            held = held.max(segment_held(seg, stream_id)?);
         }
     }
     Ok(held)
@@ -250,16 +401,30 @@ pub fn batch_max_index(batch: &RecordBatch) -> Option<i64> {
     values.values().iter().copied().max()
 }
 
-fn segment_last_index(segment: &Path, stream_id: &str) -> Result<Option<i64>, StoreError> {
+/// The largest `time_s` of a batch, if it has that column as Float64.
+fn batch_max_time_s(batch: &RecordBatch) -> Option<f64> {
+    let values = batch
+        .column_by_name(TIME_S)?
+        .as_primitive_opt::<arrow::datatypes::Float64Type>()?;
+    values.iter().flatten().reduce(f64::max)
+}
+
+fn segment_held(segment: &Path, stream_id: &str) -> Result<Held, StoreError> {
     let reader = match SegmentReader::open(segment) {
         Ok(r) => r,
-        Err(StoreError::NoCompleteBatch { .. }) => return Ok(None),
+        Err(StoreError::NoCompleteBatch { .. }) => return Ok(Held::default()),
         Err(e) => return Err(e),
     };
     if stream_id_of(&reader.schema()) != Some(stream_id) {
-        return Ok(None);
+        return Ok(Held::default());
     }
-    Ok(reader.filter_map(|b| batch_max_index(&b)).max())
+    Ok(reader
+        .map(|b| Held {
+            any: b.num_rows() > 0,
+            last_index: batch_max_index(&b),
+            last_time_s: batch_max_time_s(&b),
+        })
+        .fold(Held::default(), Held::max))
 }
 
 /// How a source learns what the stores it feeds hold for its streams: the directories of the
@@ -283,12 +448,21 @@ impl ResumeLookup {
     /// *every* store holds (0 when one of them holds nothing, or there is no store), so no store
     /// misses a row; a store already further on drops what it holds (its own guard).
     pub fn next_index(&self, stream_id: &str) -> Result<i64, StoreError> {
-        let mut next: Option<i64> = None;
+        Ok(self
+            .held_by_all(stream_id)?
+            .last_index
+            .map_or(0, |i| i.saturating_add(1)))
+    }
+
+    /// What *every* store holds of `stream_id` (nothing when there is no store): a source
+    /// resuming after it misses no row in any store.
+    pub fn held_by_all(&self, stream_id: &str) -> Result<Held, StoreError> {
+        let mut all: Option<Held> = None;
         for store in &self.stores {
-            let here = held_index(store, stream_id)?.map_or(0, |i| i.saturating_add(1));
-            next = Some(next.map_or(here, |n| n.min(here)));
+            let here = held(store, stream_id)?;
+            all = Some(all.map_or(here, |a| a.min(here)));
         }
-        Ok(next.unwrap_or(0))
+        Ok(all.unwrap_or_default())
     }
 
     /// Whether any store holds something of `stream_id` (a failing disk counts as holding, so

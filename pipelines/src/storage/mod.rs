@@ -26,7 +26,8 @@ pub mod segment;
 use std::path::{Path, PathBuf};
 
 pub use catalog::{
-    held_index, list_data_dir, list_store, open_parquet, ResumeLookup, StoredFile, StoredStream,
+    foreign_stream, held, held_index, is_stream_dir, list_data_dir, list_path, list_store,
+    open_parquet, open_parquet_batched, Held, ResumeLookup, StoredFile, StoredReader, StoredStream,
 };
 pub use convert::{
     convert_segment, convert_segment_with, finish_segment, writer_properties, ConvertStats,
