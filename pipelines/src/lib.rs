@@ -3,6 +3,7 @@
 pub mod component;
 pub mod edge;
 pub mod formats;
+pub mod hub;
 pub mod imaging;
 pub mod inspect;
 pub mod metrics;
