@@ -2,6 +2,7 @@
 
 mod config;
 mod http;
+mod live;
 mod run;
 mod topology;
 

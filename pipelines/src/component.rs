@@ -178,7 +178,7 @@ impl Output {
             return Ok(());
         }
         self.metrics.sent(&batch);
-        if self.port.fan_out(&batch, stream.as_ref().map(|s| s.id())) {
+        if self.port.fan_out(&batch, stream.as_ref().map(|s| s.key())) {
             Ok(())
         } else {
             Err(Closed)

@@ -182,13 +182,14 @@ impl Inbox {
     /// A new edge for input number `tag`, counting what it drops on `dropped` as well as on the
     /// consumer's metrics.
     pub fn sender_tagged(&self, tag: u32, dropped: Option<IntCounter>) -> EdgeSender {
-        self.shared.lock().open_edges += 1;
-        EdgeSender {
+        self.handle().sender_tagged(tag, dropped)
+    }
+
+    /// A handle that makes edges into this inbox without being its receiver (the topology keeps
+    /// one per consumer, so that a reload can rewire the inputs of a running consumer).
+    pub fn handle(&self) -> InboxHandle {
+        InboxHandle {
             shared: self.shared.clone(),
-            tag,
-            ended: AtomicBool::new(false),
-            dropped_rows: AtomicU64::new(0),
-            dropped_counter: dropped,
         }
     }
 
@@ -255,6 +256,26 @@ impl Inbox {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Makes edges into an inbox; see [`Inbox::handle`].
+#[derive(Clone)]
+pub struct InboxHandle {
+    shared: Arc<Shared>,
+}
+
+impl InboxHandle {
+    /// See [`Inbox::sender_tagged`].
+    pub fn sender_tagged(&self, tag: u32, dropped: Option<IntCounter>) -> EdgeSender {
+        self.shared.lock().open_edges += 1;
+        EdgeSender {
+            shared: self.shared.clone(),
+            tag,
+            ended: AtomicBool::new(false),
+            dropped_rows: AtomicU64::new(0),
+            dropped_counter: dropped,
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use arrow::record_batch::RecordBatch;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::Serialize;
 
-use crate::edge::{EdgeSender, Inbox, Overflow, Recv, SendError, Waker};
+use crate::edge::{EdgeSender, Inbox, InboxHandle, Overflow, Recv, SendError, Waker};
 use crate::metrics::Metrics;
 use crate::stream::{keys, parse_rate, stream_id_of, Layout, FRAME_INDEX, SAMPLE_INDEX, TIME_S};
 
@@ -155,13 +155,21 @@ impl Hub {
         lock(&self.ports).remove(&(port.producer.clone(), port.name.clone()));
     }
 
+    /// Ends and forgets every port (a full restart: the new topology starts afresh).
+    pub fn clear_ports(&self) {
+        let ports: Vec<Arc<Port>> = std::mem::take(&mut *lock(&self.ports)).into_values().collect();
+        for p in ports {
+            p.end_now();
+        }
+    }
+
     /// A configured edge from `port` into `inbox` (input number `tag` of `consumer`). If the
     /// port has already ended, so has the edge.
     pub fn connect(
         &self,
         port: &Arc<Port>,
         consumer: &str,
-        inbox: &Inbox,
+        inbox: &InboxHandle,
         tag: u32,
         policy: Overflow,
     ) -> Arc<Edge> {
@@ -177,7 +185,7 @@ impl Hub {
     pub fn reconnect(
         &self,
         old: &Arc<Edge>,
-        inbox: &Inbox,
+        inbox: &InboxHandle,
         tag: u32,
         policy: Overflow,
     ) -> Arc<Edge> {
@@ -203,7 +211,7 @@ impl Hub {
         &self,
         port: &Arc<Port>,
         consumer: &str,
-        inbox: &Inbox,
+        inbox: &InboxHandle,
         tag: u32,
         policy: Overflow,
         role: EdgeRole,
@@ -223,7 +231,8 @@ impl Hub {
         })
     }
 
-    /// Listens to one stream from its next batch on, through a queue of its own.
+    /// Listens to one stream (by its registry key) from its next batch on, through a queue of
+    /// its own.
     pub fn subscribe(
         &self,
         stream_id: &str,
@@ -243,7 +252,14 @@ impl Hub {
             stream: stream_id.to_string(),
             evict_on_overflow: options.evict_on_overflow,
         };
-        let edge = self.edge(&port, &options.consumer, &inbox, 0, Overflow::DropOldest, role);
+        let edge = self.edge(
+            &port,
+            &options.consumer,
+            &inbox.handle(),
+            0,
+            Overflow::DropOldest,
+            role,
+        );
         if !port.attach(edge.clone()) {
             return Err(SubscribeError::Ended(stream_id.to_string()));
         }
@@ -263,21 +279,31 @@ impl Hub {
         streams.iter().map(|s| s.info()).collect()
     }
 
+    /// The entry with registry key `id`.
     pub fn stream(&self, id: &str) -> Option<StreamInfo> {
         let s = lock(&self.streams).get(id).cloned();
         s.map(|s| s.info())
     }
 
-    /// The entry of `id` as produced on `port`; a stream that moves to another port (its producer
-    /// was replaced by another component) starts a new entry.
+    /// The entry of `id` as produced on `port`. Its key is the id; when another live port
+    /// already produces that id (a transform that keeps its input's id, such as
+    /// `motion_correct`), the key is `id@producer` (`id@producer.port` for a named port).
     fn stream_entry(&self, id: &str, port: &Arc<Port>) -> Arc<Stream> {
         let mut streams = lock(&self.streams);
-        if let Some(s) = streams.get(id) {
-            if s.port.upgrade().is_some_and(|p| Arc::ptr_eq(&p, port)) {
+        let alt = format!("{id}@{}", port.label());
+        let on_port = |s: &Arc<Stream>| s.port.upgrade().is_some_and(|p| Arc::ptr_eq(&p, port));
+        for key in [id, alt.as_str()] {
+            if let Some(s) = streams.get(key).filter(|s| on_port(s)) {
                 return s.clone();
             }
         }
+        let taken = streams
+            .get(id)
+            .and_then(|s| s.port.upgrade())
+            .is_some_and(|p| !p.has_ended());
+        let key = if taken { alt } else { id.to_string() };
         let s = Arc::new(Stream {
+            key: key.clone(),
             id: id.to_string(),
             producer: port.producer.clone(),
             port_name: port.name.clone(),
@@ -286,7 +312,7 @@ impl Hub {
             ended: AtomicBool::new(false),
         });
         lock(&port.streams).push(s.clone());
-        streams.insert(id.to_string(), s.clone());
+        streams.insert(key, s.clone());
         s
     }
 }
@@ -416,6 +442,14 @@ impl Port {
     }
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// `producer` or `producer.port`, as inputs name it.
+    pub fn label(&self) -> String {
+        if self.name.is_empty() {
+            self.producer.clone()
+        } else {
+            format!("{}.{}", self.producer, self.name)
+        }
     }
 
     pub(crate) fn hub(&self) -> Option<Arc<Hub>> {
@@ -565,10 +599,10 @@ impl Port {
         !(gone && self.is_closed())
     }
 
-    fn consumers(&self, stream: &str) -> Vec<ConsumerInfo> {
+    fn consumers(&self, stream_key: &str) -> Vec<ConsumerInfo> {
         self.edges()
             .iter()
-            .filter(|e| e.takes(Some(stream)))
+            .filter(|e| e.takes(Some(stream_key)))
             .map(|e| ConsumerInfo {
                 consumer: e.consumer.clone(),
                 policy: e.policy,
@@ -597,8 +631,9 @@ impl Subscription {
     pub fn schema(&self) -> Option<SchemaRef> {
         lock(&self.stream.stats).as_ref().map(|s| s.schema.clone())
     }
+    /// The registry key of the stream.
     pub fn stream_id(&self) -> &str {
-        &self.stream.id
+        &self.stream.key
     }
     /// The next batch without waiting; `Closed` when the stream has ended (or the subscriber
     /// was evicted: check [`evicted`](Self::evicted)).
@@ -627,6 +662,9 @@ impl Drop for Subscription {
 
 /// One registered stream.
 pub struct Stream {
+    /// Its key in the registry (and in `/streams/{key}`): the id, or `id@producer` for a second
+    /// producer of the same id.
+    key: String,
     id: String,
     producer: String,
     port_name: String,
@@ -686,6 +724,10 @@ impl Stream {
         &self.id
     }
 
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     fn ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
@@ -727,10 +769,11 @@ impl Stream {
         let consumers = self
             .port
             .upgrade()
-            .map(|p| p.consumers(&self.id))
+            .map(|p| p.consumers(&self.key))
             .unwrap_or_default();
         let guard = lock(&self.stats);
         let mut info = StreamInfo {
+            key: self.key.clone(),
             id: self.id.clone(),
             producer: self.producer.clone(),
             port: self.port_name.clone(),
@@ -789,6 +832,10 @@ pub fn stream_key(batch: &RecordBatch) -> &str {
 /// One entry of `GET /streams`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamInfo {
+    /// Where to subscribe: `/streams/{key}`. The id, or `id@producer` when two components emit
+    /// the same id (a transform that keeps its input's id).
+    pub key: String,
+    /// `neurod.stream_id` of its batches.
     pub id: String,
     /// The component and output port that produce it (`""`: the default port).
     pub producer: String,

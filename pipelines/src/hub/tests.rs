@@ -124,7 +124,7 @@ fn a_stalled_subscriber_never_slows_the_producer_nor_a_lossless_consumer() {
     let (hub, m) = setup();
     let port = hub.port("replay", "");
     let sink = Inbox::new(1000, m.component("store", "sink", "store"));
-    hub.connect(&port, "store", &sink, 0, Overflow::Block);
+    hub.connect(&port, "store", &sink.handle(), 0, Overflow::Block);
     let mut out = output(&hub, &m, "replay");
     out.send(batch(&schema("replay.x"), 0, 1)).unwrap();
     // One that drops its oldest, one evicted at its first overflow; neither ever reads.
@@ -164,7 +164,7 @@ fn a_consumer_moved_to_a_new_inbox_gets_each_batch_exactly_once() {
     let (hub, m) = setup();
     let port = hub.port("src", "");
     let old = Inbox::new(8, m.component("t", "transform", "x"));
-    let edge = hub.connect(&port, "t", &old, 0, Overflow::Block);
+    let edge = hub.connect(&port, "t", &old.handle(), 0, Overflow::Block);
     let mut out = output(&hub, &m, "src");
     let producer = std::thread::spawn(move || {
         let s = schema("src.x");
@@ -181,7 +181,7 @@ fn a_consumer_moved_to_a_new_inbox_gets_each_batch_exactly_once() {
         }
     }
     let new = Inbox::new(8, m.component("t", "transform", "x"));
-    hub.reconnect(&edge, &new, 0, Overflow::Block);
+    hub.reconnect(&edge, &new.handle(), 0, Overflow::Block);
     // The old inbox drains to its end (what was queued on it), then the new one takes over.
     loop {
         match old.recv_timeout(Duration::from_secs(5)) {
@@ -206,7 +206,7 @@ fn a_handed_over_port_does_not_end_with_its_old_producer() {
     let (hub, m) = setup();
     let port = hub.port("src", "");
     let sink = Inbox::new(64, m.component("store", "sink", "store"));
-    hub.connect(&port, "store", &sink, 0, Overflow::Block);
+    hub.connect(&port, "store", &sink.handle(), 0, Overflow::Block);
     let s = schema("src.x");
     let mut first = output(&hub, &m, "src");
     first.send(batch(&s, 0, 1)).unwrap();
@@ -226,7 +226,7 @@ fn disconnecting_ends_the_input_after_its_queued_batches() {
     let (hub, m) = setup();
     let port = hub.port("src", "");
     let sink = Inbox::new(64, m.component("store", "sink", "store"));
-    let edge = hub.connect(&port, "store", &sink, 0, Overflow::Block);
+    let edge = hub.connect(&port, "store", &sink.handle(), 0, Overflow::Block);
     let mut out = output(&hub, &m, "src");
     let s = schema("src.x");
     out.send(batch(&s, 0, 1)).unwrap();
@@ -235,4 +235,34 @@ fn disconnecting_ends_the_input_after_its_queued_batches() {
     assert_eq!(drain(&sink), vec![0]);
     assert!(matches!(sink.try_recv(), Recv::Closed));
     assert!(out.is_closed());
+}
+
+#[test]
+fn a_second_producer_of_an_id_is_listed_under_its_own_key() {
+    let (hub, m) = setup();
+    let s = schema("rig.twophoton");
+    let mut rig = output(&hub, &m, "rig");
+    let mut mc = output(&hub, &m, "mc");
+    rig.send(batch(&s, 0, 1)).unwrap();
+    mc.send(batch(&s, 0, 2)).unwrap();
+    let keys: Vec<(String, String, u64)> = hub
+        .streams()
+        .into_iter()
+        .map(|i| (i.key, i.producer, i.rows))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("rig.twophoton".into(), "rig".into(), 1),
+            ("rig.twophoton@mc".into(), "mc".into(), 2)
+        ]
+    );
+    let sub = hub.subscribe("rig.twophoton@mc", subscriber(4, false)).unwrap();
+    rig.send(batch(&s, 1, 1)).unwrap();
+    mc.send(batch(&s, 2, 2)).unwrap();
+    match sub.try_recv() {
+        Recv::Data(b) => assert_eq!(b.num_rows(), 2, "mc's batch"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(sub.try_recv(), Recv::Timeout));
 }
