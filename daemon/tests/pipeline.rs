@@ -7,7 +7,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{python, run_python, shared_data, wait_for, Daemon};
+use common::{
+    python, run_python, sample_bytes, shared_data, wait_for, write_meta, write_spikeglx, Daemon,
+};
 
 /// Compares every stored stream with the raw interleaved Int16 file it came from.
 const CHECK_EXACT: &str = r#"
@@ -94,53 +96,6 @@ fn open_ephys_recordings_round_trip_bit_exact_through_the_store_and_pyarrow() {
         ],
     );
     assert!(out.starts_with("100 "), "{out}");
-}
-
-/// Writes a SpikeGLX pair from a real NP1.0 meta with `samples` samples of 385 channels
-/// (value = f(sample, channel)), the meta claiming `claimed_samples` (None: still acquiring).
-fn write_spikeglx(
-    dir: &Path,
-    name: &str,
-    samples: usize,
-    claimed: Option<usize>,
-) -> (std::path::PathBuf, Vec<u8>) {
-    let data = shared_data().unwrap();
-    let meta = std::fs::read_to_string(
-        data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),
-    )
-    .unwrap();
-    let bytes = sample_bytes(0, samples);
-    let bin = dir.join(format!("{name}.ap.bin"));
-    std::fs::write(&bin, &bytes).unwrap();
-    write_meta(dir, name, &meta, claimed);
-    (bin, bytes)
-}
-
-fn sample_bytes(from: usize, to: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity((to - from) * 385 * 2);
-    for s in from..to {
-        for c in 0..385usize {
-            let v = ((s * 7 + c * 13) % 4001) as i16 - 2000;
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
-fn write_meta(dir: &Path, name: &str, real_meta: &str, claimed: Option<usize>) {
-    let mut text: String = real_meta
-        .lines()
-        .filter(|l| !l.starts_with("fileSizeBytes=") && !l.starts_with("fileTimeSecs="))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if let Some(n) = claimed {
-        text.push_str(&format!(
-            "fileSizeBytes={}\nfileTimeSecs={}\n",
-            n * 770,
-            n as f64 / 30000.0
-        ));
-    }
-    std::fs::write(dir.join(format!("{name}.ap.meta")), text).unwrap();
 }
 
 #[test]
