@@ -52,7 +52,11 @@ pub fn respond(hub: &Hub, id: &str, queue: usize) -> Response {
     };
     let Some(schema) = sub.schema() else {
         // Registered streams have had a batch; this cannot happen, but must not panic.
-        return (StatusCode::SERVICE_UNAVAILABLE, "stream has no schema yet\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stream has no schema yet\n",
+        )
+            .into_response();
     };
     let reader = match Reader::new(sub, notify, schema) {
         Ok(r) => r,

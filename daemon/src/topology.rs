@@ -154,8 +154,7 @@ impl Topology {
     }
 
     fn component_metrics(&self, c: &Component) -> ComponentMetrics {
-        self.metrics
-            .component(&c.id, c.kind.as_str(), &c.type_name)
+        self.metrics.component(&c.id, c.kind.as_str(), &c.type_name)
     }
 
     /// Connects every input of `c` to `inbox`.
@@ -289,7 +288,8 @@ impl Topology {
         // 1. Replaced producers hand their ports to the new instance; ports they no longer
         //    declare, and those of removed components, end.
         for c in &restart {
-            let declared: HashSet<String> = ports_of(&c.built).into_iter().map(|p| p.name).collect();
+            let declared: HashSet<String> =
+                ports_of(&c.built).into_iter().map(|p| p.name).collect();
             for port in self.hub.ports_of(&c.id) {
                 if declared.contains(port.name()) {
                     port.hand_over();
@@ -316,7 +316,10 @@ impl Topology {
                 continue;
             };
             for (tag, (input, edge)) in r.inputs.iter().zip(r.edges.iter_mut()).enumerate() {
-                let policy = policies.get(&input.component).copied().unwrap_or(edge.policy());
+                let policy = policies
+                    .get(&input.component)
+                    .copied()
+                    .unwrap_or(edge.policy());
                 if policy != edge.policy() {
                     *edge = self.hub.reconnect(edge, &inbox, tag as u32, policy);
                 }
@@ -329,15 +332,15 @@ impl Topology {
             let Some(old) = self.components.remove(&c.id) else {
                 continue;
             };
+            if old.type_name != c.type_name || old.kind != c.kind {
+                // Other labels: a new set of series (before the new inbox takes them).
+                self.metrics.forget_component(&c.id);
+            }
             let inbox = (!c.inputs.is_empty()).then(|| self.new_inbox(&c));
             let edges = match &inbox {
                 Some(inbox) => self.move_inputs(&c, &old, &inbox.handle(), &policies),
                 None => Vec::new(),
             };
-            if old.type_name != c.type_name || old.kind != c.kind {
-                // Other labels: a new set of series.
-                self.metrics.forget_component(&c.id);
-            }
             // Sources stop when told; consumers stop when their (moved) inputs have ended.
             old.shutdown.trigger();
             changes.restarted.push(c.id.clone());

@@ -74,7 +74,11 @@ fn a_live_reader_gets_every_batch_while_a_stalled_one_is_dropped_and_the_store_l
 
     let reader = live_stream(d.port, "src");
     // A second reader that connects and never reads a byte.
-    let stalled = http_open(d.port, "/streams/src", "application/vnd.apache.arrow.stream");
+    let stalled = http_open(
+        d.port,
+        "/streams/src",
+        "application/vnd.apache.arrow.stream",
+    );
     let got = std::thread::spawn(move || {
         let meta = reader.schema().metadata().clone();
         let batches: Vec<(i64, i64)> = reader.map(|b| first_and_last(&b.unwrap())).collect();
@@ -82,27 +86,43 @@ fn a_live_reader_gets_every_batch_while_a_stalled_one_is_dropped_and_the_store_l
     });
 
     let evicted = r#"neurod_subscribers_evicted_total{consumer="http",stream_id="src"}"#;
-    wait_for(Duration::from_secs(60), "the stalled reader to be dropped", || {
-        d.metric(evicted).filter(|v| *v >= 1.0)
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the stalled reader to be dropped",
+        || d.metric(evicted).filter(|v| *v >= 1.0),
+    );
     let dropped = r#"neurod_edge_dropped_rows_total{consumer="http",port="",producer="src"}"#;
-    assert!(d.metric(dropped).unwrap_or(0.0) > 0.0, "its rows are counted");
+    assert!(
+        d.metric(dropped).unwrap_or(0.0) > 0.0,
+        "its rows are counted"
+    );
 
     let status = d.wait_exit(Duration::from_secs(120));
     assert!(status.success(), "{}", d.log_text());
     let (meta, batches) = got.join().unwrap();
-    assert_eq!(meta.get("neurod.stream_id").map(String::as_str), Some("src"));
+    assert_eq!(
+        meta.get("neurod.stream_id").map(String::as_str),
+        Some("src")
+    );
     // From its first batch to the end of the stream: every batch, in order, none twice.
     assert!(batches.len() > 100, "{} batches", batches.len());
     for w in batches.windows(2) {
         assert_eq!(w[1].0, w[0].1 + 1, "a gap or a repeat after {:?}", w[0]);
     }
-    assert_eq!(batches.last().unwrap().1, n as i64 - 1, "to the last sample");
+    assert_eq!(
+        batches.last().unwrap().1,
+        n as i64 - 1,
+        "to the last sample"
+    );
 
     // The stalled reader's response was cut short: no end-of-stream chunk.
     let mut rest = Vec::new();
     let cut = common::Chunked::new(stalled).read_to_end(&mut rest);
-    assert!(cut.is_err(), "the dropped reader must see an error, read {} bytes", rest.len());
+    assert!(
+        cut.is_err(),
+        "the dropped reader must see an error, read {} bytes",
+        rest.len()
+    );
 
     assert_exactly_once(&stored_sample_index(&dir.path().join("data/store/src")), n);
 }
@@ -134,17 +154,27 @@ fn streams_lists_every_stream_of_the_main_job() {
             .unwrap();
     let config = shipped
         .replace("data_dir = \"data\"", "data_dir = \"{dir}/data\"")
-        .replace("listen = \"127.0.0.1:9750\"", "listen = \"127.0.0.1:{port}\"");
-    assert_ne!(config, shipped, "the test points the main job at its own dir and port");
+        .replace(
+            "listen = \"127.0.0.1:9750\"",
+            "listen = \"127.0.0.1:{port}\"",
+        );
+    assert_ne!(
+        config, shipped,
+        "the test points the main job at its own dir and port"
+    );
     let d = Daemon::start(dir.path(), &config);
     // POYO-SSL labels need 20 s of frames; a loaded machine may take longer.
-    let keys = wait_for(Duration::from_secs(240), "every stream of the main job", || {
-        let keys = stream_keys(&d);
-        MAIN_JOB_STREAMS
-            .iter()
-            .all(|k| keys.iter().any(|x| x == k))
-            .then_some(keys)
-    });
+    let keys = wait_for(
+        Duration::from_secs(240),
+        "every stream of the main job",
+        || {
+            let keys = stream_keys(&d);
+            MAIN_JOB_STREAMS
+                .iter()
+                .all(|k| keys.iter().any(|x| x == k))
+                .then_some(keys)
+        },
+    );
     let listing = streams(&d);
     let ap = listing["streams"]
         .as_array()
@@ -170,12 +200,19 @@ fn streams_lists_every_stream_of_the_main_job() {
     }
     d.signal("TERM");
     let mut d = d;
-    assert!(d.wait_exit(Duration::from_secs(60)).success(), "{}", d.log_text());
+    assert!(
+        d.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        d.log_text()
+    );
     // Every stream the sinks stored is listed.
     for sink in ["store", "pretraining", "finetuning"] {
         for e in std::fs::read_dir(dir.path().join("data").join(sink)).unwrap() {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            assert!(keys.contains(&name), "{sink}/{name} stored but not listed: {keys:?}");
+            assert!(
+                keys.contains(&name),
+                "{sink}/{name} stored but not listed: {keys:?}"
+            );
         }
     }
 }
@@ -196,7 +233,11 @@ fn a_reload_that_changes_one_sink_leaves_the_replay_running_and_stores_it_once()
 
     let cfg = dir.path().join("neurod.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("flush_interval_s = 0.5", "flush_interval_s = 0.3")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("flush_interval_s = 0.5", "flush_interval_s = 0.3"),
+    )
+    .unwrap();
     d.signal("HUP");
     let line = wait_for(Duration::from_secs(20), "the reload", || {
         d.log_text()
@@ -214,7 +255,11 @@ fn a_reload_that_changes_one_sink_leaves_the_replay_running_and_stores_it_once()
         "the reload must happen while the replay runs ({at_reload} of {n} sent)"
     );
 
-    assert!(d.wait_exit(Duration::from_secs(120)).success(), "{}", d.log_text());
+    assert!(
+        d.wait_exit(Duration::from_secs(120)).success(),
+        "{}",
+        d.log_text()
+    );
     let log = d.log_text();
     // The store finished twice (the old instance at the reload, the new one at the end); the
     // source once.

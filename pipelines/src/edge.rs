@@ -564,7 +564,11 @@ mod tests {
         let tx = inbox.sender();
         tx.send(batch(5), Overflow::DropOldest).unwrap();
         tx.send(batch(6), Overflow::DropOldest).unwrap();
-        assert_eq!(wakes.load(Ordering::Relaxed), 2, "the reader is woken per batch");
+        assert_eq!(
+            wakes.load(Ordering::Relaxed),
+            2,
+            "the reader is woken per batch"
+        );
         assert_eq!(tx.evict(), 11);
         assert_eq!(tx.dropped_rows(), 11);
         assert!(matches!(inbox.try_recv(), Recv::Closed));

@@ -324,7 +324,10 @@ impl<R: std::io::BufRead> Read for Chunked<R> {
         if self.left == 0 {
             let mut line = String::new();
             if self.inner.read_line(&mut line)? == 0 {
-                return Err(Error::new(ErrorKind::UnexpectedEof, "cut before the last chunk"));
+                return Err(Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "cut before the last chunk",
+                ));
             }
             if line == "\r\n" {
                 // The CRLF that closes the previous chunk.
@@ -373,11 +376,10 @@ pub fn stored_sample_index(stream_dir: &Path) -> Vec<i64> {
     let mut out = Vec::new();
     for f in files {
         let file = std::fs::File::open(&f).unwrap();
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .unwrap()
-                .build()
-                .unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
         for b in reader {
             let b = b.unwrap();
             let col = b.column_by_name("sample_index").unwrap();

@@ -1,11 +1,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use arrow::array::{Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
 
 use super::*;
 use crate::component::Output;
 use crate::edge::Closed;
+use crate::stream::{keys, Layout, SAMPLE_INDEX};
 
 fn schema(id: &str) -> SchemaRef {
     let md = HashMap::from([
@@ -81,7 +84,10 @@ fn the_registry_describes_every_stream_sent() {
     let s = hub.stream("rig.a").unwrap();
     assert_eq!((s.producer.as_str(), s.port.as_str()), ("rig", ""));
     assert_eq!((s.batches, s.rows, s.bytes > 0), (3, 30, true));
-    assert_eq!((s.first_sample_index, s.last_sample_index), (Some(0), Some(29)));
+    assert_eq!(
+        (s.first_sample_index, s.last_sample_index),
+        (Some(0), Some(29))
+    );
     assert_eq!(s.rate_hz, Some(30000.0));
     assert_eq!(s.layout, Some(Layout::Continuous));
     assert_eq!(s.schema.unwrap().fields[0].name, SAMPLE_INDEX);
@@ -134,7 +140,11 @@ fn a_stalled_subscriber_never_slows_the_producer_nor_a_lossless_consumer() {
     for i in 1..100 {
         out.send(batch(&s, i, 1)).unwrap();
     }
-    assert_eq!(drain(&sink), (0..100).collect::<Vec<_>>(), "the store loses nothing");
+    assert_eq!(
+        drain(&sink),
+        (0..100).collect::<Vec<_>>(),
+        "the store loses nothing"
+    );
     assert_eq!(dropping.dropped_rows(), 95);
     assert!(!dropping.evicted());
     assert!(evicted.evicted());
@@ -142,7 +152,9 @@ fn a_stalled_subscriber_never_slows_the_producer_nor_a_lossless_consumer() {
     assert!(matches!(evicted.try_recv(), Recv::Closed));
     let text = m.render();
     assert!(
-        text.contains(r#"neurod_subscribers_evicted_total{consumer="test",stream_id="replay.x"} 1"#),
+        text.contains(
+            r#"neurod_subscribers_evicted_total{consumer="test",stream_id="replay.x"} 1"#
+        ),
         "{text}"
     );
     assert!(
@@ -231,7 +243,11 @@ fn disconnecting_ends_the_input_after_its_queued_batches() {
     let s = schema("src.x");
     out.send(batch(&s, 0, 1)).unwrap();
     hub.disconnect(&edge);
-    assert_eq!(out.send(batch(&s, 1, 1)), Ok(()), "nobody listens: not an error");
+    assert_eq!(
+        out.send(batch(&s, 1, 1)),
+        Ok(()),
+        "nobody listens: not an error"
+    );
     assert_eq!(drain(&sink), vec![0]);
     assert!(matches!(sink.try_recv(), Recv::Closed));
     assert!(out.is_closed());
@@ -257,7 +273,9 @@ fn a_second_producer_of_an_id_is_listed_under_its_own_key() {
             ("rig.twophoton@mc".into(), "mc".into(), 2)
         ]
     );
-    let sub = hub.subscribe("rig.twophoton@mc", subscriber(4, false)).unwrap();
+    let sub = hub
+        .subscribe("rig.twophoton@mc", subscriber(4, false))
+        .unwrap();
     rig.send(batch(&s, 1, 1)).unwrap();
     mc.send(batch(&s, 2, 2)).unwrap();
     match sub.try_recv() {
