@@ -134,12 +134,18 @@ impl Topology {
                 hub.port(&c.id, &p.name);
             }
         }
+        // Every edge too: a source looks at its consumers when it starts (it skips ports nobody
+        // reads).
+        let mut wired = Vec::new();
         for c in plan.components {
             let inbox = (!c.inputs.is_empty()).then(|| t.new_inbox(&c));
             let edges = match &inbox {
                 Some(inbox) => t.connect_all(&c, &inbox.handle(), &policies),
                 None => Vec::new(),
             };
+            wired.push((c, inbox, edges));
+        }
+        for (c, inbox, edges) in wired {
             t.launch(c, inbox, edges, None)?;
         }
         Ok(t)
