@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     #[serde(default = "default_data_dir")]
@@ -117,6 +117,9 @@ pub struct Component {
     pub kind: Kind,
     pub type_name: String,
     pub inputs: Vec<InputRef>,
+    /// The options as written (without `type` and `inputs`): a reload restarts a component
+    /// only if these, its type or its inputs changed.
+    pub options: toml::Table,
     pub built: Built,
 }
 
@@ -279,6 +282,7 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
                 id: &id,
                 data_dir: &daemon.data_dir,
             };
+            let written = options.clone();
             let built = match kind {
                 Kind::Source => {
                     registry::build_source(&type_name, &ctx, options).map(Built::Source)
@@ -294,6 +298,7 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
                     kind,
                     type_name,
                     inputs,
+                    options: written,
                     built,
                 }),
                 Err(es) => errors.extend(es),

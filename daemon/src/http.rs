@@ -1,22 +1,29 @@
-//! HTTP endpoints: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON).
+//! HTTP endpoints: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON), `/streams` (the
+//! hub's registry, JSON) and `/streams/{id}` (one stream live, as an Arrow IPC stream).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use pipelines::hub::{Hub, StreamInfo};
 use pipelines::metrics::{ComponentState, Metrics};
 use serde::Serialize;
+
+use crate::live;
 
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Arc<Metrics>,
+    pub hub: Arc<Hub>,
     pub started: Instant,
     pub data_dir: String,
+    /// Queue of each `/streams/{id}` reader, in batches.
+    pub subscriber_queue: usize,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -24,7 +31,25 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
+        .route("/streams", get(streams))
+        .route("/streams/{*id}", get(stream))
         .with_state(state)
+}
+
+#[derive(Serialize)]
+struct StreamsBody {
+    streams: Vec<StreamInfo>,
+}
+
+async fn streams(State(s): State<AppState>) -> impl IntoResponse {
+    Json(StreamsBody {
+        streams: s.hub.streams(),
+    })
+}
+
+/// The stream from its next batch on; see [`live`].
+async fn stream(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    live::respond(&s.hub, &id, s.subscriber_queue)
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

@@ -2,6 +2,7 @@
 
 mod config;
 mod http;
+mod live;
 mod ls;
 mod resume;
 mod run;

@@ -1,6 +1,7 @@
 //! `neurod run`: start the topology and the HTTP server, then serve signals until the sources end.
 //! SIGTERM/SIGINT drain and flush; SIGHUP reloads the config through the same path as startup
-//! (validate, build), replacing the running topology only if the new one is valid.
+//! (validate, build) and, only if the new one is valid, applies the difference to the running
+//! topology (see `topology`). A change of `data_dir` or `queue_batches` restarts everything.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use pipelines::hub::Hub;
 use pipelines::metrics::Metrics;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
@@ -57,14 +59,17 @@ async fn serve(
     plan: config::Plan,
 ) -> anyhow::Result<bool> {
     let metrics = Metrics::new();
+    let hub = Hub::new(&metrics);
     let listen = plan.daemon.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let state = http::AppState {
         metrics: metrics.clone(),
+        hub: hub.clone(),
         started: Instant::now(),
         data_dir: plan.daemon.data_dir.display().to_string(),
+        subscriber_queue: plan.daemon.queue_batches,
     };
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, http::router(state)).await {
@@ -73,7 +78,8 @@ async fn serve(
     });
     tracing::info!(%listen, data_dir = %plan.daemon.data_dir.display(), "neurod running");
 
-    let mut topology = Topology::start(plan, &metrics).context("cannot start the topology")?;
+    let mut topology =
+        Topology::start(plan, &metrics, &hub).context("cannot start the topology")?;
     notify(&[NotifyState::Ready]);
 
     let mut term = signal(SignalKind::terminate())?;
@@ -86,7 +92,7 @@ async fn serve(
             _ = term.recv() => break stop(topology, "SIGTERM").await,
             _ = int.recv() => break stop(topology, "SIGINT").await,
             _ = hup.recv() => {
-                topology = reload(topology, &config_path, &overrides, &metrics).await;
+                topology = reload(topology, &config_path, &overrides, &metrics, &hub).await;
             }
             _ = topology.finished() => {
                 tracing::info!("every source has ended; data flushed");
@@ -126,12 +132,13 @@ async fn join(topology: Topology) -> bool {
         .unwrap_or(false)
 }
 
-/// Validates the new config exactly as at startup; only a valid one replaces the running topology.
+/// Validates the new config exactly as at startup; only a valid one changes the running topology.
 async fn reload(
-    topology: Topology,
+    mut topology: Topology,
     config_path: &std::path::Path,
     overrides: &Overrides,
     metrics: &Arc<Metrics>,
+    hub: &Arc<Hub>,
 ) -> Topology {
     tracing::info!(config = %config_path.display(), "SIGHUP: reloading");
     notify(&[NotifyState::Reloading]);
@@ -143,18 +150,43 @@ async fn reload(
             return topology;
         }
     };
-    topology.stop();
-    join(topology).await;
-    metrics.clear_components();
-    let t = match Topology::start(plan, metrics) {
-        Ok(t) => t,
-        Err(e) => {
-            // The old topology is gone; without a new one there is nothing to run.
-            tracing::error!("cannot start the reloaded topology: {e}");
-            std::process::exit(1);
+    let running = topology.daemon();
+    if plan.daemon.listen != running.listen {
+        tracing::warn!(
+            listen = %plan.daemon.listen,
+            "a new `listen` address takes effect at the next start, not on reload"
+        );
+    }
+    let topology = if plan.daemon.data_dir == running.data_dir
+        && plan.daemon.queue_batches == running.queue_batches
+    {
+        match topology.apply(plan) {
+            Ok(c) => tracing::info!(
+                unchanged = ?c.unchanged,
+                restarted = ?c.restarted,
+                removed = ?c.removed,
+                added = ?c.added,
+                "reloaded"
+            ),
+            // A thread that cannot be started: what did start keeps running.
+            Err(e) => tracing::error!("reload incomplete: cannot start a component: {e}"),
+        }
+        topology
+    } else {
+        tracing::info!("`data_dir` or `queue_batches` changed: restarting every component");
+        topology.stop();
+        join(topology).await;
+        metrics.clear_components();
+        hub.clear_ports();
+        match Topology::start(plan, metrics, hub) {
+            Ok(t) => t,
+            Err(e) => {
+                // The old topology is gone; without a new one there is nothing to run.
+                tracing::error!("cannot start the reloaded topology: {e}");
+                std::process::exit(1);
+            }
         }
     };
     notify(&[NotifyState::Ready]);
-    tracing::info!("reloaded");
-    t
+    topology
 }

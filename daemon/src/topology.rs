@@ -1,189 +1,472 @@
-//! Runs a [`Plan`]: one thread per component, a bounded inbox per consumer, fan-out per port.
+//! Runs a [`Plan`]: one thread per component, a bounded inbox per consumer, every output port in
+//! the [`Hub`], one edge per configured input, each with its own full-queue policy.
 //!
 //! Shutdown flows with the data: sources stop, end their ports, transforms finish after their
 //! last input and end theirs, sinks drain and flush. Nothing queued is dropped on the way out.
+//!
+//! A reload ([`Topology::apply`]) changes only what the new config changes. Unchanged components
+//! (same type, options and inputs) keep running with their state and queues. A changed producer
+//! hands its ports to its new instance, so its consumers never see an end of stream. A changed
+//! consumer gets a new inbox: its inputs move there batch-exactly (each batch reaches the old
+//! instance or the new one, never both), the old instance drains what it had queued, finishes
+//! and exits, and only then does the new one start, so a sink never has two writers. Removed
+//! components drain and stop; new ones start.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pipelines::component::{
-    Emitter, Output, Outputs, Shutdown, SinkContext, SourceContext, Transform,
+    ComponentError, Emitter, Output, Outputs, PortSpec, Shutdown, SinkContext, SourceContext,
+    Transform,
 };
-use pipelines::edge::{EdgeSender, Inbox, Overflow, Recv};
+use pipelines::edge::{Inbox, InboxHandle, Overflow, Recv};
+use pipelines::hub::{Edge, Hub};
 use pipelines::metrics::{ComponentMetrics, ComponentState, Metrics};
+use pipelines::storage::ResumeLookup;
 use pipelines::stream::{stream_id_of, Layout};
 use tokio::sync::watch;
 
-use crate::config::{Built, Component, Plan};
+use crate::config::{Built, Component, DaemonConfig, InputRef, Kind, Plan};
 use crate::supervise;
 
 pub struct Topology {
-    shutdown: Shutdown,
-    threads: Vec<(String, JoinHandle<bool>)>,
-    /// Ticks whenever a component thread exits.
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    daemon: DaemonConfig,
+    components: BTreeMap<String, Running>,
+    /// Threads of removed components, joined at the end.
+    retired: Vec<(String, JoinHandle<()>)>,
+    /// Component threads alive; [`Topology::finished`] waits for 0.
+    alive: Arc<watch::Sender<usize>>,
     exited: watch::Receiver<usize>,
+    /// Set by any component that fails.
+    failed: Arc<AtomicBool>,
+    /// Where each source of the current plan resumes (what the stores it feeds hold).
+    resume: HashMap<String, ResumeLookup>,
 }
 
-/// Decrements the running count when a component thread ends, however it ends.
-struct ExitGuard {
-    running: Arc<AtomicUsize>,
-    tx: watch::Sender<usize>,
+/// One running component and what a reload needs to rewire it.
+struct Running {
+    kind: Kind,
+    type_name: String,
+    options: toml::Table,
+    inputs: Vec<InputRef>,
+    shutdown: Shutdown,
+    thread: JoinHandle<()>,
+    /// The consumer's inbox and its edges, one per input in order (empty for sources).
+    inbox: Option<InboxHandle>,
+    edges: Vec<Arc<Edge>>,
 }
 
-impl Drop for ExitGuard {
+impl Running {
+    fn same_as(&self, c: &Component) -> bool {
+        self.kind == c.kind
+            && self.type_name == c.type_name
+            && self.options == c.options
+            && self.inputs == c.inputs
+    }
+}
+
+/// Keeps the count of live component threads, however a thread ends.
+struct AliveGuard(Arc<watch::Sender<usize>>);
+
+impl AliveGuard {
+    fn new(alive: &Arc<watch::Sender<usize>>) -> Self {
+        alive.send_modify(|n| *n += 1);
+        AliveGuard(alive.clone())
+    }
+}
+
+impl Drop for AliveGuard {
     fn drop(&mut self) {
-        let left = self.running.fetch_sub(1, Ordering::SeqCst) - 1;
-        self.tx.send_replace(left);
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// What a reload did, for the log.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub unchanged: Vec<String>,
+    pub restarted: Vec<String>,
+    pub removed: Vec<String>,
+    pub added: Vec<String>,
+}
+
+/// The policy of the edges a component feeds: a source says whether it is live; inside the
+/// daemon nothing is dropped (a transform waits for its consumers, and the pressure reaches the
+/// live source's edge, where it is counted).
+fn policy_of(built: &Built) -> Overflow {
+    match built {
+        Built::Source(s) => s.overflow(),
+        Built::Transform(_) | Built::Sink(_) => Overflow::Block,
+    }
+}
+
+fn ports_of(built: &Built) -> Vec<PortSpec> {
+    match built {
+        Built::Source(s) => s.ports(),
+        Built::Transform(t) => t.ports(),
+        Built::Sink(_) => Vec::new(),
     }
 }
 
 impl Topology {
-    pub fn start(plan: Plan, metrics: &Arc<Metrics>) -> std::io::Result<Topology> {
-        let shutdown = Shutdown::new();
-        let cap = plan.daemon.queue_batches;
-        let data_dir = plan.daemon.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)?;
-
-        let cm: HashMap<String, ComponentMetrics> = plan
+    pub fn start(plan: Plan, metrics: &Arc<Metrics>, hub: &Arc<Hub>) -> std::io::Result<Topology> {
+        std::fs::create_dir_all(&plan.daemon.data_dir)?;
+        let (alive, exited) = watch::channel(0);
+        let resume = crate::resume::lookups(&plan);
+        let mut t = Topology {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            daemon: plan.daemon,
+            components: BTreeMap::new(),
+            retired: Vec::new(),
+            alive: Arc::new(alive),
+            exited,
+            failed: Arc::new(AtomicBool::new(false)),
+            resume,
+        };
+        let policies: HashMap<String, Overflow> = plan
             .components
             .iter()
-            .map(|c| {
-                (
-                    c.id.clone(),
-                    metrics.component(&c.id, c.kind.as_str(), &c.type_name),
-                )
+            .map(|c| (c.id.clone(), policy_of(&c.built)))
+            .collect();
+        // Every port exists before any edge or thread, so no batch is sent into nothing.
+        for c in &plan.components {
+            for p in ports_of(&c.built) {
+                hub.port(&c.id, &p.name);
+            }
+        }
+        // Every edge too: a source looks at its consumers when it starts (it skips ports nobody
+        // reads).
+        let mut wired = Vec::new();
+        for c in plan.components {
+            let inbox = (!c.inputs.is_empty()).then(|| t.new_inbox(&c));
+            let edges = match &inbox {
+                Some(inbox) => t.connect_all(&c, &inbox.handle(), &policies),
+                None => Vec::new(),
+            };
+            wired.push((c, inbox, edges));
+        }
+        for (c, inbox, edges) in wired {
+            t.launch(c, inbox, edges, None)?;
+        }
+        Ok(t)
+    }
+
+    pub fn daemon(&self) -> &DaemonConfig {
+        &self.daemon
+    }
+
+    fn new_inbox(&self, c: &Component) -> Inbox {
+        Inbox::new(self.daemon.queue_batches, self.component_metrics(c))
+    }
+
+    fn component_metrics(&self, c: &Component) -> ComponentMetrics {
+        self.metrics.component(&c.id, c.kind.as_str(), &c.type_name)
+    }
+
+    /// Connects every input of `c` to `inbox`.
+    fn connect_all(
+        &self,
+        c: &Component,
+        inbox: &InboxHandle,
+        policies: &HashMap<String, Overflow>,
+    ) -> Vec<Arc<Edge>> {
+        c.inputs
+            .iter()
+            .enumerate()
+            .map(|(tag, input)| {
+                let port = self.hub.port(&input.component, &input.port);
+                let policy = policies
+                    .get(&input.component)
+                    .copied()
+                    .unwrap_or(Overflow::Block);
+                self.hub.connect(&port, &c.id, inbox, tag as u32, policy)
             })
+            .collect()
+    }
+
+    /// Starts a component's thread (after `previous`, the thread of the instance it replaces,
+    /// has ended).
+    fn launch(
+        &mut self,
+        c: Component,
+        inbox: Option<Inbox>,
+        edges: Vec<Arc<Edge>>,
+        previous: Option<JoinHandle<()>>,
+    ) -> std::io::Result<()> {
+        let metrics = self.component_metrics(&c);
+        let shutdown = Shutdown::new();
+        let outputs = {
+            let mut outputs = Outputs::default();
+            for p in ports_of(&c.built) {
+                let port = self.hub.port(&c.id, &p.name);
+                outputs.insert(&p.name, Output::attached(port, metrics.clone()));
+            }
+            outputs
+        };
+        let handle = inbox.as_ref().map(Inbox::handle);
+        let body: Box<dyn FnOnce() -> bool + Send> = match c.built {
+            Built::Source(src) => {
+                let ctx = SourceContext {
+                    id: c.id.clone(),
+                    outputs,
+                    shutdown: shutdown.clone(),
+                    metrics: metrics.clone(),
+                    resume: self.resume.get(&c.id).cloned().unwrap_or_default(),
+                };
+                Box::new(move || run_source(src, ctx))
+            }
+            Built::Transform(tr) => {
+                let inbox = inbox.ok_or_else(|| missing_inbox(&c.id))?;
+                let metrics = metrics.clone();
+                Box::new(move || run_transform(tr, inbox, outputs, metrics))
+            }
+            Built::Sink(sink) => {
+                let ctx = SinkContext {
+                    id: c.id.clone(),
+                    inbox: inbox.ok_or_else(|| missing_inbox(&c.id))?,
+                    shutdown: shutdown.clone(),
+                    metrics: metrics.clone(),
+                    data_dir: self.daemon.data_dir.clone(),
+                };
+                let metrics = metrics.clone();
+                Box::new(move || {
+                    metrics.set_state(ComponentState::Running);
+                    finish(&metrics, sink.run(ctx))
+                })
+            }
+        };
+        let guard = AliveGuard::new(&self.alive);
+        let failed = self.failed.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("neurod-{}", c.id))
+            .spawn(move || {
+                let _guard = guard;
+                if let Some(p) = previous {
+                    // The old instance drains and flushes first: one writer at a time.
+                    let _ = p.join();
+                }
+                if !supervise::run(&metrics, body) {
+                    failed.store(true, Ordering::SeqCst);
+                }
+            })?;
+        self.components.insert(
+            c.id,
+            Running {
+                kind: c.kind,
+                type_name: c.type_name,
+                options: c.options,
+                inputs: c.inputs,
+                shutdown,
+                thread,
+                inbox: handle,
+                edges,
+            },
+        );
+        Ok(())
+    }
+
+    /// Applies a new config: see the module documentation. The daemon settings must be the
+    /// running ones (a change there is a full restart, which the caller does).
+    pub fn apply(&mut self, plan: Plan) -> std::io::Result<Changes> {
+        let mut changes = Changes::default();
+        let new_ids: HashSet<String> = plan.components.iter().map(|c| c.id.clone()).collect();
+        self.resume = crate::resume::lookups(&plan);
+        let policies: HashMap<String, Overflow> = plan
+            .components
+            .iter()
+            .map(|c| (c.id.clone(), policy_of(&c.built)))
             .collect();
 
-        // One inbox per consumer; each input reference gets its own sender into it.
-        let mut inboxes: HashMap<String, Inbox> = HashMap::new();
-        let mut senders: HashMap<(String, String), Vec<EdgeSender>> = HashMap::new();
-        for c in &plan.components {
-            if c.inputs.is_empty() {
-                continue;
+        let mut restart = Vec::new();
+        let mut add = Vec::new();
+        for c in plan.components {
+            match self.components.get(&c.id) {
+                Some(r) if r.same_as(&c) => changes.unchanged.push(c.id),
+                Some(_) => restart.push(c),
+                None => add.push(c),
             }
-            let inbox = Inbox::new(cap, cm[&c.id].clone());
-            for input in &c.inputs {
-                senders
-                    .entry((input.component.clone(), input.port.clone()))
-                    .or_default()
-                    .push(inbox.sender());
+        }
+        let removed: Vec<String> = self
+            .components
+            .keys()
+            .filter(|id| !new_ids.contains(*id))
+            .cloned()
+            .collect();
+
+        // 1. Replaced producers hand their ports to the new instance; ports they no longer
+        //    declare, and those of removed components, end.
+        for c in &restart {
+            let declared: HashSet<String> =
+                ports_of(&c.built).into_iter().map(|p| p.name).collect();
+            for port in self.hub.ports_of(&c.id) {
+                if declared.contains(port.name()) {
+                    port.hand_over();
+                } else {
+                    self.hub.remove_port(&port);
+                }
             }
-            inboxes.insert(c.id.clone(), inbox);
+            for name in &declared {
+                self.hub.port(&c.id, name);
+            }
+        }
+        for c in &add {
+            for p in ports_of(&c.built) {
+                self.hub.port(&c.id, &p.name);
+            }
         }
 
-        let resume = crate::resume::lookups(&plan);
-        let running = Arc::new(AtomicUsize::new(plan.components.len()));
-        let (tx, exited) = watch::channel(plan.components.len());
-        let mut threads = Vec::new();
-        for Component { id, built, .. } in plan.components {
-            let metrics = cm[&id].clone();
-            let guard = ExitGuard {
-                running: running.clone(),
-                tx: tx.clone(),
+        // 2. Unchanged consumers whose producer's policy changed get an edge with the new one.
+        for id in &changes.unchanged {
+            let Some(r) = self.components.get_mut(id) else {
+                continue;
             };
-            let shutdown = shutdown.clone();
-            let mut take_outputs = |ports: Vec<pipelines::component::PortSpec>,
-                                    overflow: Overflow| {
-                let mut outputs = Outputs::default();
-                for p in ports {
-                    let s = senders
-                        .remove(&(id.clone(), p.name.clone()))
-                        .unwrap_or_default();
-                    outputs.insert(&p.name, Output::new(s, overflow, metrics.clone()));
-                }
-                outputs
+            let Some(inbox) = r.inbox.clone() else {
+                continue;
             };
-            let name = format!("neurod-{id}");
-            let handle = match built {
-                Built::Source(src) => {
-                    let outputs = take_outputs(src.ports(), src.overflow());
-                    let ctx = SourceContext {
-                        id: id.clone(),
-                        outputs,
-                        shutdown,
-                        metrics: metrics.clone(),
-                        resume: resume.get(&id).cloned().unwrap_or_default(),
-                    };
-                    std::thread::Builder::new().name(name).spawn(move || {
-                        let _g = guard;
-                        supervise::run(&metrics, || run_source(src, ctx))
-                    })?
+            for (tag, (input, edge)) in r.inputs.iter().zip(r.edges.iter_mut()).enumerate() {
+                let policy = policies
+                    .get(&input.component)
+                    .copied()
+                    .unwrap_or(edge.policy());
+                if policy != edge.policy() {
+                    *edge = self.hub.reconnect(edge, &inbox, tag as u32, policy);
                 }
-                Built::Transform(tr) => {
-                    // Inside the daemon nothing is dropped: a transform waits for its consumers,
-                    // and the pressure reaches the live source's edge, where it is counted.
-                    let outputs = take_outputs(tr.ports(), Overflow::Block);
-                    let inbox = inboxes.remove(&id).expect("consumers have inboxes");
-                    std::thread::Builder::new().name(name).spawn(move || {
-                        let _g = guard;
-                        supervise::run(&metrics.clone(), || {
-                            run_transform(tr, inbox, outputs, metrics)
-                        })
-                    })?
-                }
-                Built::Sink(sink) => {
-                    let ctx = SinkContext {
-                        id: id.clone(),
-                        inbox: inboxes.remove(&id).expect("consumers have inboxes"),
-                        shutdown,
-                        metrics: metrics.clone(),
-                        data_dir: data_dir.clone(),
-                    };
-                    std::thread::Builder::new().name(name).spawn(move || {
-                        let _g = guard;
-                        supervise::run(&metrics, || {
-                            metrics.set_state(ComponentState::Running);
-                            finish(&metrics, sink.run(ctx))
-                        })
-                    })?
-                }
-            };
-            threads.push((id, handle));
+            }
         }
-        // Ports nobody consumes were never taken; dropping their senders is harmless.
-        drop(senders);
-        Ok(Topology {
-            shutdown,
-            threads,
-            exited,
-        })
+
+        // 3. Replaced consumers: a new inbox, their inputs moved to it batch-exactly.
+        let mut launches = Vec::new();
+        for c in restart {
+            let Some(old) = self.components.remove(&c.id) else {
+                continue;
+            };
+            if old.type_name != c.type_name || old.kind != c.kind {
+                // Other labels: a new set of series (before the new inbox takes them).
+                self.metrics.forget_component(&c.id);
+            }
+            let inbox = (!c.inputs.is_empty()).then(|| self.new_inbox(&c));
+            let edges = match &inbox {
+                Some(inbox) => self.move_inputs(&c, &old, &inbox.handle(), &policies),
+                None => Vec::new(),
+            };
+            // Sources stop when told; consumers stop when their (moved) inputs have ended.
+            old.shutdown.trigger();
+            changes.restarted.push(c.id.clone());
+            launches.push((c, inbox, edges, Some(old.thread)));
+        }
+        for c in add {
+            let inbox = (!c.inputs.is_empty()).then(|| self.new_inbox(&c));
+            let edges = match &inbox {
+                Some(inbox) => self.connect_all(&c, &inbox.handle(), &policies),
+                None => Vec::new(),
+            };
+            changes.added.push(c.id.clone());
+            launches.push((c, inbox, edges, None));
+        }
+
+        // 4. Removed components drain and stop.
+        for id in removed {
+            let Some(old) = self.components.remove(&id) else {
+                continue;
+            };
+            for e in &old.edges {
+                self.hub.disconnect(e);
+            }
+            old.shutdown.trigger();
+            for port in self.hub.ports_of(&id) {
+                self.hub.remove_port(&port);
+            }
+            self.metrics.forget_component(&id);
+            self.retired.push((id.clone(), old.thread));
+            changes.removed.push(id);
+        }
+
+        // 5. New instances start, each after the one it replaces has ended.
+        for (c, inbox, edges, previous) in launches {
+            self.launch(c, inbox, edges, previous)?;
+        }
+        Ok(changes)
+    }
+
+    /// The inputs of a replaced consumer on its new inbox: an input it had before moves its edge
+    /// (nothing lost, nothing twice), a new one connects, one it no longer has ends.
+    fn move_inputs(
+        &self,
+        c: &Component,
+        old: &Running,
+        inbox: &InboxHandle,
+        policies: &HashMap<String, Overflow>,
+    ) -> Vec<Arc<Edge>> {
+        let mut previous: Vec<Option<(&InputRef, &Arc<Edge>)>> =
+            old.inputs.iter().zip(old.edges.iter()).map(Some).collect();
+        let edges = c
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(tag, input)| {
+                let policy = policies
+                    .get(&input.component)
+                    .copied()
+                    .unwrap_or(Overflow::Block);
+                let same = previous
+                    .iter_mut()
+                    .find(|p| p.is_some_and(|(i, _)| i == input))
+                    .and_then(Option::take);
+                match same {
+                    Some((_, edge)) => self.hub.reconnect(edge, inbox, tag as u32, policy),
+                    None => {
+                        let port = self.hub.port(&input.component, &input.port);
+                        self.hub.connect(&port, &c.id, inbox, tag as u32, policy)
+                    }
+                }
+            })
+            .collect();
+        for (_, edge) in previous.into_iter().flatten() {
+            self.hub.disconnect(edge);
+        }
+        edges
     }
 
     /// Asks every source to stop; the rest drains behind them.
     pub fn stop(&self) {
-        self.shutdown.trigger();
+        for r in self.components.values() {
+            r.shutdown.trigger();
+        }
     }
 
     /// Resolves when every component has finished.
     pub async fn finished(&mut self) {
-        let _ = self.exited.wait_for(|left| *left == 0).await;
+        let _ = self.exited.wait_for(|alive| *alive == 0).await;
     }
 
     /// Joins the threads; true if every component ended without failing.
     pub fn join(self) -> bool {
-        let mut ok = true;
-        for (id, t) in self.threads {
-            match t.join() {
-                Ok(true) => {}
-                Ok(false) => ok = false,
-                Err(_) => {
-                    tracing::error!(component = %id, "component thread panicked");
-                    ok = false;
-                }
+        let threads = self
+            .components
+            .into_iter()
+            .map(|(id, r)| (id, r.thread))
+            .chain(self.retired);
+        for (id, t) in threads {
+            if t.join().is_err() {
+                tracing::error!(component = %id, "component thread panicked");
+                self.failed.store(true, Ordering::SeqCst);
             }
         }
-        ok
+        !self.failed.load(Ordering::SeqCst)
     }
 }
 
-fn finish(
-    metrics: &ComponentMetrics,
-    result: Result<(), pipelines::component::ComponentError>,
-) -> bool {
+fn missing_inbox(id: &str) -> std::io::Error {
+    std::io::Error::other(format!("component `{id}` has inputs but no inbox"))
+}
+
+fn finish(metrics: &ComponentMetrics, result: Result<(), ComponentError>) -> bool {
     match result {
         Ok(()) => {
             metrics.set_state(ComponentState::Finished);
@@ -202,7 +485,8 @@ fn finish(
 fn run_source(src: Box<dyn pipelines::component::Source>, ctx: SourceContext) -> bool {
     let metrics = ctx.metrics.clone();
     metrics.set_state(ComponentState::Running);
-    // `run` consumes the context; ports end when its outputs are dropped (EdgeSender::drop).
+    // `run` consumes the context; ports end when its outputs are dropped (unless a reload has
+    // handed them to a new instance).
     finish(&metrics, src.run(ctx))
 }
 
@@ -217,7 +501,7 @@ fn run_transform(
     // A rig's port carries several layouts (probes, frames, tables); a transform sees only the
     // ones it takes, and each stream passed by is said once.
     let accepts = tr.accepts();
-    let mut passed_by = std::collections::HashSet::new();
+    let mut passed_by = HashSet::new();
     loop {
         match inbox.recv_timeout(Duration::from_millis(200)) {
             Recv::Data(batch) => {

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    check_exact, python, real_ap_meta, sample_bytes, shared_data, wait_for, write_meta, Daemon,
+    check_exact, python, real_ap_meta, sample_bytes, shared_data, wait_for, write_meta,
+    write_spikeglx, Daemon,
 };
 
 fn oe_config(data: &Path) -> String {
@@ -69,23 +70,6 @@ fn open_ephys_recordings_round_trip_bit_exact_through_the_store_and_pyarrow() {
         384,
     );
     assert!(out.starts_with("100 "), "{out}");
-}
-
-/// Writes a SpikeGLX pair from a real NP1.0 meta with `samples` samples of 385 channels
-/// (value = f(sample, channel)), the meta claiming `claimed_samples` (None: still acquiring).
-fn write_spikeglx(
-    dir: &Path,
-    name: &str,
-    samples: usize,
-    claimed: Option<usize>,
-) -> (std::path::PathBuf, Vec<u8>) {
-    let data = shared_data().unwrap();
-    let meta = real_ap_meta(&data);
-    let bytes = sample_bytes(0, samples);
-    let bin = dir.join(format!("{name}.ap.bin"));
-    std::fs::write(&bin, &bytes).unwrap();
-    write_meta(dir, name, &meta, claimed);
-    (bin, bytes)
 }
 
 #[test]

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 
+use arrow::datatypes::SchemaRef;
+
 use crate::edge::{Closed, EdgeSender, Inbox, Overflow};
-use crate::metrics::ComponentMetrics;
+use crate::hub::{stream_key, Port, Stream};
+use crate::metrics::{batch_bytes, ComponentMetrics};
 use crate::storage::ResumeLookup;
 use crate::stream::Layout;
 
@@ -118,46 +121,94 @@ impl PortSpec {
     }
 }
 
-/// One output port: fans a batch out to every consumer subscribed to it.
+/// A component's handle on one of its output ports (see [`crate::hub`]): sends fan out to every
+/// edge attached to the port, each under its own full-queue policy, and every batch is counted in
+/// the hub's registry of streams.
 pub struct Output {
-    senders: Vec<EdgeSender>,
-    overflow: Overflow,
+    port: Arc<Port>,
+    /// The port's generation when this handle was made: once a reload has handed the port to a
+    /// new instance, this handle's end no longer ends the port.
+    generation: u64,
     metrics: ComponentMetrics,
+    /// Registry entries by schema (batches of one stream share their schema's `Arc`).
+    streams: Vec<(SchemaRef, Arc<Stream>)>,
 }
 
 impl Output {
+    /// An output feeding `senders` directly, all under one policy, outside any hub (tests and
+    /// benchmarks that wire a component by hand).
     pub fn new(senders: Vec<EdgeSender>, overflow: Overflow, metrics: ComponentMetrics) -> Self {
+        Self::attached(Port::standalone(senders, overflow), metrics)
+    }
+
+    /// A handle on a hub's port, for the instance that owns it now.
+    pub fn attached(port: Arc<Port>, metrics: ComponentMetrics) -> Self {
         Output {
-            senders,
-            overflow,
+            generation: port.generation(),
+            port,
             metrics,
+            streams: Vec::new(),
         }
     }
-    /// Whether anyone listens; a source may skip producing data for a port nobody reads.
+
+    /// Whether anyone listens (a configured consumer or a run-time subscriber); a source may
+    /// skip producing data for a port nobody reads.
     pub fn has_consumers(&self) -> bool {
-        !self.senders.is_empty()
+        self.port.has_consumers()
     }
-    /// Sends to every consumer. Consumers that have stopped are forgotten; `Closed` once none is
-    /// left (and there was one to begin with).
+
+    /// True when no configured consumer is left (run-time subscribers never keep a producer
+    /// going).
+    pub fn is_closed(&self) -> bool {
+        self.port.is_closed()
+    }
+
+    /// Sends to every consumer. Consumers that have stopped are forgotten; `Closed` once the
+    /// last configured one has stopped.
     pub fn send(&mut self, batch: RecordBatch) -> Result<(), Closed> {
-        if self.senders.is_empty() {
+        let stream = self.stream_of(&batch);
+        let listened = self.port.has_consumers();
+        if stream.is_none() && !listened {
+            return Ok(());
+        }
+        let bytes = batch_bytes(&batch);
+        if let Some(s) = &stream {
+            s.record(&batch, bytes);
+        }
+        if !listened {
             return Ok(());
         }
         self.metrics.sent(&batch);
-        let overflow = self.overflow;
-        self.senders
-            .retain(|s| s.send(batch.clone(), overflow).is_ok());
-        if self.senders.is_empty() {
-            Err(Closed)
-        } else {
+        if self.port.fan_out(&batch, stream.as_ref().map(|s| s.key())) {
             Ok(())
+        } else {
+            Err(Closed)
         }
     }
-    /// Tells every consumer this port has finished.
-    pub fn end(&mut self) {
-        for s in &mut self.senders {
-            s.end();
+
+    fn stream_of(&mut self, batch: &RecordBatch) -> Option<Arc<Stream>> {
+        let schema = batch.schema_ref();
+        if let Some((_, s)) = self.streams.iter().find(|(k, _)| Arc::ptr_eq(k, schema)) {
+            return Some(s.clone());
         }
+        let s = self.port.stream_of(stream_key(batch))?;
+        // A producer that makes a new schema per batch must not grow this without bound.
+        if self.streams.len() >= 64 {
+            self.streams.clear();
+        }
+        self.streams.push((schema.clone(), s.clone()));
+        Some(s)
+    }
+
+    /// Tells every consumer this port has finished (unless a reload handed it on).
+    pub fn end(&mut self) {
+        self.port.end(self.generation);
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -197,9 +248,9 @@ impl Outputs {
         }
         Ok(())
     }
-    /// True when no port has a consumer left (every downstream component stopped).
+    /// True when no port has a configured consumer left (every downstream component stopped).
     pub fn all_closed(&self) -> bool {
-        self.ports.values().all(|o| !o.has_consumers())
+        self.ports.values().all(|o| o.is_closed())
     }
     pub fn end_all(&mut self) {
         for o in self.ports.values_mut() {
@@ -229,7 +280,8 @@ pub struct SinkContext {
 
 pub trait Source: Send + 'static {
     fn ports(&self) -> Vec<PortSpec>;
-    /// `DropOldest` for live acquisition, `Block` for replays of finished files.
+    /// The policy of the edges from this source to its configured consumers: `DropOldest` for
+    /// live acquisition (it must never wait), `Block` for replays of finished files (lossless).
     fn overflow(&self) -> Overflow;
     /// Runs until the data ends or `ctx.shutdown` fires. Ports are ended by the caller.
     fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError>;

@@ -4,6 +4,7 @@ pub mod component;
 pub mod edge;
 pub mod fault;
 pub mod formats;
+pub mod hub;
 pub mod imaging;
 pub mod inspect;
 pub mod limits;

@@ -223,6 +223,14 @@ impl Metrics {
             .clear();
     }
 
+    /// Forgets one component (removed, or replaced by one of another type, by a reload).
+    pub fn forget_component(&self, id: &str) {
+        self.components
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
     pub fn statuses(&self) -> Vec<ComponentStatus> {
         let comps = self.components.lock().unwrap_or_else(|e| e.into_inner());
         comps.values().map(ComponentMetrics::status).collect()

@@ -229,6 +229,22 @@ pub fn run_to_end(dir: &Path, config: &str, timeout: Duration) -> PathBuf {
     dir.join("data")
 }
 
+/// Writes a SpikeGLX pair from a real NP1.0 meta with `samples` samples of 385 channels
+/// (value = f(sample, channel)), the meta claiming `claimed_samples` (None: still acquiring).
+pub fn write_spikeglx(
+    dir: &Path,
+    name: &str,
+    samples: usize,
+    claimed: Option<usize>,
+) -> (PathBuf, Vec<u8>) {
+    let meta = real_ap_meta(&shared_data().unwrap());
+    let bytes = sample_bytes(0, samples);
+    let bin = dir.join(format!("{name}.ap.bin"));
+    std::fs::write(&bin, &bytes).unwrap();
+    write_meta(dir, name, &meta, claimed);
+    (bin, bytes)
+}
+
 /// Checks a stored continuous stream against the raw file it came from: every sample exactly
 /// once (`sample_index` 0..n, no repeat), the same Int16 values; prints `n rate`.
 const CHECK_EXACT: &str = r#"
@@ -303,4 +319,145 @@ pub fn neurod_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Opens `GET path` and returns the connection positioned at the start of the body, after
+/// checking the status line and `content_type`. Nothing more is read: a reader that never reads.
+pub fn http_open(port: u16, path: &str, content_type: &str) -> std::io::BufReader<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push(line.trim_end().to_ascii_lowercase());
+    }
+    assert!(head[0].starts_with("http/1.1 200"), "GET {path}: {head:?}");
+    assert!(
+        head.contains(&format!("content-type: {content_type}")),
+        "GET {path}: {head:?}"
+    );
+    assert!(
+        head.contains(&"transfer-encoding: chunked".to_string()),
+        "GET {path}: {head:?}"
+    );
+    r
+}
+
+/// The body of a chunked HTTP response, as a plain reader. A connection cut before the final
+/// chunk is an `UnexpectedEof` error.
+pub struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> Chunked<R> {
+    pub fn new(inner: R) -> Self {
+        Chunked {
+            inner,
+            left: 0,
+            done: false,
+        }
+    }
+}
+
+impl<R: std::io::BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Error, ErrorKind};
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            if self.inner.read_line(&mut line)? == 0 {
+                return Err(Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "cut before the last chunk",
+                ));
+            }
+            if line == "\r\n" {
+                // The CRLF that closes the previous chunk.
+                line.clear();
+                self.inner.read_line(&mut line)?;
+            }
+            let size = line.trim().split(';').next().unwrap_or("");
+            self.left = usize::from_str_radix(size, 16)
+                .map_err(|_| Error::new(ErrorKind::InvalidData, format!("chunk size {line:?}")))?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        if n == 0 {
+            return Err(Error::new(ErrorKind::UnexpectedEof, "cut inside a chunk"));
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// `GET /streams/{id}` as an Arrow IPC stream reader.
+pub fn live_stream(
+    port: u16,
+    id: &str,
+) -> arrow::ipc::reader::StreamReader<Chunked<std::io::BufReader<TcpStream>>> {
+    let body = http_open(
+        port,
+        &format!("/streams/{id}"),
+        "application/vnd.apache.arrow.stream",
+    );
+    arrow::ipc::reader::StreamReader::try_new(Chunked::new(body), None).unwrap()
+}
+
+/// The `sample_index` column of every Parquet file of a stored stream, file by file.
+pub fn stored_sample_index(stream_dir: &Path) -> Vec<i64> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(stream_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", stream_dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let file = std::fs::File::open(&f).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let col = b.column_by_name("sample_index").unwrap();
+            let col = col
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            out.extend(col.values().iter().copied());
+        }
+    }
+    out
+}
+
+/// Panics unless `idx` is exactly `0..n`, naming the first repeat or gap.
+pub fn assert_exactly_once(idx: &[i64], n: usize) {
+    for (i, v) in idx.iter().enumerate() {
+        assert_eq!(
+            *v,
+            i as i64,
+            "sample_index {i} of {}: {v} (a repeat if smaller, a gap if larger)",
+            idx.len()
+        );
+    }
+    assert_eq!(idx.len(), n, "rows stored");
 }
