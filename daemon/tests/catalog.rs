@@ -161,7 +161,12 @@ flush_interval_s = 0.2
         d.metric(sent).filter(|v| *v >= 8000.0)
     });
 
-    // A reload stops and restarts the source (and, today, everything else).
+    // A reload that changes the source restarts it (unchanged components keep running).
+    let written = dir.path().join("neurod.toml");
+    let changed = std::fs::read_to_string(&written)
+        .unwrap()
+        .replace("follow = true", "follow = true\npoll_ms = 6");
+    std::fs::write(&written, changed).unwrap();
     d.signal("HUP");
     wait_for(Duration::from_secs(30), "the reload", || {
         d.log_text().contains("reloaded").then_some(())
@@ -186,7 +191,9 @@ flush_interval_s = 0.2
     let log = d.log_text();
     assert!(status.success(), "{first_log}\n{log}");
     assert!(
-        first_log.contains("resuming") && first_log.contains("at sample_index 8000"),
+        first_log.contains(r#"restarted=["live"]"#)
+            && first_log.contains("resuming")
+            && first_log.contains("at sample_index 8000"),
         "the reload resumes where the store stopped:\n{first_log}"
     );
     assert!(log.contains("resuming"), "the restart resumes:\n{log}");
