@@ -15,9 +15,10 @@
 //! dead_time_ms = 2.0       # per-channel dead time after a kept spike
 //! calibration_s = 2.0      # σ from the first seconds of each stream ...
 //! refresh_s = 60           # ... re-estimated this often over the latest calibration_s (0 = never)
-//! backend = "auto"         # a hardware GPU, else lavapipe, else the CPU; "hardware": a hardware
-//!                          # GPU, else the CPU; "gpu": any Vulkan adapter (lavapipe counts), an
-//!                          # error without one; "cpu"
+//! backend = "auto"         # the fastest present: never a software GPU; with a hardware GPU,
+//!                          # GPU and CPU measured on the stream's first seconds. "hardware": a
+//!                          # hardware GPU, else the CPU; "gpu": any Vulkan adapter (lavapipe
+//!                          # counts), an error without one; "cpu"
 //! ```
 //!
 //! Defaults, and why they are not SpikeInterface's (bandpass 300–6000 Hz order 5, radius 50 µm,
@@ -29,10 +30,11 @@
 //! match or beat SpikeInterface's recall and precision on all six (`daemon/tests/spikes.rs` checks
 //! three of them), causally.
 //!
-//! `auto` follows the daemon-wide order (hardware, lavapipe, CPU), so a machine without a GPU
-//! still runs the WGSL kernels. But lavapipe (Mesa's software Vulkan) on two cores runs the chain
-//! at about 1.3× real time against the CPU twins' ~37× (`bench/spikes.sh`): where real time
-//! matters and there may be no GPU, say `backend = "hardware"` (as `config.toml` does).
+//! `backend` follows the rule shared by every kernel-backed transform ([`super::backend`]).
+//! With `auto` and a hardware GPU both chains run the first `calibration_s` + 1 s of each stream
+//! and the faster is kept (their detections are identical, so the switch is seamless); lavapipe
+//! (Mesa's software Vulkan) is never taken by `auto`: on two cores it runs the chain at about
+//! 1.3× real time against the CPU twins' ~37× (`bench/spikes.sh`).
 //!
 //! Only `ap` channels are detected (sync and other channels are neither detected nor part of the
 //! median). In the daemon, streams on the input that are not continuous (a rig's frames, tables)
@@ -72,11 +74,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use kernels::chain::{ChainConfig, Detection, DetectionChain, Reference};
 use kernels::columns::Columns;
-use kernels::gpu::Preference;
 use kernels::Backend;
 use prometheus::{Histogram, HistogramOpts, HistogramVec};
 use serde::Deserialize;
 
+use super::backend::{self, Preference};
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
 use crate::metrics::shared_registry;
 use crate::stream::{self, keys, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S};
@@ -103,16 +105,6 @@ enum ReferenceOption {
     Global,
     Shank,
     None,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum BackendOption {
-    #[default]
-    Auto,
-    Hardware,
-    Gpu,
-    Cpu,
 }
 
 fn default_band() -> [f64; 2] {
@@ -162,7 +154,7 @@ struct Options {
     #[serde(default = "default_refresh_s")]
     refresh_s: f64,
     #[serde(default)]
-    backend: BackendOption,
+    backend: Preference,
 }
 
 /// Problems with a bandpass `band` and `order` (shared with `bin_features`); the upper edge
@@ -220,20 +212,6 @@ impl Options {
             format!("`refresh_s` = {f} must be 0 (never) or more"),
         );
         out
-    }
-
-    fn preference(&self) -> Preference {
-        match self.backend {
-            // `acquire` prefers a hardware adapter to lavapipe; the chain falls back to the CPU.
-            BackendOption::Auto => Preference::Auto,
-            // Lavapipe is far slower than the CPU twins.
-            BackendOption::Hardware => match kernels::gpu::acquire() {
-                Some(ctx) if ctx.backend == Backend::Gpu => Preference::Auto,
-                _ => Preference::Cpu,
-            },
-            BackendOption::Gpu => Preference::Gpu,
-            BackendOption::Cpu => Preference::Cpu,
-        }
     }
 
     fn reference(&self) -> Reference {
@@ -311,10 +289,8 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         .into_iter()
         .map(|p| format!("{prefix}: {p}"))
         .collect();
-    if o.backend == BackendOption::Gpu && kernels::gpu::acquire().is_none() {
-        errors.push(format!(
-            "{prefix}: `backend` = \"gpu\" but no usable GPU adapter was found (no Vulkan device with compute shaders, not even lavapipe); use \"auto\" to fall back to the CPU"
-        ));
+    if let Err(e) = backend::plan(&prefix, o.backend) {
+        errors.push(e);
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -383,6 +359,9 @@ impl Transform for SpikeDetect {
             return Ok(());
         };
         let result = state.process(&batch, out);
+        if let Some(verdict) = state.chain.take_verdict() {
+            backend::report_verdict(&self.id, stream_id, &verdict);
+        }
         self.latency.observe(arrived.elapsed().as_secs_f64());
         result
     }
@@ -436,7 +415,7 @@ impl StreamState {
     ) -> Result<Self, String> {
         let info = ContinuousInfo::from_schema(schema).map_err(|e| e.to_string())?;
         let cfg = chain_config(o, &info)?;
-        let chain = kernels::chain::build_chain(&cfg, o.preference())
+        let chain = kernels::chain::build_chain(&cfg, o.backend)
             .map_err(|e| format!("cannot build the detection chain: {e}"))?;
         let backend = chain.backend();
         crate::metrics::record_kernel_backend(component_id, backend.as_str());
@@ -447,7 +426,7 @@ impl StreamState {
             channels = cfg.detect_channels.iter().filter(|d| **d).count(),
             "spike detection running"
         );
-        if backend == Backend::Cpu && o.backend == BackendOption::Gpu {
+        if backend == Backend::Cpu && o.backend == Preference::Gpu {
             return Err("`backend` = \"gpu\" but the chain fell back to the CPU".into());
         }
         let holdback = (o.exclude_ms * info.sampling_hz / 1000.0).ceil() as i64 + 1;
@@ -1138,8 +1117,11 @@ pub(crate) mod tests {
         );
     }
 
+    /// Neither the default nor `hardware` ever takes a software adapter (lavapipe, installed in
+    /// CI): without a hardware GPU both run the CPU chain. With one, `auto` measures (the CPU's
+    /// output during the trial) and `hardware` takes it.
     #[test]
-    fn auto_takes_any_adapter_and_hardware_never_takes_lavapipe() {
+    fn auto_and_hardware_never_take_a_software_adapter() {
         let backend_of = |id: &str, backend: &str| {
             let info = probe_info("p");
             let data = synthetic(600, &[], 9);
@@ -1159,8 +1141,11 @@ pub(crate) mod tests {
                 .unwrap_or_else(|| panic!("no backend exported for {id}: {text}"))
         };
         let adapter = kernels::gpu::test_context().map(|c| c.backend);
-        let auto = adapter.map_or("cpu", Backend::as_str);
-        assert_eq!(backend_of("det_auto", "auto"), auto);
+        assert_eq!(
+            backend_of("det_auto", "auto"),
+            "cpu",
+            "adapter: {adapter:?}"
+        );
         let hardware = if adapter == Some(Backend::Gpu) {
             "gpu"
         } else {
