@@ -75,13 +75,17 @@ use arrow::record_batch::RecordBatch;
 use kernels::chain::{ChainConfig, Detection, DetectionChain, Reference};
 use kernels::columns::Columns;
 use kernels::Backend;
-use prometheus::{Histogram, HistogramOpts, HistogramVec};
+use prometheus::{HistogramOpts, HistogramVec};
 use serde::Deserialize;
 
 use super::backend::{self, Preference};
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
 use crate::metrics::shared_registry;
 use crate::stream::{self, keys, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S};
+
+mod workers;
+
+use workers::Workers;
 
 pub const TYPE: &str = "spike_detect";
 /// The side port carrying the watermark.
@@ -274,14 +278,18 @@ pub struct SpikeDetect {
     id: String,
     options: Options,
     params_json: String,
-    /// By input stream id.
-    streams: HashMap<String, StreamState>,
+    /// The checks of each input stream, by id; its detection runs on its worker.
+    streams: HashMap<String, Input>,
+    workers: Workers,
     /// Streams whose chain could not be built: reported once, then skipped.
     failed: HashSet<String>,
-    latency: Histogram,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
+    Ok(Box::new(build_detect(ctx, options)?))
+}
+
+fn build_detect(ctx: &BuildContext, options: toml::Table) -> Result<SpikeDetect, Vec<String>> {
     let o: Options = parse_options(ctx.id, TYPE, options)?;
     let prefix = format!("transform `{}` (type `{TYPE}`)", ctx.id);
     let mut errors: Vec<String> = o
@@ -295,14 +303,14 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Box::new(SpikeDetect {
+    Ok(SpikeDetect {
         id: ctx.id.into(),
         params_json: o.params_json(),
         options: o,
         streams: HashMap::new(),
+        workers: Workers::new(ctx.id, series().latency.with_label_values(&[ctx.id])),
         failed: HashSet::new(),
-        latency: series().latency.with_label_values(&[ctx.id]),
-    }))
+    })
 }
 
 impl Transform for SpikeDetect {
@@ -328,7 +336,7 @@ impl Transform for SpikeDetect {
             )));
         }
         if self.failed.contains(stream_id) {
-            return Ok(());
+            return self.workers.drain(out);
         }
         let stale = self
             .streams
@@ -337,15 +345,16 @@ impl Transform for SpikeDetect {
         if stale {
             // Channels or rate changed (a new recording under the same id): finish the old
             // chain so nothing it holds is lost, then start afresh.
-            if let Some(mut old) = self.streams.remove(stream_id) {
-                tracing::warn!(component = %self.id, stream = %stream_id, "stream schema changed: restarting spike detection");
-                old.finish(out)?;
-            }
+            self.streams.remove(stream_id);
+            tracing::warn!(component = %self.id, stream = %stream_id, "stream schema changed: restarting spike detection");
+            self.workers.finish(stream_id, out)?;
         }
         if !self.streams.contains_key(stream_id) {
             match StreamState::new(&self.id, &self.options, &self.params_json, &schema) {
                 Ok(s) => {
-                    self.streams.insert(stream_id.to_string(), s);
+                    let input = Input::of(&s);
+                    self.workers.start(stream_id, s, batch.num_rows())?;
+                    self.streams.insert(stream_id.to_string(), input);
                 }
                 Err(e) => {
                     self.failed.insert(stream_id.to_string());
@@ -355,33 +364,127 @@ impl Transform for SpikeDetect {
                 }
             }
         }
-        let Some(state) = self.streams.get_mut(stream_id) else {
-            return Ok(());
+        let handed = match self.streams.get_mut(stream_id) {
+            Some(input) if batch.num_rows() > 0 => match input.check(&batch) {
+                Ok(first) => self.workers.send(stream_id, batch, first, arrived),
+                Err(e) => Err(e),
+            },
+            _ => Ok(()),
         };
-        let result = state.process(&batch, out);
-        if let Some(verdict) = state.chain.take_verdict() {
-            backend::report_verdict(&self.id, stream_id, &verdict);
-        }
-        self.latency.observe(arrived.elapsed().as_secs_f64());
-        result
+        let drained = self.workers.drain(out);
+        handed.and(drained)
     }
 
     fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
-        let mut ids: Vec<String> = self.streams.keys().cloned().collect();
-        ids.sort();
         let mut first_error = None;
-        for id in ids {
-            if let Some(s) = self.streams.get_mut(&id) {
-                if let Err(e) = s.finish(out) {
-                    tracing::error!(component = %self.id, stream = %id, error = %e, "flushing spike detection failed");
-                    first_error.get_or_insert(e);
-                }
+        for id in self.workers.streams() {
+            if let Err(e) = self.workers.finish(&id, out) {
+                tracing::error!(component = %self.id, stream = %id, error = %e, "flushing spike detection failed");
+                first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 }
 
+impl SpikeDetect {
+    /// Waits until every batch handed over so far is done, emitting what came of it (tests
+    /// use it to see the output of each batch as it happens).
+    #[cfg(test)]
+    pub(crate) fn settle(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
+        self.workers.settle(out)
+    }
+}
+
+/// What `spike_detect`'s own thread checks of a stream's batches before handing them to its
+/// worker: the schema, contiguous sample indices, and the channel columns.
+struct Input {
+    schema: SchemaRef,
+    id: String,
+    n_channels: usize,
+    /// The sample expected next; `None` before the first batch.
+    next_sample: Option<i64>,
+}
+
+impl Input {
+    fn of(s: &StreamState) -> Self {
+        Input {
+            schema: s.input_schema.clone(),
+            id: s.input_id.clone(),
+            n_channels: s.n_channels,
+            next_sample: None,
+        }
+    }
+
+    fn accepts_schema(&self, schema: &SchemaRef) -> bool {
+        Arc::ptr_eq(&self.schema, schema) || *self.schema == **schema
+    }
+
+    /// The batch's first sample, once it is known to continue the stream with well-formed
+    /// columns (it is then expected to be detected).
+    fn check(&mut self, batch: &RecordBatch) -> Result<i64, ComponentError> {
+        let first = self.check_indices(batch)?;
+        self.check_columns(batch)?;
+        self.next_sample = Some(first + batch.num_rows() as i64);
+        Ok(first)
+    }
+
+    fn err(&self, msg: String) -> ComponentError {
+        ComponentError::Other(format!("stream `{}`: {msg}", self.id))
+    }
+
+    /// The batch's first sample index, after checking the batch continues the stream.
+    fn check_indices(&self, batch: &RecordBatch) -> Result<i64, ComponentError> {
+        let n = batch.num_rows();
+        let idx = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .filter(|a| a.null_count() == 0)
+            .ok_or_else(|| self.err(format!("`{SAMPLE_INDEX}` must be a non-null Int64")))?;
+        let first = idx.value(0);
+        let last = idx.value(n - 1);
+        if last.checked_sub(first) != Some(n as i64 - 1) {
+            return Err(self.err(format!(
+                "batch of {n} rows has `{SAMPLE_INDEX}` {first}..={last}, not consecutive samples; dropped"
+            )));
+        }
+        match self.next_sample {
+            Some(next) if first < next => Err(self.err(format!(
+                "batch starts at sample {first}, but samples up to {} were already detected; dropped",
+                next - 1
+            ))),
+            Some(next) if first > next => {
+                // Live sources drop batches when a consumer falls behind (counted there); the
+                // filter simply continues across the hole.
+                tracing::warn!(stream = %self.id, missing = first - next, from = next, "gap in the input: samples missing");
+                Ok(first)
+            }
+            _ => Ok(first),
+        }
+    }
+
+    /// Checks the batch's channel columns are non-null Int16 of the batch's length, one per
+    /// channel of the stream.
+    fn check_columns(&self, batch: &RecordBatch) -> Result<(), ComponentError> {
+        let (n, c) = (batch.num_rows(), self.n_channels);
+        if batch.num_columns() != c + 1 {
+            return Err(self.err(format!(
+                "batch has {} channel columns, the stream has {c}",
+                batch.num_columns().saturating_sub(1)
+            )));
+        }
+        let good = |a: &ArrayRef| {
+            a.as_any()
+                .downcast_ref::<Int16Array>()
+                .is_some_and(|a| a.null_count() == 0 && a.len() == n)
+        };
+        if let Some(bad) = (1..=c).find(|&i| !good(batch.column(i))) {
+            return Err(self.err(format!("channel column {bad} is not a non-null Int16")));
+        }
+        Ok(())
+    }
+}
 /// One input stream's detection state.
 struct StreamState {
     input_schema: SchemaRef,
@@ -447,17 +550,17 @@ impl StreamState {
         })
     }
 
-    fn accepts_schema(&self, schema: &SchemaRef) -> bool {
-        Arc::ptr_eq(&self.input_schema, schema) || *self.input_schema == **schema
-    }
-
-    fn process(&mut self, batch: &RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    /// A batch [`Input::check`] has passed, starting at sample `first`.
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        first: i64,
+        out: &mut Emitter,
+    ) -> Result<(), ComponentError> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
         }
-        let first = self.check_indices(batch)?;
-        self.check_columns(batch)?;
         self.detections.clear();
         // The chain reads the Int16 columns in place (the CPU chain converts and transposes
         // them in one pass; a GPU chain transposes them into `raw` first).
@@ -495,58 +598,6 @@ impl StreamState {
 
     fn err(&self, msg: String) -> ComponentError {
         ComponentError::Other(format!("stream `{}`: {msg}", self.input_id))
-    }
-
-    /// The batch's first sample index, after checking the batch continues the stream.
-    fn check_indices(&self, batch: &RecordBatch) -> Result<i64, ComponentError> {
-        let n = batch.num_rows();
-        let idx = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .filter(|a| a.null_count() == 0)
-            .ok_or_else(|| self.err(format!("`{SAMPLE_INDEX}` must be a non-null Int64")))?;
-        let first = idx.value(0);
-        let last = idx.value(n - 1);
-        if last.checked_sub(first) != Some(n as i64 - 1) {
-            return Err(self.err(format!(
-                "batch of {n} rows has `{SAMPLE_INDEX}` {first}..={last}, not consecutive samples; dropped"
-            )));
-        }
-        match self.next_sample {
-            Some(next) if first < next => Err(self.err(format!(
-                "batch starts at sample {first}, but samples up to {} were already detected; dropped",
-                next - 1
-            ))),
-            Some(next) if first > next => {
-                // Live sources drop batches when a consumer falls behind (counted there); the
-                // filter simply continues across the hole.
-                tracing::warn!(stream = %self.input_id, missing = first - next, from = next, "gap in the input: samples missing");
-                Ok(first)
-            }
-            _ => Ok(first),
-        }
-    }
-
-    /// Checks the batch's channel columns are non-null Int16 of the batch's length, one per
-    /// channel of the stream.
-    fn check_columns(&self, batch: &RecordBatch) -> Result<(), ComponentError> {
-        let (n, c) = (batch.num_rows(), self.n_channels);
-        if batch.num_columns() != c + 1 {
-            return Err(self.err(format!(
-                "batch has {} channel columns, the stream has {c}",
-                batch.num_columns().saturating_sub(1)
-            )));
-        }
-        let good = |a: &ArrayRef| {
-            a.as_any()
-                .downcast_ref::<Int16Array>()
-                .is_some_and(|a| a.null_count() == 0 && a.len() == n)
-        };
-        if let Some(bad) = (1..=c).find(|&i| !good(batch.column(i))) {
-            return Err(self.err(format!("channel column {bad} is not a non-null Int16")));
-        }
-        Ok(())
     }
 
     fn emit_spikes(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
@@ -839,16 +890,14 @@ pub(crate) mod tests {
             .collect()
     }
 
-    pub fn build_with(id: &str, options: &str) -> Box<dyn Transform> {
+    /// The transform itself (not boxed as a `dyn Transform`), so tests can [`SpikeDetect::settle`].
+    pub fn build_with(id: &str, options: &str) -> Box<SpikeDetect> {
         let t: toml::Table = toml::from_str(options).unwrap();
-        build(
-            &BuildContext {
-                id,
-                data_dir: "/tmp".as_ref(),
-            },
-            t,
-        )
-        .unwrap_or_else(|e| panic!("{e:?}"))
+        let ctx = BuildContext {
+            id,
+            data_dir: "/tmp".as_ref(),
+        };
+        Box::new(build_detect(&ctx, t).unwrap_or_else(|e| panic!("{e:?}")))
     }
 
     /// A progress row: spikes sent before it, input samples processed when it came, its value.
@@ -858,7 +907,8 @@ pub(crate) mod tests {
 
     /// (sample, channel, amplitude, threshold) of every spike in the order sent, and the
     /// progress rows.
-    fn run(tr: &mut dyn Transform, input: Vec<RecordBatch>) -> (Vec<Spike>, Vec<Progress>) {
+    /// Each batch's output is collected as soon as its worker is done with it.
+    fn run(tr: &mut SpikeDetect, input: Vec<RecordBatch>) -> (Vec<Spike>, Vec<Progress>) {
         let mut spikes = Vec::new();
         let mut progress = Vec::new();
         let mut out = Emitter::default();
@@ -888,6 +938,7 @@ pub(crate) mod tests {
         for b in input {
             seen += b.num_rows() as i64;
             tr.process(b, &mut out).unwrap();
+            tr.settle(&mut out).unwrap();
             collect(&mut out, seen, &mut spikes, &mut progress);
         }
         tr.finish(&mut out).unwrap();
@@ -959,6 +1010,59 @@ pub(crate) mod tests {
         let (sb, _) = run(b.as_mut(), batches(&info, &data, 317));
         assert!(!sa.is_empty());
         assert_eq!(sa, sb);
+    }
+
+    /// Each stream is detected on a worker thread of its own, so that one stream's burst of
+    /// work (the end of its calibration) never holds up another's batches and streams use
+    /// several cores; interleaved, each stream gets exactly the spikes it gets alone.
+    #[test]
+    fn each_stream_is_detected_on_its_own_thread_with_the_spikes_it_gets_alone() {
+        let (info_a, info_b) = (probe_info("pa"), probe_info("pb"));
+        let (data_a, data_b) = (
+            synthetic(12_000, &injected(), 11),
+            synthetic(12_000, &injected(), 12),
+        );
+        let mut tr = build_with("two_streams", CPU);
+        let mut out = Emitter::default();
+        let pairs = batches(&info_a, &data_a, 300)
+            .into_iter()
+            .zip(batches(&info_b, &data_b, 300));
+        for (a, b) in pairs {
+            tr.process(a, &mut out).unwrap();
+            tr.process(b, &mut out).unwrap();
+        }
+        // Every worker has run (a thread takes its name when it first runs).
+        tr.settle(&mut out).unwrap();
+        #[cfg(target_os = "linux")]
+        {
+            let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect();
+            for want in ["detect pa", "detect pb"] {
+                assert!(names.iter().any(|n| n == want), "{want}: {names:?}");
+            }
+        }
+        tr.finish(&mut out).unwrap();
+        let of = |stream: &str| -> Vec<(i64, i32, u32)> {
+            let mut v = Vec::new();
+            for (_, b) in out.batches.iter().filter(|(port, b)| {
+                port.is_empty() && stream::stream_id_of(&b.schema()) == Some(stream)
+            }) {
+                let s = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let c = b.column(2).as_any().downcast_ref::<Int32Array>().unwrap();
+                let a = b.column(3).as_any().downcast_ref::<Float32Array>().unwrap();
+                v.extend((0..b.num_rows()).map(|r| (s.value(r), c.value(r), a.value(r).to_bits())));
+            }
+            v
+        };
+        for (stream, info, data) in [("pa", &info_a, &data_a), ("pb", &info_b, &data_b)] {
+            let (alone, _) = run(&mut build_with("alone", CPU), batches(info, data, 300));
+            let alone: Vec<_> = alone.iter().map(|s| (s.0, s.1, s.2.to_bits())).collect();
+            assert!(!alone.is_empty());
+            assert_eq!(of(&format!("{stream}{STREAM_SUFFIX}")), alone, "{stream}");
+        }
     }
 
     #[test]
@@ -1104,6 +1208,7 @@ pub(crate) mod tests {
         for b in batches(&info, &data, 30) {
             tr.process(b, &mut out).unwrap();
         }
+        tr.settle(&mut out).unwrap();
         let text = crate::metrics::Metrics::new().render();
         assert!(
             text.contains(r#"neurod_kernel_backend{backend="cpu",component_id="det_metrics"} 1"#),
@@ -1157,7 +1262,7 @@ pub(crate) mod tests {
     #[test]
     fn gpu_backend_runs_where_an_adapter_exists_and_is_refused_where_not() {
         let t: toml::Table = toml::from_str("backend = 'gpu'\ncalibration_s = 0.2").unwrap();
-        let built = build(
+        let built = build_detect(
             &BuildContext {
                 id: "det_gpu",
                 data_dir: "/tmp".as_ref(),
@@ -1171,10 +1276,11 @@ pub(crate) mod tests {
             }
             Some(_) => {
                 let mut gpu = built.unwrap_or_else(|e| panic!("{e:?}"));
+                let gpu = &mut gpu;
                 let mut cpu = build_with("det_cpu", CPU);
                 let info = probe_info("p");
                 let data = synthetic(18_000, &injected(), 8);
-                let (sg, _) = run(gpu.as_mut(), batches(&info, &data, 300));
+                let (sg, _) = run(gpu, batches(&info, &data, 300));
                 let (sc, _) = run(cpu.as_mut(), batches(&info, &data, 300));
                 let key = |v: &Vec<Spike>| v.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>();
                 assert_eq!(key(&sg), key(&sc), "same spikes on GPU and CPU");
