@@ -60,8 +60,15 @@
 //! `neurod_kernel_backend{backend, component_id} 1` for the backend in use, and
 //! `neurod_spike_detect_latency_seconds{component_id}`: for each input batch, the time from
 //! `process` being called with it (the topology calls it as soon as the batch leaves the inbox)
-//! to its spike rows being handed on — conversion, the chain and the output batch. Queueing in the
-//! inbox before that, and the hand-over to the consumers' inboxes after, are not included.
+//! to its spike rows being ready — the wait in its stream's worker queue, conversion, the chain
+//! and the output batch. Queueing in the inbox before that, and the hand-over to the consumers'
+//! inboxes after (on the next `process` call), are not included.
+//!
+//! Threads: each input stream is detected on a worker thread of its own ([`workers`]): the end
+//! of a stream's calibration (σ over the whole window, then the held-back samples detected, about
+//! 0.1 s of one core for a 384-channel probe) would otherwise stall every other stream's batches
+//! behind it, and with 8 probes calibrating together the inbox overflowed; each worker's queue
+//! holds [`workers::QUEUE_S`] of its stream.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -258,7 +265,7 @@ fn series() -> &'static Series {
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "neurod_spike_detect_latency_seconds",
-                "Per input batch, from spike_detect receiving it to its spike rows leaving (conversion, detection chain, output batch; not inbox queueing).",
+                "Per input batch, from spike_detect receiving it to its spike rows being ready (the stream's worker queue, conversion, detection chain, output batch; not inbox queueing).",
             )
             .buckets(vec![
                 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
