@@ -34,6 +34,8 @@ fn default_data_dir() -> PathBuf {
 fn default_listen() -> String {
     DEFAULT_LISTEN.into()
 }
+const MAX_QUEUE_BATCHES: usize = 65_536;
+
 fn default_queue_batches() -> usize {
     256
 }
@@ -202,8 +204,12 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
             daemon.listen
         ));
     }
-    if daemon.queue_batches == 0 {
-        errors.push("[daemon] queue_batches must be at least 1".into());
+    // The queue is allocated at start: an absurd capacity must be an error, not an abort.
+    if !(1..=MAX_QUEUE_BATCHES).contains(&daemon.queue_batches) {
+        errors.push(format!(
+            "[daemon] queue_batches = {} must be between 1 and {MAX_QUEUE_BATCHES}",
+            daemon.queue_batches
+        ));
     }
     check_data_dir(&daemon.data_dir, &mut errors);
 

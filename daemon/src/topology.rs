@@ -18,6 +18,7 @@ use pipelines::stream::{stream_id_of, Layout};
 use tokio::sync::watch;
 
 use crate::config::{Built, Component, Plan};
+use crate::supervise;
 
 pub struct Topology {
     shutdown: Shutdown,
@@ -74,6 +75,7 @@ impl Topology {
             inboxes.insert(c.id.clone(), inbox);
         }
 
+        let resume = crate::resume::lookups(&plan);
         let running = Arc::new(AtomicUsize::new(plan.components.len()));
         let (tx, exited) = watch::channel(plan.components.len());
         let mut threads = Vec::new();
@@ -104,10 +106,11 @@ impl Topology {
                         outputs,
                         shutdown,
                         metrics: metrics.clone(),
+                        resume: resume.get(&id).cloned().unwrap_or_default(),
                     };
                     std::thread::Builder::new().name(name).spawn(move || {
                         let _g = guard;
-                        run_source(src, ctx)
+                        supervise::run(&metrics, || run_source(src, ctx))
                     })?
                 }
                 Built::Transform(tr) => {
@@ -117,7 +120,9 @@ impl Topology {
                     let inbox = inboxes.remove(&id).expect("consumers have inboxes");
                     std::thread::Builder::new().name(name).spawn(move || {
                         let _g = guard;
-                        run_transform(tr, inbox, outputs, metrics)
+                        supervise::run(&metrics.clone(), || {
+                            run_transform(tr, inbox, outputs, metrics)
+                        })
                     })?
                 }
                 Built::Sink(sink) => {
@@ -130,8 +135,10 @@ impl Topology {
                     };
                     std::thread::Builder::new().name(name).spawn(move || {
                         let _g = guard;
-                        metrics.set_state(ComponentState::Running);
-                        finish(&metrics, sink.run(ctx))
+                        supervise::run(&metrics, || {
+                            metrics.set_state(ComponentState::Running);
+                            finish(&metrics, sink.run(ctx))
+                        })
                     })?
                 }
             };

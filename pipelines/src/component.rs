@@ -12,6 +12,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::edge::{Closed, EdgeSender, Inbox, Overflow};
 use crate::metrics::ComponentMetrics;
+use crate::storage::ResumeLookup;
 use crate::stream::Layout;
 
 /// A component's failure. Per-batch problems are counted and logged by the component itself and
@@ -179,12 +180,22 @@ impl Outputs {
     pub fn port(&mut self, name: &str) -> Option<&mut Output> {
         self.ports.get_mut(name)
     }
-    /// Sends on a port; a port nobody declared is a programming error reported as `Closed`.
+    /// Sends on a port. A port the component did not declare is a bug: it fails debug builds
+    /// (every test) and, in release, the batch is dropped, logged and counted, never silently.
     pub fn send_to(&mut self, port: &str, batch: RecordBatch) -> Result<(), Closed> {
-        match self.ports.get_mut(port) {
-            Some(o) => o.send(batch),
-            None => Err(Closed),
+        if let Some(o) = self.ports.get_mut(port) {
+            return o.send(batch);
         }
+        debug_assert!(false, "a batch was sent to the undeclared port `{port}`");
+        if let Some(o) = self.ports.values().next() {
+            let why = format!(
+                "a batch of {} rows was sent to the undeclared port `{port}` and dropped",
+                batch.num_rows()
+            );
+            tracing::error!(component = %o.metrics.id(), "{why}");
+            o.metrics.error("undeclared_port", "sending", why);
+        }
+        Ok(())
     }
     /// True when no port has a consumer left (every downstream component stopped).
     pub fn all_closed(&self) -> bool {
@@ -202,6 +213,9 @@ pub struct SourceContext {
     pub outputs: Outputs,
     pub shutdown: Shutdown,
     pub metrics: ComponentMetrics,
+    /// What the stores this source feeds already hold of its streams (resume after a reload or
+    /// a crash; a new run for a source that cannot resume).
+    pub resume: ResumeLookup,
 }
 
 pub struct SinkContext {
@@ -234,6 +248,18 @@ impl Emitter {
     pub fn emit_to(&mut self, port: &str, batch: RecordBatch) {
         self.batches.push((port.into(), batch));
     }
+    /// The ports emitted to that are not among `declared` (for tests: each must be empty).
+    pub fn undeclared_ports(&self, declared: &[PortSpec]) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .batches
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| !declared.iter().any(|d| d.name == **p))
+            .cloned()
+            .collect();
+        out.dedup();
+        out
+    }
 }
 
 pub trait Transform: Send + 'static {
@@ -258,6 +284,11 @@ pub trait Sink: Send + 'static {
             Layout::Rois,
             Layout::Table,
         ]
+    }
+    /// The store directory this sink writes (`<store>/<stream dir>/`), if it is a store:
+    /// sources that feed it resume from what it holds.
+    fn store_dir(&self) -> Option<PathBuf> {
+        None
     }
     /// Drains `ctx.inbox` until it closes, then flushes. Must persist everything received.
     fn run(self: Box<Self>, ctx: SinkContext) -> Result<(), ComponentError>;
@@ -297,6 +328,16 @@ mod tests {
         s.trigger();
         assert!(t.join().unwrap());
         assert!(s.sleep(Duration::from_secs(30)), "already triggered");
+    }
+
+    #[test]
+    #[should_panic(expected = "undeclared port `nowhere`")]
+    fn a_batch_sent_to_an_undeclared_port_fails_tests() {
+        let m = crate::metrics::Metrics::new().component("c", "source", "test");
+        let mut outputs = Outputs::default();
+        outputs.insert("", Output::new(Vec::new(), Overflow::Block, m));
+        let schema = Arc::new(arrow::datatypes::Schema::empty());
+        let _ = outputs.send_to("nowhere", RecordBatch::new_empty(schema));
     }
 
     #[test]

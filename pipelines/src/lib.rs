@@ -2,9 +2,11 @@
 
 pub mod component;
 pub mod edge;
+pub mod fault;
 pub mod formats;
 pub mod imaging;
 pub mod inspect;
+pub mod limits;
 pub mod metrics;
 pub mod pace;
 pub mod registry;

@@ -65,6 +65,7 @@ pub struct Metrics {
     store_input_bytes: IntCounterVec,
     store_compression_ratio: GaugeVec,
     store_files: IntCounterVec,
+    store_duplicate_rows: IntCounterVec,
     components: Mutex<BTreeMap<String, ComponentMetrics>>,
 }
 
@@ -164,6 +165,12 @@ impl Metrics {
                 store_l,
             ),
             store_files: counter(&reg, "neurod_store_files_total", "Parquet files finished.", store_l),
+            store_duplicate_rows: counter(
+                &reg,
+                "neurod_store_duplicate_rows_total",
+                "Rows not written because the stream already holds their sample_index/frame_index.",
+                store_l,
+            ),
             registry: reg,
             components: Mutex::new(BTreeMap::new()),
         })
@@ -241,6 +248,7 @@ impl Metrics {
             input_bytes: self.store_input_bytes.with_label_values(&v),
             compression_ratio: self.store_compression_ratio.with_label_values(&v),
             files: self.store_files.with_label_values(&v),
+            duplicate_rows: self.store_duplicate_rows.with_label_values(&v),
         }
     }
 }
@@ -338,11 +346,13 @@ impl ComponentMetrics {
         &self.id
     }
     pub fn received(&self, batch: &RecordBatch) {
+        crate::fault::tick(&self.id);
         self.received_batches.inc();
         self.received_rows.inc_by(batch.num_rows() as u64);
         self.received_bytes.inc_by(batch_bytes(batch));
     }
     pub fn sent(&self, batch: &RecordBatch) {
+        crate::fault::tick(&self.id);
         self.sent_batches.inc();
         self.sent_rows.inc_by(batch.num_rows() as u64);
         self.sent_bytes.inc_by(batch_bytes(batch));
@@ -423,6 +433,7 @@ pub struct StoreMetrics {
     pub input_bytes: IntCounter,
     pub compression_ratio: Gauge,
     pub files: IntCounter,
+    pub duplicate_rows: IntCounter,
 }
 
 #[cfg(test)]

@@ -40,12 +40,19 @@ impl Pacer {
         if self.pace == Pace::Max {
             return !shutdown.is_triggered();
         }
-        let due = self.start + Duration::from_secs_f64(self.data_time(samples_emitted));
+        // Rates are checked where they are read (limits::check_rate); a schedule beyond what an
+        // `Instant` can hold is still only waited for in steps, never a panic.
+        let due = Duration::try_from_secs_f64(self.data_time(samples_emitted))
+            .ok()
+            .and_then(|d| self.start.checked_add(d));
         let now = Instant::now();
-        if due > now {
-            !shutdown.sleep(due - now)
-        } else {
-            !shutdown.is_triggered()
+        match due {
+            Some(due) if due > now => !shutdown.sleep(due - now),
+            Some(_) => !shutdown.is_triggered(),
+            None => {
+                while !shutdown.sleep(Duration::from_secs(3600)) {}
+                false
+            }
         }
     }
 
@@ -71,6 +78,15 @@ mod tests {
         let t = Instant::now();
         assert!(p.wait_for(50, &Shutdown::new()));
         assert!(t.elapsed() >= Duration::from_millis(49));
+    }
+
+    #[test]
+    fn an_unrepresentable_schedule_waits_without_panicking() {
+        let p = Pacer::new(Pace::Realtime, 1e-30);
+        let s = Shutdown::new();
+        s.trigger();
+        assert!(!p.wait_for(1_000, &s), "shutdown ends the wait");
+        assert_eq!(p.lag_seconds(1_000), 0.0);
     }
 
     #[test]

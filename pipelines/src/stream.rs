@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::array::{Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 /// Schema-level metadata keys.
@@ -78,7 +80,9 @@ pub fn frames_schema(
                 PIXELS,
                 DataType::FixedSizeList(
                     Arc::new(Field::new("item", DataType::Int16, false)),
-                    (height * width) as i32,
+                    // Sources check sizes against limits::MAX_FRAME_PIXELS; an unchecked
+                    // size saturates and fails as a batch error instead of wrapping.
+                    i32::try_from(height.saturating_mul(width)).unwrap_or(i32::MAX),
                 ),
                 false,
             ),
@@ -141,6 +145,8 @@ pub enum SchemaError {
     },
     #[error("column `{0}` has the wrong type or position: {1}")]
     Column(String, String),
+    #[error("not a valid frames stream: {0}")]
+    Frames(String),
 }
 
 /// Layout of the rows of a stream.
@@ -366,13 +372,10 @@ impl ContinuousInfo {
     }
 }
 
-/// Parses a sampling rate, which must be a finite positive number.
+/// Parses a sampling rate, which must be within [`crate::limits::check_rate`]'s bounds.
 pub fn parse_rate(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        Ok(v) => Err(format!(
-            "sampling rate must be positive and finite, got {v}"
-        )),
+        Ok(v) => crate::limits::check_rate(v),
         Err(e) => Err(format!("not a number: {e}")),
     }
 }
@@ -387,6 +390,56 @@ pub fn with_stream_id(schema: &Schema, stream_id: &str) -> SchemaRef {
 /// The stream id a batch's schema carries.
 pub fn stream_id_of(schema: &Schema) -> Option<&str> {
     schema.metadata().get(keys::STREAM_ID).map(String::as_str)
+}
+
+/// Where a continuous batch lies in its stream, by `sample_index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleSpan {
+    pub first: i64,
+    /// One past the last sample.
+    pub end: i64,
+    /// Samples missing between the previous batch and this one (live sources drop batches when
+    /// a consumer falls behind, and count them there).
+    pub gap: i64,
+}
+
+/// The one `sample_index` check of continuous batches, made at ingest and by every transform
+/// that reads them: column 0 is a non-null Int64 of consecutive samples, starting at or after
+/// `next` (the previous batch's [`SampleSpan::end`]). A gap is allowed; a repeat is not.
+pub fn sample_span(batch: &RecordBatch, next: Option<i64>) -> Result<SampleSpan, String> {
+    let index = batch
+        .columns()
+        .first()
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .filter(|a| a.null_count() == 0)
+        .ok_or_else(|| format!("`{SAMPLE_INDEX}` (column 0) must be a non-null Int64"))?;
+    let values = index.values();
+    let first = *values.first().ok_or("empty batch")?;
+    for (row, pair) in values.windows(2).enumerate() {
+        if pair[0].checked_add(1) != Some(pair[1]) {
+            return Err(format!(
+                "`{SAMPLE_INDEX}` must be consecutive: {} (row {} of the batch) follows {}",
+                pair[1],
+                row + 1,
+                pair[0]
+            ));
+        }
+    }
+    let end = values
+        .last()
+        .and_then(|last| last.checked_add(1))
+        .ok_or_else(|| format!("`{SAMPLE_INDEX}` overflows"))?;
+    let gap = match next {
+        Some(next) if first < next => {
+            return Err(format!(
+                "batch starts at sample {first}, but samples up to {} were already received",
+                next - 1
+            ))
+        }
+        Some(next) => first.saturating_sub(next),
+        None => 0,
+    };
+    Ok(SampleSpan { first, end, gap })
 }
 
 /// What `neurod inspect --json` prints for a continuous stream.

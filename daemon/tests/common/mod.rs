@@ -78,6 +78,11 @@ pub struct Daemon {
 impl Daemon {
     /// Writes `config` (with `{port}` and `{dir}` substituted) into `dir` and runs it.
     pub fn start(dir: &Path, config: &str) -> Daemon {
+        Daemon::start_with_env(dir, config, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for the daemon.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let text = config
             .replace("{port}", &port.to_string())
@@ -90,6 +95,7 @@ impl Daemon {
             .arg(&cfg)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
+            .envs(env.iter().copied())
             .spawn()
             .unwrap();
         let d = Daemon { child, port, log };
@@ -163,8 +169,15 @@ pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
         .reduce(|a, b| a + b)
 }
 
-/// Minimal HTTP/1.1 GET; the body, or None if the daemon isn't answering.
+/// Minimal HTTP/1.1 GET; the body of a 200 answer, or None.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
+    http_status(port, path)
+        .filter(|(code, _)| *code == 200)
+        .map(|(_, body)| body)
+}
+
+/// Minimal HTTP/1.1 GET; the status code and body, or None if the daemon isn't answering.
+pub fn http_status(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
@@ -175,10 +188,8 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    Some(body.to_string())
+    let code = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    Some((code, body.to_string()))
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout`.
@@ -216,4 +227,80 @@ pub fn run_to_end(dir: &Path, config: &str, timeout: Duration) -> PathBuf {
     );
     eprintln!("neurod run: {:.1} s", t.elapsed().as_secs_f64());
     dir.join("data")
+}
+
+/// Checks a stored continuous stream against the raw file it came from: every sample exactly
+/// once (`sample_index` 0..n, no repeat), the same Int16 values; prints `n rate`.
+const CHECK_EXACT: &str = r#"
+import sys, numpy as np, pyarrow.dataset as ds
+stream_dir, raw, nch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = ds.dataset(stream_dir, format="parquet").to_table()
+t = t.sort_by("sample_index")
+want = np.fromfile(raw, dtype="<i2")
+want = want[: len(want) // nch * nch].reshape(-1, nch)
+idx = t.column("sample_index").to_numpy()
+assert (idx == np.arange(len(want))).all(), ("sample_index", idx[:5], len(idx), len(want))
+got = np.stack([t.column(i + 1).to_numpy() for i in range(nch)], axis=1)
+assert got.dtype == np.int16, got.dtype
+assert (got == want).all(), "values differ"
+md = t.schema.metadata
+print(len(want), md[b"neurod.sampling_hz"].decode())
+"#;
+
+/// Interleaved Int16 bytes of samples `from..to` of a 385-channel probe, value = f(sample, channel).
+pub fn sample_bytes(from: usize, to: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity((to - from) * 385 * 2);
+    for s in from..to {
+        for c in 0..385usize {
+            let v = ((s * 7 + c * 13) % 4001) as i16 - 2000;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+pub fn write_meta(dir: &Path, name: &str, real_meta: &str, claimed: Option<usize>) {
+    let mut text: String = real_meta
+        .lines()
+        .filter(|l| !l.starts_with("fileSizeBytes=") && !l.starts_with("fileTimeSecs="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(n) = claimed {
+        text.push_str(&format!(
+            "fileSizeBytes={}\nfileTimeSecs={}\n",
+            n * 770,
+            n as f64 / 30000.0
+        ));
+    }
+    std::fs::write(dir.join(format!("{name}.ap.meta")), text).unwrap();
+}
+
+/// Runs [`CHECK_EXACT`] on a stored stream directory against its raw file; its output.
+pub fn check_exact(py: &Path, stream_dir: &Path, raw: &Path, channels: usize) -> String {
+    run_python(
+        py,
+        CHECK_EXACT,
+        &[
+            stream_dir.to_str().unwrap(),
+            raw.to_str().unwrap(),
+            &channels.to_string(),
+        ],
+    )
+}
+
+/// The text of the real NP1.0 AP meta the SpikeGLX tests start from.
+pub fn real_ap_meta(data: &Path) -> String {
+    std::fs::read_to_string(data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"))
+        .unwrap()
+}
+
+/// Runs `neurod` with `args`, which must succeed; its stdout parsed as JSON.
+pub fn neurod_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
+    let out = neurod().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

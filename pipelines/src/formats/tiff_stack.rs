@@ -268,14 +268,13 @@ impl TiffPages {
             }
             Some(f) => return Err(unsupported(format!("unknown SampleFormat {f}"))),
         };
+        // Checked before anything is allocated: a header may claim any size.
+        crate::limits::frame_pixels(u64::from(h), u64::from(w)).map_err(unsupported)?;
         let g = PageGeometry {
             height: h as usize,
             width: w as usize,
             pixel,
         };
-        if g.pixels() == 0 {
-            return Err(unsupported("the page has no pixels".into()));
-        }
         if let Some(first) = self.geometry {
             if first != g {
                 return Err(unsupported(format!(
@@ -343,7 +342,8 @@ pub fn list_tiffs(dir: &Path) -> Result<Vec<PathBuf>, TiffStackError> {
 
 /// The frame rate ScanImage records, searched for in the file's first MiB (its header
 /// metadata, `Software` tag or first `ImageDescription`): `SI.hRoiManager.scanFrameRate = R`
-/// (ScanImage 2015+) or `state.acq.frameRate=R` (ScanImage 3). `None` when absent.
+/// (ScanImage 2015+) or `state.acq.frameRate=R` (ScanImage 3). `None` when absent or outside
+/// [`crate::limits::check_rate`]'s bounds.
 pub fn scanimage_frame_rate(path: &Path) -> Option<f64> {
     use std::io::Read;
     let mut head = Vec::new();
@@ -359,10 +359,12 @@ pub fn scanimage_frame_rate(path: &Path) -> Option<f64> {
             let end = rest
                 .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')))
                 .unwrap_or(rest.len());
-            if let Ok(v) = rest[..end].parse::<f64>() {
-                if v.is_finite() && v > 0.0 {
-                    return Some(v);
-                }
+            if let Some(v) = rest
+                .get(..end)
+                .and_then(|t| t.parse::<f64>().ok())
+                .and_then(|v| crate::limits::check_rate(v).ok())
+            {
+                return Some(v);
             }
         }
     }

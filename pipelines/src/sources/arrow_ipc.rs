@@ -18,6 +18,7 @@
 //! crafted body length aborts the process. Here lengths are bounded, memory grows only with the
 //! bytes that actually arrive, and arrow's `StreamDecoder` decodes each complete message.
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as NetShutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
@@ -27,9 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
-use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::{root_as_message, MessageHeader};
@@ -39,10 +40,10 @@ use crate::component::{
     parse_options, BuildContext, ComponentError, Outputs, PortSpec, Shutdown, Source, SourceContext,
 };
 use crate::edge::{Closed, Overflow};
+use crate::imaging::frames::{check_frames_schema, Frames};
 use crate::metrics::ComponentMetrics;
-use crate::stream::{
-    keys, with_stream_id, ContinuousInfo, Layout, SchemaError, FRAME_INDEX, PIXELS, TIME_S,
-};
+use crate::storage::ResumeLookup;
+use crate::stream::{keys, sample_span, with_stream_id, ContinuousInfo, Layout, SchemaError};
 
 const TYPE_NAME: &str = "arrow_ipc";
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9760";
@@ -166,6 +167,8 @@ impl ArrowIpcSource {
             metrics: ctx.metrics,
             shutdown: ctx.shutdown,
             downstream_gone: AtomicBool::new(false),
+            resume: ctx.resume,
+            runs: Mutex::new(HashMap::new()),
         });
         let mut connections: Vec<JoinHandle<()>> = Vec::new();
         let mut next_number: u64 = 0;
@@ -248,9 +251,23 @@ struct Shared {
     shutdown: Shutdown,
     /// Set when the last consumer has stopped: nobody reads what we receive any more.
     downstream_gone: AtomicBool,
+    resume: ResumeLookup,
+    /// The id each stream got in this run (see [`Shared::run_id`]).
+    runs: Mutex<HashMap<String, String>>,
 }
 
 impl Shared {
+    /// A client's indices are its own: it cannot resume where the store stopped. A stream id
+    /// the stores already hold from an earlier run of the daemon starts a new run instead
+    /// (`<id>-run2`, ...), so nothing it sends is refused as already held; reconnections within
+    /// this run keep the id they got.
+    fn run_id(&self, stream_id: &str) -> String {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.entry(stream_id.to_string())
+            .or_insert_with(|| self.resume.new_run_prefix(stream_id, &[String::new()]))
+            .clone()
+    }
+
     fn stop_requested(&self) -> bool {
         self.downstream_gone.load(Ordering::Relaxed) || self.shutdown.is_triggered()
     }
@@ -450,8 +467,8 @@ struct AcceptedStream {
     layout: Layout,
     /// The client's schema with our stream id (built once, reused for every batch).
     schema: SchemaRef,
-    /// Last `sample_index` delivered (continuous streams).
-    last_sample_index: Option<i64>,
+    /// One past the last `sample_index` delivered (continuous streams).
+    next_sample_index: Option<i64>,
 }
 
 struct Connection<'a> {
@@ -662,16 +679,9 @@ impl Connection<'_> {
     /// that are valid flatbuffers but not valid Arrow (a decimal precision over 255, a list
     /// without a child), and a peer must not be able to kill a thread that holds data.
     fn guarded<T>(&self, f: impl FnOnce() -> T) -> Result<T, ReceiveError> {
-        catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
-            ReceiveError::DecoderPanicked {
-                peer: self.peer,
-                what,
-            }
+        catch_unwind(AssertUnwindSafe(f)).map_err(|payload| ReceiveError::DecoderPanicked {
+            peer: self.peer,
+            what: crate::fault::panic_message(payload.as_ref()),
         })
     }
 
@@ -685,13 +695,18 @@ impl Connection<'_> {
             .header_as_schema()
             .ok_or_else(|| not_schema("the schema message has no schema".into()))?;
         let schema = self.guarded(|| arrow::ipc::convert::fb_to_schema(fb_schema))?;
-        let stream =
+        let mut stream =
             accept_schema(&self.shared.component_id, self.number, &schema).map_err(|source| {
                 ReceiveError::Schema {
                     peer: self.peer,
                     source,
                 }
             })?;
+        let run_id = self.shared.run_id(&stream.stream_id);
+        if run_id != stream.stream_id {
+            stream.schema = with_stream_id(&stream.schema, &run_id);
+            stream.stream_id = run_id;
+        }
         tracing::info!(
             component = %self.shared.component_id, peer = %self.peer, stream = %stream.stream_id,
             layout = stream.layout.as_str(), columns = schema.fields().len(),
@@ -710,14 +725,13 @@ impl Connection<'_> {
         if batch.num_rows() == 0 {
             return Ok(Delivery::Sent);
         }
+        let bad_batch = |why: String| ReceiveError::Batch {
+            peer: self.peer,
+            why,
+        };
         if stream.layout == Layout::Continuous {
-            let last = check_sample_index(&batch, stream.last_sample_index).map_err(|why| {
-                ReceiveError::Batch {
-                    peer: self.peer,
-                    why,
-                }
-            })?;
-            stream.last_sample_index = Some(last);
+            let span = sample_span(&batch, stream.next_sample_index).map_err(bad_batch)?;
+            stream.next_sample_index = Some(span.end);
         }
         let rows = batch.num_rows();
         let batch = RecordBatch::try_new(stream.schema.clone(), batch.columns().to_vec()).map_err(
@@ -726,6 +740,10 @@ impl Connection<'_> {
                 source,
             },
         )?;
+        if stream.layout == Layout::Frames {
+            // Nulls or short pixel buffers, as the transforms would find them.
+            Frames::of(&batch, &stream.stream_id).map_err(|e| bad_batch(e.to_string()))?;
+        }
         let sent = self.shared.send(batch);
         self.shared
             .metrics
@@ -760,11 +778,20 @@ fn accept_schema(
             why: "expected continuous, frames, events, traces, rois or table".into(),
         })?,
     };
+    // Downstream components read the layout from the schema: make the default explicit.
+    let mut with_layout = schema.clone();
+    with_layout
+        .metadata
+        .insert(keys::LAYOUT.into(), layout.as_str().into());
     match layout {
         Layout::Continuous => {
             ContinuousInfo::from_schema(schema)?;
         }
-        Layout::Frames => check_frames_schema(schema)?,
+        // The same check `motion_correct` and `roi_traces` make, so what they would refuse
+        // batch after batch is refused here once.
+        Layout::Frames => {
+            check_frames_schema(&with_layout).map_err(SchemaError::Frames)?;
+        }
         // Their columns are the client's business; they travel as they are.
         Layout::Events | Layout::Table | Layout::Traces | Layout::Rois => {}
     }
@@ -773,81 +800,12 @@ fn accept_schema(
         md.get(keys::STREAM_ID).map(String::as_str),
         number,
     );
-    // Downstream components read the layout from the schema: make the default explicit.
-    let mut with_layout = schema.clone();
-    with_layout
-        .metadata
-        .insert(keys::LAYOUT.into(), layout.as_str().into());
     Ok(AcceptedStream {
         schema: with_stream_id(&with_layout, &stream_id),
         stream_id,
         layout,
-        last_sample_index: None,
+        next_sample_index: None,
     })
-}
-
-/// Frames layout: `frame_index: Int64`, `time_s: Float64`, `pixels: FixedSizeList<Int16|UInt16>`
-/// (first, in that order), with `neurod.height` × `neurod.width` = the list size.
-fn check_frames_schema(schema: &Schema) -> Result<(), SchemaError> {
-    let fields = schema.fields();
-    let column = |i: usize, name: &str| {
-        fields.get(i).filter(|f| f.name() == name).ok_or_else(|| {
-            SchemaError::Column(
-                name.into(),
-                format!("frames streams need `{name}` as column {i}"),
-            )
-        })
-    };
-    let frame_index = column(0, FRAME_INDEX)?;
-    if frame_index.data_type() != &DataType::Int64 {
-        return Err(SchemaError::Column(
-            FRAME_INDEX.into(),
-            format!("must be Int64, found {}", frame_index.data_type()),
-        ));
-    }
-    let time_s = column(1, TIME_S)?;
-    if time_s.data_type() != &DataType::Float64 {
-        return Err(SchemaError::Column(
-            TIME_S.into(),
-            format!("must be Float64, found {}", time_s.data_type()),
-        ));
-    }
-    let pixels = column(2, PIXELS)?;
-    let list_size = match pixels.data_type() {
-        DataType::FixedSizeList(item, size)
-            if matches!(item.data_type(), DataType::Int16 | DataType::UInt16) =>
-        {
-            *size
-        }
-        other => {
-            return Err(SchemaError::Column(
-                PIXELS.into(),
-                format!("must be FixedSizeList of Int16 or UInt16, found {other}"),
-            ))
-        }
-    };
-    let md = schema.metadata();
-    let dimension = |key: &'static str| -> Result<u64, SchemaError> {
-        let text = md.get(key).ok_or(SchemaError::Missing(key))?;
-        text.trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|&d| d > 0)
-            .ok_or_else(|| SchemaError::Invalid {
-                key: key.into(),
-                value: text.clone(),
-                why: "must be a positive integer".into(),
-            })
-    };
-    let (height, width) = (dimension(keys::HEIGHT)?, dimension(keys::WIDTH)?);
-    if height.checked_mul(width) != u64::try_from(list_size).ok() {
-        return Err(SchemaError::Invalid {
-            key: format!("{} × {}", keys::HEIGHT, keys::WIDTH),
-            value: format!("{height} × {width}"),
-            why: format!("must equal the `{PIXELS}` list size {list_size}"),
-        });
-    }
-    Ok(())
 }
 
 /// `<component>.<client id>` when the client names its stream, else `<component>.<connection>`.
@@ -858,48 +816,19 @@ fn stream_id_for(component_id: &str, client_id: Option<&str>, number: u64) -> St
     }
 }
 
-/// Keeps `[A-Za-z0-9._-]` (others become `_`), since stream ids end up in file names and metric
-/// labels; `None` when nothing usable is left.
+/// The client's id as it is (the store names directories reversibly, so `a/b` and `a_b` stay two
+/// streams), trimmed of spaces and dots, without control characters and at most [`MAX_CLIENT_STREAM_ID_CHARS`];
+/// `None` when nothing is left.
 fn sanitize_stream_id(raw: &str) -> Option<String> {
     let cleaned: String = raw
         .trim()
         .chars()
+        .filter(|c| !c.is_control())
         .take(MAX_CLIENT_STREAM_ID_CHARS)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
         .collect();
-    let cleaned = cleaned.trim_matches('.');
+    // `<component>.` + a leading dot would read as an empty path element.
+    let cleaned = cleaned.trim().trim_matches('.');
     (!cleaned.is_empty()).then(|| cleaned.to_string())
-}
-
-/// Checks that `sample_index` (column 0) increases strictly, within the batch and after
-/// `previous`; returns the batch's last index.
-fn check_sample_index(batch: &RecordBatch, previous: Option<i64>) -> Result<i64, String> {
-    let index = batch
-        .columns()
-        .first()
-        .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .ok_or_else(|| "the first column is not an Int64 sample_index".to_string())?;
-    if index.null_count() > 0 {
-        return Err(format!("sample_index has {} nulls", index.null_count()));
-    }
-    let mut last = previous;
-    for (row, &value) in index.values().iter().enumerate() {
-        if let Some(before) = last {
-            if value <= before {
-                return Err(format!(
-                    "sample_index must increase strictly: {value} (row {row} of the batch) follows {before}"
-                ));
-            }
-        }
-        last = Some(value);
-    }
-    last.ok_or_else(|| "empty batch".to_string())
 }
 
 #[cfg(test)]
@@ -908,8 +837,11 @@ mod tests {
     use crate::component::Output;
     use crate::edge::{Inbox, Recv};
     use crate::metrics::Metrics;
+    use crate::stream::{FRAME_INDEX, PIXELS, TIME_S};
+    use arrow::array::AsArray;
     use arrow::array::{ArrayRef, FixedSizeListArray, Float64Array, Int16Array, Int64Array};
     use arrow::datatypes::Field;
+    use arrow::datatypes::{DataType, Int64Type};
     use arrow::ipc::writer::StreamWriter;
     use std::collections::HashMap;
     use std::sync::mpsc;
@@ -940,6 +872,7 @@ mod tests {
             outputs,
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
+            resume: Default::default(),
         };
         let source = ArrowIpcSource::new("ipc", addr, max_connections);
         let run = std::thread::spawn(move || source.run_on(listener, ctx));
@@ -1160,7 +1093,7 @@ mod tests {
         ];
         let reply = send_and_read_reply(h.addr, &ipc_bytes(&schema, &across, true));
         assert!(
-            reply.contains("sample_index must increase strictly: 5 (row 0 of the batch) follows 9"),
+            reply.contains("batch starts at sample 5, but samples up to 9 were already received"),
             "{reply}"
         );
         let delivered = h.collect_rows(10);
@@ -1173,7 +1106,7 @@ mod tests {
         let within = [continuous_batch(&schema, vec![0, 1, 1, 2])];
         let reply = send_and_read_reply(h.addr, &ipc_bytes(&schema, &within, true));
         assert!(
-            reply.contains("1 (row 2 of the batch) follows 1"),
+            reply.contains("must be consecutive: 1 (row 2 of the batch) follows 1"),
             "{reply}"
         );
         h.wait_errors(2);
@@ -1273,15 +1206,25 @@ mod tests {
                 ]),
             )
         };
-        let ok = accept_schema("cam", 2, &frames(DataType::UInt16, 12, "3", "4")).unwrap();
+        let ok = accept_schema("cam", 2, &frames(DataType::Int16, 12, "3", "4")).unwrap();
         assert_eq!(ok.layout, Layout::Frames);
         assert_eq!(ok.stream_id, "cam.2");
         let e = accept_schema("cam", 0, &frames(DataType::Int16, 12, "3", "5")).unwrap_err();
-        assert!(e.to_string().contains("3 × 5"), "{e}");
-        let e = accept_schema("cam", 0, &frames(DataType::Int32, 12, "3", "4")).unwrap_err();
-        assert!(e.to_string().contains("Int16 or UInt16"), "{e}");
+        assert!(e.to_string().contains("3×5"), "{e}");
+        // What motion_correct and roi_traces would refuse batch after batch is refused here.
+        for item in [DataType::UInt16, DataType::Int32] {
+            let e = accept_schema("cam", 0, &frames(item, 12, "3", "4")).unwrap_err();
+            assert!(e.to_string().contains("FixedSizeList<Int16>"), "{e}");
+        }
         let e = accept_schema("cam", 0, &frames(DataType::Int16, 12, "3", "0")).unwrap_err();
-        assert!(e.to_string().contains(keys::WIDTH), "{e}");
+        assert!(e.to_string().contains("3 × 0"), "{e}");
+        let e = accept_schema(
+            "cam",
+            0,
+            &frames(DataType::Int16, 12, "4294967296", "4294967296"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
 
         // Frames go through end to end, with the client's id.
         let mut schema = frames(DataType::Int16, 4, "2", "2");
@@ -1314,7 +1257,7 @@ mod tests {
         let got = h.collect_rows(2);
         assert_eq!(
             got[0].schema_ref().metadata()[keys::STREAM_ID],
-            "ipc.2p_plane_0"
+            "ipc.2p/plane 0"
         );
         assert_eq!(got[0].columns(), batch.columns());
         assert_eq!(h.metrics.errors_total(), 0);
@@ -1362,7 +1305,7 @@ mod tests {
         let batches = h.collect_rows(15_000);
         let schema = batches[0].schema();
         assert_eq!(schema.fields().len(), 385);
-        assert_eq!(schema.metadata()[keys::STREAM_ID], "ipc.py_rig");
+        assert_eq!(schema.metadata()[keys::STREAM_ID], "ipc.py rig");
         let info = ContinuousInfo::from_schema(&schema).unwrap();
         assert_eq!(info.sampling_hz_text, "30000.5");
         assert_eq!(info.channels[0].x_um, Some(43.0));
@@ -1383,9 +1326,11 @@ mod tests {
     fn client_stream_ids_are_sanitised() {
         assert_eq!(
             stream_id_for("ipc", Some("rig A/probe#1"), 3),
-            "ipc.rig_A_probe_1"
+            "ipc.rig A/probe#1"
         );
-        assert_eq!(stream_id_for("ipc", Some("../etc"), 3), "ipc._etc");
+        assert_eq!(stream_id_for("ipc", Some("a_b"), 3), "ipc.a_b");
+        assert_eq!(stream_id_for("ipc", Some("a/b\n"), 3), "ipc.a/b");
+        assert_eq!(stream_id_for("ipc", Some("../etc"), 3), "ipc./etc");
         assert_eq!(stream_id_for("ipc", Some(" . "), 3), "ipc.3");
         assert_eq!(stream_id_for("ipc", None, 7), "ipc.7");
         let long = "x".repeat(500);

@@ -85,10 +85,8 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
         ));
     }
     if let Some(r) = cfg.rate_hz {
-        if !(r.is_finite() && r > 0.0) {
-            errors.push(format!(
-                "{prefix}: `rate_hz` = {r} must be a positive frame rate"
-            ));
+        if let Err(why) = crate::limits::check_rate(r) {
+            errors.push(format!("{prefix}: `rate_hz` = {r}: {why}"));
         }
     }
     let files = match Suite2pPlane::probe(&cfg.path) {
@@ -100,6 +98,14 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
     };
     let rate_hz = files.as_ref().and_then(|f| cfg.rate_hz.or(f.ops.fs));
     if let Some(f) = &files {
+        if let (None, Some(fs)) = (cfg.rate_hz, f.ops.fs) {
+            if let Err(why) = crate::limits::check_rate(fs) {
+                errors.push(format!(
+                    "{prefix}: {}: `fs` = {fs}: {why}; set `rate_hz`",
+                    f.dir.join("ops.npy").display()
+                ));
+            }
+        }
         if rate_hz.is_none() {
             errors.push(format!(
                 "{prefix}: {}: no frame rate (ops.npy missing or without a numeric `fs`); set \
@@ -323,6 +329,7 @@ mod tests {
             outputs,
             shutdown: Shutdown::new(),
             metrics: m,
+            resume: Default::default(),
         };
         // The outputs end when the source drops them.
         let h = std::thread::spawn(move || source.run(ctx));
@@ -482,6 +489,7 @@ mod tests {
                 outputs,
                 shutdown: Shutdown::new(),
                 metrics: m,
+                resume: Default::default(),
             })
             .unwrap_err()
             .to_string();

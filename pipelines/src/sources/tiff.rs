@@ -108,17 +108,15 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
             cfg.poll_ms
         ));
     }
-    if !(cfg.idle_timeout_s.is_finite() && cfg.idle_timeout_s >= 0.0) {
+    let idle_timeout = crate::limits::seconds(cfg.idle_timeout_s).map_err(|why| {
         errors.push(format!(
-            "{prefix}: `idle_timeout_s` = {} must be 0 (never) or a positive number of seconds",
+            "{prefix}: `idle_timeout_s` = {} {why} (0 = never)",
             cfg.idle_timeout_s
-        ));
-    }
+        ))
+    });
     if let Some(r) = cfg.rate_hz {
-        if !(r.is_finite() && r > 0.0) {
-            errors.push(format!(
-                "{prefix}: `rate_hz` = {r} must be a positive frame rate"
-            ));
+        if let Err(why) = crate::limits::check_rate(r) {
+            errors.push(format!("{prefix}: `rate_hz` = {r}: {why}"));
         }
     }
     let folder = cfg.path.is_dir();
@@ -164,11 +162,11 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
         .or_else(|| first_file.as_deref().and_then(scanimage_frame_rate));
     if rate_hz.is_none() && errors.is_empty() {
         errors.push(format!(
-            "{prefix}: {}: no frame rate in ScanImage metadata; set `rate_hz`",
+            "{prefix}: {}: no usable frame rate in ScanImage metadata; set `rate_hz`",
             cfg.path.display()
         ));
     }
-    let (Some(rate_hz), true) = (rate_hz, errors.is_empty()) else {
+    let (Some(rate_hz), Ok(idle_timeout), true) = (rate_hz, idle_timeout, errors.is_empty()) else {
         return Err(errors);
     };
     Ok(Box::new(TiffSource {
@@ -179,8 +177,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
         follow: cfg.follow,
         batch_frames: cfg.batch_frames,
         poll: Duration::from_secs_f64(cfg.poll_ms / 1000.0),
-        idle_timeout: (cfg.idle_timeout_s > 0.0)
-            .then(|| Duration::from_secs_f64(cfg.idle_timeout_s)),
+        idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
     }))
 }
 
@@ -203,13 +200,25 @@ impl Source for TiffSource {
             mut outputs,
             shutdown,
             metrics,
+            resume,
         } = ctx;
+        let mut batch = FrameBatch::new(self.batch_frames, self.rate_hz, &id);
+        // Frames the stores fed by this source hold are read again (frame_index follows the
+        // order of pages and files) but not sent.
+        batch.skip_until = resume.next_index(&id).unwrap_or_else(|e| {
+            metrics.error(e.error_type(), "resuming", e.to_string());
+            tracing::error!(component = %id, "cannot tell what the store holds ({e}); sending every frame");
+            0
+        });
+        if batch.skip_until > 0 {
+            tracing::info!(component = %id, "resuming at frame_index {}: the stores it feeds hold every frame before", batch.skip_until);
+        }
         let mut run = Run {
             id: &id,
             shutdown: &shutdown,
             metrics: &metrics,
             output: outputs.main(),
-            batch: FrameBatch::new(self.batch_frames, self.rate_hz, &id),
+            batch,
             frame: Vec::new(),
             saturated: 0,
         };
@@ -229,6 +238,8 @@ struct FrameBatch {
     schema: Option<(SchemaRef, Arc<Field>, usize)>,
     next_index: i64,
     first_index: i64,
+    /// Frames before this index are already stored (a resumed run) and are not sent.
+    skip_until: i64,
     pixels: Vec<i16>,
 }
 
@@ -241,8 +252,15 @@ impl FrameBatch {
             schema: None,
             next_index: 0,
             first_index: 0,
+            skip_until: 0,
             pixels: Vec::new(),
         }
+    }
+
+    /// Pixels reserved for a batch: all its frames, up to limits::MAX_BATCH_BYTES (a larger
+    /// batch grows as its frames come, rather than reserving gigabytes up front).
+    fn reserve(&self, frame_pixels: usize) -> usize {
+        (self.capacity.saturating_mul(frame_pixels)).min(crate::limits::MAX_BATCH_BYTES / 2)
     }
 
     fn frames(&self) -> usize {
@@ -250,6 +268,11 @@ impl FrameBatch {
     }
 
     fn push(&mut self, g: PageGeometry, frame: &[i16]) {
+        if self.next_index < self.skip_until {
+            self.next_index += 1;
+            self.first_index = self.next_index;
+            return;
+        }
         if self.schema.is_none() {
             let schema = stream::frames_schema(
                 &self.stream_id,
@@ -262,7 +285,7 @@ impl FrameBatch {
                 DataType::FixedSizeList(f, _) => f.clone(),
                 _ => Arc::new(Field::new("item", DataType::Int16, false)),
             };
-            self.pixels.reserve(self.capacity * g.pixels());
+            self.pixels.reserve(self.reserve(g.pixels()));
             self.schema = Some((schema, item, g.pixels()));
         }
         self.pixels.extend_from_slice(frame);
@@ -278,7 +301,8 @@ impl FrameBatch {
         }
         let indices: Vec<i64> = (self.first_index..self.next_index).collect();
         let times: Vec<f64> = indices.iter().map(|&k| k as f64 / self.rate_hz).collect();
-        let values = std::mem::replace(&mut self.pixels, Vec::with_capacity(self.capacity * size));
+        let next = Vec::with_capacity(self.reserve(*size));
+        let values = std::mem::replace(&mut self.pixels, next);
         self.first_index = self.next_index;
         let list = match FixedSizeListArray::try_new(
             item.clone(),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::convert::{finish_segment, ConvertStats, Finished, ParquetOptions};
 use super::layout::{is_tmp, segment_seq, sync_dir};
+use super::manifest::refresh_manifest;
 use super::StoreError;
 
 /// What [`recover`] did.
@@ -135,5 +136,10 @@ fn recover_stream_dir(dir: &Path, opts: &ParquetOptions, report: &mut RecoveryRe
                 report.failed.push(e);
             }
         }
+    }
+    // Also gives a store written before manifests its first one.
+    if let Err(e) = refresh_manifest(dir) {
+        tracing::error!("recovering {}: {e}", dir.display());
+        report.failed.push(e);
     }
 }

@@ -46,7 +46,7 @@ use serde::Deserialize;
 use super::spike_detect::{band_problems, CHANNEL, COMPLETE_BEFORE_SAMPLE, SOURCE_STREAM_KEY};
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
 use crate::stream::{
-    self, keys, parse_rate, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S,
+    self, keys, parse_rate, sample_span, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S,
 };
 
 pub const TYPE: &str = "bin_features";
@@ -481,26 +481,9 @@ impl PowerState {
         if n == 0 {
             return Ok(());
         }
-        let idx = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .filter(|a| a.null_count() == 0)
-            .ok_or_else(|| self.err(format!("`{SAMPLE_INDEX}` must be a non-null Int64")))?;
-        let first = idx.value(0);
-        if idx.value(n - 1).checked_sub(first) != Some(n as i64 - 1) {
-            return Err(self.err(format!(
-                "`{SAMPLE_INDEX}` is not consecutive in the batch; dropped"
-            )));
-        }
-        if let Some(next) = self.next_sample {
-            if first < next {
-                return Err(self.err(format!(
-                    "batch starts at sample {first}, samples up to {} were already binned; dropped",
-                    next - 1
-                )));
-            }
-        }
+        let first = sample_span(batch, self.next_sample)
+            .map_err(|why| self.err(format!("{why}; dropped")))?
+            .first;
         let a = self.ap.len();
         self.buf.clear();
         self.buf.resize(n * a, 0.0);

@@ -77,6 +77,9 @@ fn default_coefficient() -> f64 {
 fn default_percentile() -> f64 {
     8.0
 }
+/// Most frames in a trailing baseline window (over 9 hours at 30 Hz).
+const MAX_WINDOW_FRAMES: usize = 1_000_000;
+
 fn default_short_window() -> usize {
     101
 }
@@ -220,7 +223,18 @@ impl Transform for Dff {
             .get(keys::SAMPLING_HZ)
             .cloned()
             .unwrap_or_default();
-        let window = ((self.options.window_s() * rate).round() as usize).max(1);
+        let frames = (self.options.window_s() * rate).round();
+        // The window is allocated per ROI: a frame rate no rig has must not exhaust memory.
+        if frames > MAX_WINDOW_FRAMES as f64 {
+            return Err(err(
+                &sid,
+                format!(
+                    "`window_s` = {} s at {rate} Hz is {frames} frames, over {MAX_WINDOW_FRAMES}; batch dropped",
+                    self.options.window_s()
+                ),
+            ));
+        }
+        let window = (frames as usize).max(1);
         let fresh = self
             .streams
             .get(&sid)

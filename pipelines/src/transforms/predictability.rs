@@ -818,6 +818,7 @@ mod tests {
             tr.process(b.clone(), &mut out).unwrap();
         }
         tr.finish(&mut out).unwrap();
+        assert_eq!(out.undeclared_ports(&tr.ports()), Vec::<String>::new());
         let mut rows: BTreeMap<String, Vec<(i64, i32)>> = BTreeMap::new();
         for (port, b) in &out.batches {
             if port.is_empty() {

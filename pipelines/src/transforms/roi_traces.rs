@@ -63,7 +63,7 @@ use kernels::Backend;
 use super::backend::{self, Preference};
 use super::spike_detect::SOURCE_STREAM_KEY;
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
-use crate::imaging::frames::Frames;
+use crate::imaging::frames::{check_frames_schema, image_dims, Frames};
 use crate::imaging::labels;
 use crate::imaging::rois::{NeuropilParams, RoiSet};
 use crate::stream::{self, keys, traces_schema, Layout, ROI, ROI_WEIGHT, ROI_X, ROI_Y};
@@ -300,14 +300,7 @@ impl RoiTraces {
         out: &mut Emitter,
     ) -> Result<(), ComponentError> {
         let bad = |why: String| ComponentError::Other(format!("stream `{sid}`: {why}"));
-        let md = batch.schema_ref().metadata();
-        let dim = |k: &'static str| -> Result<usize, ComponentError> {
-            md.get(k)
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|v| *v > 0)
-                .ok_or_else(|| bad(format!("no valid `{k}` in the schema metadata")))
-        };
-        let (h, w) = (dim(keys::HEIGHT)?, dim(keys::WIDTH)?);
+        let (h, w) = check_frames_schema(batch.schema_ref()).map_err(bad)?;
         let Some(set) = self.set_for(&sid, h, w) else {
             return self.hold(sid, batch);
         };
@@ -371,14 +364,7 @@ impl RoiTraces {
             return Err(bad("`labels` is set, so ROI streams are not taken".into()));
         }
         let schema = batch.schema_ref();
-        let md = schema.metadata();
-        let dim = |k: &'static str| -> Result<usize, ComponentError> {
-            md.get(k)
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|v| *v > 0)
-                .ok_or_else(|| bad(format!("no valid `{k}` in the schema metadata")))
-        };
-        let (h, w) = (dim(keys::HEIGHT)?, dim(keys::WIDTH)?);
+        let (h, w) = image_dims(schema).map_err(bad)?;
         let col = |name: &str| {
             schema
                 .index_of(name)
@@ -408,7 +394,7 @@ impl RoiTraces {
         self.streamed.insert(
             sid,
             Rois {
-                stream: md.get(SOURCE_STREAM_KEY).cloned(),
+                stream: schema.metadata().get(SOURCE_STREAM_KEY).cloned(),
                 set: Arc::new(set),
             },
         );

@@ -88,7 +88,9 @@ use serde::Deserialize;
 use super::backend::{self, Preference};
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
 use crate::metrics::shared_registry;
-use crate::stream::{self, keys, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S};
+use crate::stream::{
+    self, keys, sample_span, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S,
+};
 
 mod workers;
 
@@ -219,8 +221,11 @@ impl Options {
         );
         let f = self.refresh_s;
         check(
-            f.is_finite() && f >= 0.0,
-            format!("`refresh_s` = {f} must be 0 (never) or more"),
+            crate::limits::seconds(f).is_ok(),
+            format!(
+                "`refresh_s` = {f} must be 0 (never) or a number of seconds up to {:e}",
+                crate::limits::MAX_SECONDS
+            ),
         );
         out
     }
@@ -442,33 +447,14 @@ impl Input {
 
     /// The batch's first sample index, after checking the batch continues the stream.
     fn check_indices(&self, batch: &RecordBatch) -> Result<i64, ComponentError> {
-        let n = batch.num_rows();
-        let idx = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .filter(|a| a.null_count() == 0)
-            .ok_or_else(|| self.err(format!("`{SAMPLE_INDEX}` must be a non-null Int64")))?;
-        let first = idx.value(0);
-        let last = idx.value(n - 1);
-        if last.checked_sub(first) != Some(n as i64 - 1) {
-            return Err(self.err(format!(
-                "batch of {n} rows has `{SAMPLE_INDEX}` {first}..={last}, not consecutive samples; dropped"
-            )));
+        let span = sample_span(batch, self.next_sample)
+            .map_err(|why| self.err(format!("{why}; dropped")))?;
+        if span.gap > 0 {
+            // Live sources drop batches when a consumer falls behind (counted there); the
+            // filter simply continues across the hole.
+            tracing::warn!(stream = %self.id, missing = span.gap, from = span.first - span.gap, "gap in the input: samples missing");
         }
-        match self.next_sample {
-            Some(next) if first < next => Err(self.err(format!(
-                "batch starts at sample {first}, but samples up to {} were already detected; dropped",
-                next - 1
-            ))),
-            Some(next) if first > next => {
-                // Live sources drop batches when a consumer falls behind (counted there); the
-                // filter simply continues across the hole.
-                tracing::warn!(stream = %self.id, missing = first - next, from = next, "gap in the input: samples missing");
-                Ok(first)
-            }
-            _ => Ok(first),
-        }
+        Ok(span.first)
     }
 
     /// Checks the batch's channel columns are non-null Int16 of the batch's length, one per
@@ -920,8 +906,10 @@ pub(crate) mod tests {
         let mut progress = Vec::new();
         let mut out = Emitter::default();
         let mut seen = 0i64;
+        let declared = tr.ports();
         let collect =
             |out: &mut Emitter, seen: i64, spikes: &mut Vec<_>, progress: &mut Vec<Progress>| {
+                assert_eq!(out.undeclared_ports(&declared), Vec::<String>::new());
                 for (port, b) in out.batches.drain(..) {
                     if port == PROGRESS_PORT {
                         let v = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
@@ -1188,7 +1176,7 @@ pub(crate) mod tests {
         let bs = batches(&info, &data, 300);
         tr.process(bs[0].clone(), &mut out).unwrap();
         let e = tr.process(bs[0].clone(), &mut out).unwrap_err();
-        assert!(e.to_string().contains("already detected"), "{e}");
+        assert!(e.to_string().contains("already received"), "{e}");
         let events = Schema::new_with_metadata(
             vec![Field::new("sample_index", DataType::Int64, false)],
             [

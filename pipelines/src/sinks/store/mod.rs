@@ -12,8 +12,8 @@
 //! path = "/data/neurod/disk"    # default: <data_dir>/<component id>
 //! ```
 //!
-//! Layout under `path`, one directory per stream (the batch's `neurod.stream_id` with every
-//! character outside `[A-Za-z0-9._-]` replaced by `_`, and leading `.`/`_` by `-`):
+//! Layout under `path`, one directory per stream (the batch's `neurod.stream_id`, reversibly
+//! escaped: see [`crate::storage::layout::stream_dir_name`]), with its `_manifest.json`:
 //!
 //! ```text
 //! <path>/<stream>/part-000000.parquet      finished files, zstd, Arrow schema and all `neurod.*`
@@ -30,6 +30,11 @@
 //! deletes it. At start the sink first recovers what a crash left (see [`recover`]): temporary
 //! files are deleted and every segment is converted, keeping each complete batch before a cut.
 //!
+//! The store never writes a `sample_index` (continuous) or `frame_index` (frames) that its
+//! stream already holds: rows at or below the largest index stored (on disk at the stream's
+//! first batch, then as written) are dropped, counted in `neurod_store_duplicate_rows_total`
+//! and logged. A source resuming after a reload or a crash may so start a little early.
+//!
 //! A disk error on one stream is counted and logged with the file; that stream keeps the batches
 //! it could not write (up to [`stream_writer::MAX_PENDING_BYTES`]) and retries with its next
 //! batch, while the other streams go on.
@@ -37,7 +42,7 @@
 mod stream_writer;
 mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -47,7 +52,7 @@ use serde::Deserialize;
 use crate::component::{parse_options, BuildContext, ComponentError, Sink, SinkContext};
 use crate::edge::Recv;
 use crate::metrics::{batch_bytes, ComponentMetrics};
-use crate::storage::layout::stream_dir_name;
+use crate::storage::layout::{stream_dir_name, stream_id_from_dir_name};
 pub use crate::storage::{
     convert_segment, convert_segment_with, recover, recover_with, writer_properties, ConvertStats,
     Int16Encoding, ParquetOptions, RecoveryReport, StoreError,
@@ -97,11 +102,12 @@ pub struct StoreSink {
 }
 
 fn seconds(id: &str, key: &str, value: f64, errors: &mut Vec<String>) -> Duration {
-    match Duration::try_from_secs_f64(value) {
-        Ok(d) if value > 0.0 => d,
+    match crate::limits::seconds(value) {
+        Ok(d) if !d.is_zero() => d,
         _ => {
             errors.push(format!(
-                "component `{id}` (type `{TYPE_NAME}`): `{key}` must be a positive number of seconds, got {value}"
+                "component `{id}` (type `{TYPE_NAME}`): `{key}` must be a positive number of seconds up to {:e}, got {value}",
+                crate::limits::MAX_SECONDS
             ));
             Duration::from_secs(1)
         }
@@ -153,11 +159,12 @@ impl StoreSink {
         };
         for (segment, _part, stats) in &report.converted {
             let stream_id = stats.stream_id.clone().unwrap_or_else(|| {
-                segment
+                let name = segment
                     .parent()
                     .and_then(|d| d.file_name())
                     .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                stream_id_from_dir_name(&name).unwrap_or(name)
             });
             totals.record(&stream_id, &metrics.store(&stream_id), stats);
         }
@@ -167,42 +174,37 @@ impl StoreSink {
     }
 }
 
-/// The streams of one run, by directory name (two ids that sanitise alike share a directory; a
-/// schema change between them closes the segment, so nothing mixes within a file).
+/// The streams of one run, by stream id (each has its own directory: names are reversible).
 struct Streams {
     dir: PathBuf,
-    by_dir: HashMap<String, StreamWriter>,
-    /// Ids already warned about sharing a directory with another.
-    warned: HashSet<String>,
+    by_id: HashMap<String, StreamWriter>,
 }
 
 impl Streams {
     fn get(&mut self, batch: &RecordBatch, metrics: &ComponentMetrics) -> &mut StreamWriter {
         let id = stream_id_of(batch.schema_ref()).unwrap_or(UNNAMED_STREAM);
-        let name = stream_dir_name(id);
         let dir = &self.dir;
-        let w = self.by_dir.entry(name).or_insert_with_key(|name| {
+        self.by_id.entry(id.to_string()).or_insert_with(|| {
             if stream_id_of(batch.schema_ref()).is_none() {
                 tracing::warn!(
                     component = metrics.id(),
                     "batches without `neurod.stream_id` are stored under `{UNNAMED_STREAM}/`"
                 );
             }
-            StreamWriter::new(id.to_string(), dir.join(name), metrics.store(id))
-        });
-        if w.stream_id() != id && self.warned.insert(id.to_string()) {
-            tracing::warn!(
-                component = metrics.id(),
-                "streams `{}` and `{id}` share the directory `{}`",
-                w.stream_id(),
-                stream_dir_name(id)
-            );
-        }
-        w
+            StreamWriter::new(
+                id.to_string(),
+                dir.join(stream_dir_name(id)),
+                metrics.store(id),
+            )
+        })
     }
 }
 
 impl Sink for StoreSink {
+    fn store_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
+    }
+
     fn run(self: Box<Self>, ctx: SinkContext) -> Result<(), ComponentError> {
         let mut totals = FinishedTotals::default();
         self.recover_at_start(&ctx.metrics, &mut totals);
@@ -216,8 +218,7 @@ impl Sink for StoreSink {
         };
         let mut streams = Streams {
             dir: self.dir.clone(),
-            by_dir: HashMap::new(),
-            warned: HashSet::new(),
+            by_id: HashMap::new(),
         };
         let mut next_flush = Instant::now() + self.flush_interval;
         loop {
@@ -239,13 +240,13 @@ impl Sink for StoreSink {
             }
             // Checked after every batch too, so a busy inbox cannot postpone the flush.
             if Instant::now() >= next_flush {
-                for stream in streams.by_dir.values_mut() {
+                for stream in streams.by_id.values_mut() {
                     stream.tick(&shared);
                 }
                 next_flush = Instant::now() + self.flush_interval;
             }
         }
-        let unwritten: usize = streams.by_dir.values_mut().map(|s| s.close(&shared)).sum();
+        let unwritten: usize = streams.by_id.values_mut().map(|s| s.close(&shared)).sum();
         let unconverted = converter.finish()?;
         if unwritten == 0 && unconverted.is_empty() {
             return Ok(());
