@@ -301,7 +301,8 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
     Ok(Box::new(build_detect(ctx, options)?))
 }
 
-fn build_detect(ctx: &BuildContext, options: toml::Table) -> Result<SpikeDetect, Vec<String>> {
+/// [`build`] without the box: benchmarks and tests use [`SpikeDetect::settle`].
+pub fn build_detect(ctx: &BuildContext, options: toml::Table) -> Result<SpikeDetect, Vec<String>> {
     let o: Options = parse_options(ctx.id, TYPE, options)?;
     let prefix = format!("transform `{}` (type `{TYPE}`)", ctx.id);
     let mut errors: Vec<String> = o
@@ -400,10 +401,9 @@ impl Transform for SpikeDetect {
 }
 
 impl SpikeDetect {
-    /// Waits until every batch handed over so far is done, emitting what came of it (tests
-    /// use it to see the output of each batch as it happens).
-    #[cfg(test)]
-    pub(crate) fn settle(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
+    /// Waits until every batch handed over so far is done, emitting what came of it (tests and
+    /// benchmarks use it to see, and time, the output of each batch as it happens).
+    pub fn settle(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
         self.workers.settle(out)
     }
 }
