@@ -357,6 +357,10 @@ pub trait DetectionChain: Send {
     fn backend(&self) -> Backend;
     /// σ per channel (µV) in use, once calibrated; 0 for channels not detected on.
     fn noise_uv(&self) -> Option<&[f32]>;
+    /// A backend decision taken since the last call (a measuring chain's, once), to report.
+    fn take_verdict(&mut self) -> Option<crate::backend::Verdict> {
+        None
+    }
 }
 
 /// The CPU chain (see the module docs).
@@ -683,13 +687,15 @@ fn to_microvolts_rows(raw: &[i16], uv_per_bit: &[f32], out: &mut [f32]) {
     }
 }
 
-/// The chain for `pref`: `Cpu` → [`CpuChain`]; `Gpu` → the GPU chain or an error; `Auto` → the GPU
-/// chain when an adapter (hardware, else lavapipe) is usable, else the CPU. Logs its choice.
+/// The chain for `pref` by [`crate::backend`]'s rule: the CPU chain, the GPU chain, or with
+/// `auto` and a hardware adapter a [`MeasuredChain`](crate::measured::MeasuredChain) that keeps
+/// the faster of the two on the stream's first seconds. A GPU chain that fails to build is an
+/// error with `gpu`, else the CPU runs. Logs its choice.
 pub fn build_chain(
     cfg: &ChainConfig,
-    pref: crate::gpu::Preference,
+    pref: crate::backend::Preference,
 ) -> Result<Box<dyn DetectionChain>, KernelError> {
-    use crate::gpu::Preference;
+    use crate::backend::{Plan, Preference, Trial};
     let cpu = |why: &str| -> Result<Box<dyn DetectionChain>, KernelError> {
         tracing::info!(
             backend = "cpu",
@@ -698,33 +704,47 @@ pub fn build_chain(
         );
         Ok(Box::new(CpuChain::new(cfg)?))
     };
-    match pref {
-        Preference::Cpu => cpu("asked for"),
-        Preference::Gpu => match gpu_chain(cfg) {
-            Some(Ok(chain)) => Ok(chain),
-            Some(Err(e)) => Err(e),
-            None => Err(KernelError::NoGpu),
-        },
-        Preference::Auto => match gpu_chain(cfg) {
-            Some(Ok(chain)) => Ok(chain),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "GPU detection chain failed to build; using the CPU");
-                cpu("GPU chain failed to build")
+    let gpu = |ctx: std::sync::Arc<crate::gpu::GpuContext>| {
+        crate::gpu::GpuChain::new(ctx, cfg).map(|chain| Box::new(chain) as Box<dyn DetectionChain>)
+    };
+    match crate::backend::plan(pref)? {
+        Plan::Cpu(why) => cpu(why),
+        Plan::Gpu(ctx) => {
+            let (backend, name) = (ctx.backend, ctx.adapter_name.clone());
+            match gpu(ctx) {
+                Ok(chain) => {
+                    tracing::info!(backend = backend.as_str(), adapter = %name, "spike detection chain backend");
+                    Ok(chain)
+                }
+                Err(e) if pref == Preference::Gpu => Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "GPU detection chain failed to build; using the CPU");
+                    cpu("GPU chain failed to build")
+                }
             }
-            None => cpu("no usable GPU adapter"),
-        },
+        }
+        Plan::Measure(ctx) => {
+            let (backend, name) = (ctx.backend, ctx.adapter_name.clone());
+            match gpu(ctx) {
+                Ok(chain) => {
+                    // The trial covers the end of calibration (its burst of work) and a second
+                    // of steady state.
+                    let window_s = cfg.calibration_s + 1.0;
+                    tracing::info!(adapter = %name, window_s, "spike detection chain: measuring CPU and GPU on the stream's data");
+                    Ok(Box::new(crate::measured::MeasuredChain::new(
+                        Box::new(CpuChain::new(cfg)?),
+                        chain,
+                        Trial::new(backend, window_s),
+                        cfg.sampling_hz,
+                    )))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "GPU detection chain failed to build; using the CPU");
+                    cpu("GPU chain failed to build")
+                }
+            }
+        }
     }
-}
-
-/// The GPU chain when an adapter is usable (None when there is none).
-fn gpu_chain(cfg: &ChainConfig) -> Option<Result<Box<dyn DetectionChain>, KernelError>> {
-    let ctx = crate::gpu::acquire()?;
-    let backend = ctx.backend;
-    let name = ctx.adapter_name.clone();
-    Some(crate::gpu::GpuChain::new(ctx, cfg).map(|chain| {
-        tracing::info!(backend = backend.as_str(), adapter = %name, "spike detection chain backend");
-        Box::new(chain) as Box<dyn DetectionChain>
-    }))
 }
 
 #[cfg(test)]

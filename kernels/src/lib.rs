@@ -4,12 +4,14 @@
 //! Data layout: a chunk is `T` samples × `C` channels, sample-major (`data[t * C + c]`), f32 µV,
 //! so CPU loops run over contiguous channels (SIMD) and GPU threads take a channel or a sample.
 
+pub mod backend;
 pub mod chain;
 pub mod cmr;
 pub mod columns;
 pub mod detect;
 pub mod filter;
 pub mod gpu;
+pub mod measured;
 mod memory;
 pub mod noise;
 pub mod roi;
@@ -17,8 +19,8 @@ mod schedule;
 
 pub use chain::KernelError;
 
-/// Where kernels run. Chosen at startup: a hardware adapter, else lavapipe (Mesa's software
-/// Vulkan), else the CPU twins.
+/// Where kernels run: a hardware adapter, lavapipe (Mesa's software Vulkan) or the CPU twins;
+/// which one is [`backend`]'s rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {

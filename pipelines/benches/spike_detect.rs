@@ -38,9 +38,9 @@ use pipelines::edge::{Inbox, Overflow, Recv};
 use pipelines::formats::openephys::OpenEphysRecording;
 use pipelines::formats::spikeglx::SpikeGlxMeta;
 use pipelines::metrics::Metrics;
-use pipelines::registry;
 use pipelines::sources::simulated::{Rig, SimulatedOptions};
 use pipelines::stream::{batch_from_interleaved, ContinuousInfo};
+use pipelines::transforms::spike_detect::{self, SpikeDetect};
 
 /// A chain this far behind real time is close to dropping batches at the daemon's defaults: a
 /// live source's inbox holds 256 batches, 2.56 s of 10 ms batches.
@@ -157,17 +157,15 @@ fn batches(info: &ContinuousInfo, data: &[u8], samples: usize) -> Vec<RecordBatc
         .collect()
 }
 
-fn detector(id: &str, backend: &str, extra: &str) -> Box<dyn Transform> {
+/// The transform, whose `settle` after each `process` makes every batch's work happen (and be
+/// timed) within the call, as a one-stream chain does.
+fn detector(id: &str, backend: &str, extra: &str) -> Box<SpikeDetect> {
     let t: toml::Table = toml::from_str(&format!("backend = '{backend}'\n{extra}")).unwrap();
-    registry::build_transform(
-        "spike_detect",
-        &BuildContext {
-            id,
-            data_dir: Path::new("/tmp"),
-        },
-        t,
-    )
-    .unwrap_or_else(|e| panic!("{e:?}"))
+    let ctx = BuildContext {
+        id,
+        data_dir: Path::new("/tmp"),
+    };
+    Box::new(spike_detect::build_detect(&ctx, t).unwrap_or_else(|e| panic!("{e:?}")))
 }
 
 /// (sample, channel) of the spikes a transform emitted.
@@ -200,6 +198,7 @@ fn throughput(backend: &str, input: &[RecordBatch], rate: f64) -> Throughput {
         let first = first_sample(b);
         let tb = Instant::now();
         tr.process(b.clone(), &mut out).unwrap();
+        tr.settle(&mut out).unwrap();
         drain_spikes(&mut out, &mut spikes);
         if first >= calib_end {
             steady.0 += tb.elapsed().as_secs_f64();
@@ -269,6 +268,7 @@ fn latency_process(backend: &str, input: &[RecordBatch], rate: f64) -> (Vec<f64>
         let first = first_sample(b);
         let t = Instant::now();
         tr.process(b.clone(), &mut out).unwrap();
+        tr.settle(&mut out).unwrap();
         let dt = t.elapsed().as_secs_f64();
         out.batches.clear();
         // The batch that completes the window releases 2 s of held spikes.
@@ -304,6 +304,7 @@ fn latency_through_inbox(backend: &str, input: Vec<RecordBatch>, rate: f64) -> V
                     Recv::Data(b) => {
                         let first = first_sample(&b);
                         tr.process(b, &mut out).unwrap();
+                        tr.settle(&mut out).unwrap();
                         out.batches.clear();
                         let now = epoch.elapsed().as_nanos() as u64;
                         let at = sent[k].load(Ordering::Acquire);
@@ -359,7 +360,7 @@ fn realtime_probes(
             let mine = (t..n).step_by(threads).count();
             std::thread::spawn(move || {
                 set_affinity(&[t % cpus()]);
-                let mut chains: Vec<Box<dyn Transform>> = (0..mine)
+                let mut chains: Vec<Box<SpikeDetect>> = (0..mine)
                     .map(|i| detector(&format!("rt{t}_{i}"), "cpu", ""))
                     .collect();
                 let mut out = Emitter::default();
@@ -375,6 +376,7 @@ fn realtime_probes(
                     }
                     for c in chains.iter_mut() {
                         c.process(b.clone(), &mut out).unwrap();
+                        c.settle(&mut out).unwrap();
                         out.batches.clear();
                     }
                     let lag = Instant::now().saturating_duration_since(due).as_secs_f64();
@@ -423,6 +425,7 @@ fn openephys_rates(backend: &str) {
     let mut thresholds = vec![0f32; info.channels.len()];
     for b in input {
         tr.process(b, &mut out).unwrap();
+        tr.settle(&mut out).unwrap();
         collect_oe(&mut out, &mut per_channel, &mut thresholds);
     }
     tr.finish(&mut out).unwrap();

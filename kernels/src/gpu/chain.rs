@@ -673,6 +673,57 @@ mod tests {
         assert_eq!(chain.backend(), Backend::Cpu);
     }
 
+    /// `auto`'s measuring chain: whichever backend its trial keeps, the detections are the CPU
+    /// chain's (the kept chain goes on seamlessly), and the verdict is reported once, with
+    /// figures for both backends.
+    #[test]
+    fn measured_chain_hands_over_to_either_winner_seamlessly() {
+        use crate::backend::{Figure, Trial};
+        use crate::measured::MeasuredChain;
+        let Some(ctx) = test_context() else { return };
+        let c = 8;
+        let raw = synthetic(c, 60000, 9, |t| if t < 30000 { 8.0 } else { 12.0 });
+        let cfg = config(c);
+        let want = run(&mut CpuChain::new(&cfg).unwrap(), &raw, c, &[300, 17], &[]);
+        assert!(!want.is_empty());
+        let gpu_wins: fn(&[Figure]) -> Backend = |f| {
+            f.iter()
+                .map(|f| f.backend)
+                .find(|b| *b != Backend::Cpu)
+                .unwrap_or(Backend::Cpu)
+        };
+        let cpu_wins: fn(&[Figure]) -> Backend = |_| Backend::Cpu;
+        for (rule, winner) in [(gpu_wins, ctx.backend), (cpu_wins, Backend::Cpu)] {
+            let mut chain = MeasuredChain::new(
+                Box::new(CpuChain::new(&cfg).unwrap()),
+                Box::new(GpuChain::new(ctx.clone(), &cfg).unwrap()),
+                Trial::new(ctx.backend, cfg.calibration_s + 0.5).with_rule(rule),
+                cfg.sampling_hz,
+            );
+            assert_eq!(
+                chain.backend(),
+                Backend::Cpu,
+                "the CPU's output goes out first"
+            );
+            let got = run(&mut chain, &raw, c, &[300, 17], &[]);
+            assert_same(&got, &want, winner.as_str());
+            assert_eq!(chain.backend(), winner);
+            let verdict = chain
+                .take_verdict()
+                .expect("the trial ended within the stream");
+            assert_eq!(verdict.chosen, winner);
+            assert_eq!(verdict.figures.len(), 2, "{verdict:?}");
+            assert!(
+                verdict
+                    .figures
+                    .iter()
+                    .all(|f| f.data_s >= 1.0 && f.compute_s > 0.0),
+                "{verdict:?}"
+            );
+            assert!(chain.take_verdict().is_none(), "reported once");
+        }
+    }
+
     /// Where the GPU time goes, 384 channels + sync at 30 kHz: the whole chain per chunk
     /// (latency, real-time factor) and each kernel on its own (upload and read-back included).
     /// Run with `cargo test --release -p kernels gpu::chain::tests::gpu_timing -- --ignored

@@ -31,18 +31,8 @@ mod util;
 pub use chain::{ChunkTiming, GpuChain};
 pub use context::{acquire, test_context, GpuContext, GpuError};
 
-/// Which backend `kernels::chain::build_chain` should use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preference {
-    /// A hardware adapter, else lavapipe, else the CPU.
-    #[default]
-    Auto,
-    /// The GPU chain or an error.
-    Gpu,
-    /// The CPU chain.
-    Cpu,
-}
+/// The `backend` option; see [`crate::backend`].
+pub use crate::backend::Preference;
 
 impl From<GpuError> for crate::chain::KernelError {
     fn from(e: GpuError) -> Self {

@@ -1,5 +1,6 @@
 //! Transforms: batches in, batches out.
 
+pub mod backend;
 pub mod bin_features;
 pub mod dff;
 pub mod moments;

@@ -12,9 +12,9 @@
 //! neuropil_min_pixels = 350      # the annulus grows to this many pixels (Suite2p: 350)
 //! neuropil_max_radius_px = 50    # ... but never reaches farther than this from its ROI
 //! max_held_frames = 300          # frames held per stream while no ROIs are known
-//! backend = "auto"               # a hardware GPU, else lavapipe, else the CPU; "hardware": a
-//!                                # hardware GPU else the CPU; "gpu": a GPU (lavapipe counts) or
-//!                                # a configuration error; "cpu"
+//! backend = "auto"               # the fastest present (never a software GPU; with a hardware
+//!                                # GPU, measured); "hardware": a hardware GPU else the CPU;
+//!                                # "gpu": a GPU (lavapipe counts) or a configuration error; "cpu"
 //! ```
 //!
 //! F = Σ w·x / Σ w over a ROI's pixels; Fneu = the plain mean over its annulus: pixels more than
@@ -34,9 +34,12 @@
 //!
 //! Backends: the sums run in `kernels::roi` (CPU twin) or its WGSL shader; both give the same
 //! numbers (F bit-identical where the GPU keeps IEEE rounding, contract 1e-5 relative; Fneu from
-//! exact integer sums). The one in use is exported as `neurod_kernel_backend{backend,
-//! component_id} 1`. A GPU failure on a batch with "auto" or "hardware" is logged and that batch
-//! is traced on the CPU; with "gpu" it is an error.
+//! exact integer sums), chosen by the rule every kernel-backed transform shares
+//! ([`super::backend`]): with `auto` and a hardware GPU, both trace each frames stream's first
+//! 2 s ([`TRIAL_S`]; the CPU's numbers go out) and the faster is kept for that stream. The one in
+//! use is exported as `neurod_kernel_backend{backend, component_id} 1`. A GPU failure on a batch
+//! with "auto" or "hardware" is logged and that batch is traced on the CPU; with "gpu" it is an
+//! error.
 //!
 //! Output, default port, one traces stream per frames stream, id `<frames stream id>.traces`
 //! (layout `traces`, `neurod.source_stream` = the frames stream id, the frame rate as
@@ -52,11 +55,13 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
+use kernels::backend::{Plan, Trial};
 use kernels::gpu::roi::GpuRoiExtractor;
 use kernels::gpu::GpuContext;
 use kernels::Backend;
 
-use super::spike_detect::{BackendOption, SOURCE_STREAM_KEY};
+use super::backend::{self, Preference};
+use super::spike_detect::SOURCE_STREAM_KEY;
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
 use crate::imaging::frames::{check_frames_schema, image_dims, Frames};
 use crate::imaging::labels;
@@ -100,8 +105,13 @@ struct Options {
     #[serde(default = "default_max_held")]
     max_held_frames: usize,
     #[serde(default)]
-    backend: BackendOption,
+    backend: Preference,
 }
+
+/// Seconds of frames per stream over which `auto` measures the CPU and a hardware GPU.
+pub const TRIAL_S: f64 = 2.0;
+/// The frame rate assumed for the trial when a frames stream states none.
+const TRIAL_FALLBACK_HZ: f64 = 30.0;
 
 /// A ROI set and which frames it is for.
 struct Rois {
@@ -118,8 +128,8 @@ pub struct RoiTraces {
     fixed: Option<Arc<RoiSet>>,
     streamed: HashMap<String, Rois>,
     frames: HashMap<String, FramesState>,
-    /// The GPU the sums run on; `None`: the CPU twin.
-    gpu: Option<Arc<GpuContext>>,
+    /// Where the sums run: the CPU twin, a GPU, or both measured per stream.
+    plan: Plan,
 }
 
 #[derive(Default)]
@@ -132,6 +142,19 @@ struct FramesState {
     fneu: Vec<f32>,
     /// The GPU copy of the ROI set last traced on the GPU.
     gpu: Option<(Arc<RoiSet>, GpuRoiExtractor)>,
+    /// With a measured plan: the trial under way, or the backend it chose.
+    choice: Choice,
+    /// The GPU's F and Fneu during a trial (timed, not used).
+    trial_f: Vec<f32>,
+    trial_fneu: Vec<f32>,
+}
+
+#[derive(Default)]
+enum Choice {
+    #[default]
+    NotStarted,
+    Trial(Trial),
+    Decided(Backend),
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
@@ -181,27 +204,22 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
             }
         }
     }
-    let gpu = match o.backend {
-        BackendOption::Auto => kernels::gpu::acquire(),
-        // Lavapipe is slower than the CPU twin.
-        BackendOption::Hardware => kernels::gpu::acquire().filter(|c| c.backend == Backend::Gpu),
-        BackendOption::Gpu => {
-            let c = kernels::gpu::acquire();
-            if c.is_none() {
-                errors.push(format!(
-                    "{prefix}: `backend` = \"gpu\" but no usable GPU adapter was found (no Vulkan device with compute shaders, not even lavapipe); use \"auto\" to fall back to the CPU"
-                ));
-            }
-            c
+    let plan = match backend::plan(&prefix, o.backend) {
+        Ok(plan) => Some(plan),
+        Err(e) => {
+            errors.push(e);
+            None
         }
-        BackendOption::Cpu => None,
     };
-    if !errors.is_empty() {
+    let Some(plan) = plan.filter(|_| errors.is_empty()) else {
         return Err(errors);
-    }
-    let backend = gpu.as_ref().map_or(Backend::Cpu, |c| c.backend);
-    crate::metrics::record_kernel_backend(ctx.id, backend.as_str());
-    tracing::info!(component = %ctx.id, backend = backend.as_str(), "roi_traces backend");
+    };
+    let reason = match &plan {
+        Plan::Cpu(why) => why,
+        Plan::Gpu(_) => "asked for",
+        Plan::Measure(_) => "measuring the CPU and the hardware GPU on each stream's first seconds",
+    };
+    backend::report(ctx.id, backend::starting_backend(&plan), reason);
     Ok(Box::new(RoiTraces {
         id: ctx.id.into(),
         options: o,
@@ -209,7 +227,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         fixed,
         streamed: HashMap::new(),
         frames: HashMap::new(),
-        gpu,
+        plan,
     }))
 }
 
@@ -293,8 +311,12 @@ impl RoiTraces {
             )));
         }
         let gpu = Gpu {
-            ctx: self.gpu.as_ref(),
-            strict: self.options.backend == BackendOption::Gpu,
+            ctx: match &self.plan {
+                Plan::Gpu(ctx) | Plan::Measure(ctx) => Some(ctx),
+                Plan::Cpu(_) => None,
+            },
+            measure: matches!(self.plan, Plan::Measure(_)),
+            strict: self.options.backend == Preference::Gpu,
             component: &self.id,
         };
         let state = self.frames.entry(sid.clone()).or_default();
@@ -403,34 +425,49 @@ impl RoiTraces {
 /// Where a batch's sums run.
 struct Gpu<'a> {
     ctx: Option<&'a Arc<GpuContext>>,
+    /// `auto` with a hardware GPU: each stream measures both first ([`Choice`]).
+    measure: bool,
     /// `backend = "gpu"`: a GPU failure is an error, not a fall-back to the CPU.
     strict: bool,
     component: &'a str,
 }
 
 impl FramesState {
-    /// F and Fneu of `frames` (whole frames) into `self.f` and `self.fneu`, on the GPU if there
-    /// is one.
+    /// F and Fneu of `frames` (whole frames, `data_s` seconds of them) into `self.f` and
+    /// `self.fneu`: on the GPU if there is one (and, measuring, it won the trial).
     fn extract(
         &mut self,
         sid: &str,
         set: &Arc<RoiSet>,
         gpu: &Gpu<'_>,
         frames: &[i16],
+        data_s: f64,
     ) -> Result<(), ComponentError> {
         if let Some(ctx) = gpu.ctx {
-            if self.gpu.as_ref().is_none_or(|(s, _)| !Arc::ptr_eq(s, set)) {
-                self.gpu = None;
-                match GpuRoiExtractor::new(ctx.clone(), set.table()) {
-                    Ok(x) => self.gpu = Some((set.clone(), x)),
-                    Err(e) if gpu.strict => {
-                        return Err(ComponentError::Other(format!("stream `{sid}`: {e}")))
-                    }
-                    Err(e) => tracing::warn!(
-                        component = %gpu.component, stream = %sid, error = %e,
-                        "ROI extraction falls back to the CPU"
-                    ),
+            if gpu.measure {
+                if matches!(self.choice, Choice::NotStarted) {
+                    self.choice = Choice::Trial(Trial::new(ctx.backend, TRIAL_S));
                 }
+                match self.choice {
+                    Choice::Trial(_) => {
+                        self.measure(sid, set, gpu, ctx, frames, data_s);
+                        return Ok(());
+                    }
+                    Choice::Decided(Backend::Cpu) => {
+                        set.table().extract(frames, &mut self.f, &mut self.fneu);
+                        return Ok(());
+                    }
+                    Choice::Decided(_) | Choice::NotStarted => {}
+                }
+            }
+            if let Err(e) = ensure_extractor(&mut self.gpu, ctx, set) {
+                if gpu.strict {
+                    return Err(ComponentError::Other(format!("stream `{sid}`: {e}")));
+                }
+                tracing::warn!(
+                    component = %gpu.component, stream = %sid, error = %e,
+                    "ROI extraction falls back to the CPU"
+                );
             }
             if let Some((_, x)) = &mut self.gpu {
                 match x.extract(frames, &mut self.f, &mut self.fneu) {
@@ -447,6 +484,47 @@ impl FramesState {
         }
         set.table().extract(frames, &mut self.f, &mut self.fneu);
         Ok(())
+    }
+
+    /// A batch of the trial: the CPU's sums go out, the GPU's are only timed; once the trial
+    /// has its verdict, it is reported and the stream keeps the winner.
+    fn measure(
+        &mut self,
+        sid: &str,
+        set: &Arc<RoiSet>,
+        gpu: &Gpu<'_>,
+        ctx: &Arc<GpuContext>,
+        frames: &[i16],
+        data_s: f64,
+    ) {
+        let Choice::Trial(trial) = &mut self.choice else {
+            return;
+        };
+        let (f, fneu) = (&mut self.f, &mut self.fneu);
+        trial.time(Backend::Cpu, data_s, || {
+            set.table().extract(frames, f, fneu)
+        });
+        self.trial_f.resize(self.f.len(), 0.0);
+        self.trial_fneu.resize(self.fneu.len(), 0.0);
+        let ran = ensure_extractor(&mut self.gpu, ctx, set).and_then(|()| {
+            let Some((_, x)) = &mut self.gpu else {
+                return Ok(());
+            };
+            let (f, fneu) = (&mut self.trial_f, &mut self.trial_fneu);
+            trial.time(ctx.backend, data_s, || x.extract(frames, f, fneu))
+        });
+        if let Err(e) = ran {
+            trial.drop_gpu(e.to_string());
+        }
+        if let Some(verdict) = trial.verdict() {
+            backend::report_verdict(gpu.component, sid, &verdict);
+            if verdict.chosen == Backend::Cpu {
+                self.gpu = None;
+            }
+            self.choice = Choice::Decided(verdict.chosen);
+            self.trial_f = Vec::new();
+            self.trial_fneu = Vec::new();
+        }
     }
 
     fn trace(
@@ -478,6 +556,11 @@ impl FramesState {
             .get(keys::SAMPLING_HZ)
             .cloned()
             .unwrap_or_default();
+        let hz = rate
+            .parse::<f64>()
+            .ok()
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .unwrap_or(TRIAL_FALLBACK_HZ);
         if self.out.as_ref().is_none_or(|(r, _)| *r != rate) {
             let s = traces_schema(&format!("{sid}{TRACES_SUFFIX}"), &rate, &[F, FNEU]);
             let mut md = s.metadata().clone();
@@ -500,7 +583,7 @@ impl FramesState {
         let mut roi = Vec::with_capacity(n * k);
         self.f.resize(n * k, 0.0);
         self.fneu.resize(n * k, 0.0);
-        self.extract(sid, set, gpu, &pixels[..n * px])?;
+        self.extract(sid, set, gpu, &pixels[..n * px], n as f64 / hz)?;
         let f = self.f[..n * k].to_vec();
         let fneu = self.fneu[..n * k].to_vec();
         for i in 0..n {
@@ -522,6 +605,19 @@ impl FramesState {
         out.emit(b);
         Ok(())
     }
+}
+
+/// The GPU copy of `set` in `slot`, made if the slot holds none or another set's.
+fn ensure_extractor(
+    slot: &mut Option<(Arc<RoiSet>, GpuRoiExtractor)>,
+    ctx: &Arc<GpuContext>,
+    set: &Arc<RoiSet>,
+) -> Result<(), kernels::gpu::GpuError> {
+    if slot.as_ref().is_none_or(|(s, _)| !Arc::ptr_eq(s, set)) {
+        *slot = None;
+        *slot = Some((set.clone(), GpuRoiExtractor::new(ctx.clone(), set.table())?));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,9 +15,10 @@
 //! dead_time_ms = 2.0       # per-channel dead time after a kept spike
 //! calibration_s = 2.0      # σ from the first seconds of each stream ...
 //! refresh_s = 60           # ... re-estimated this often over the latest calibration_s (0 = never)
-//! backend = "auto"         # a hardware GPU, else lavapipe, else the CPU; "hardware": a hardware
-//!                          # GPU, else the CPU; "gpu": any Vulkan adapter (lavapipe counts), an
-//!                          # error without one; "cpu"
+//! backend = "auto"         # the fastest present: never a software GPU; with a hardware GPU,
+//!                          # GPU and CPU measured on the stream's first seconds. "hardware": a
+//!                          # hardware GPU, else the CPU; "gpu": any Vulkan adapter (lavapipe
+//!                          # counts), an error without one; "cpu"
 //! ```
 //!
 //! Defaults, and why they are not SpikeInterface's (bandpass 300–6000 Hz order 5, radius 50 µm,
@@ -29,10 +30,11 @@
 //! match or beat SpikeInterface's recall and precision on all six (`daemon/tests/spikes.rs` checks
 //! three of them), causally.
 //!
-//! `auto` follows the daemon-wide order (hardware, lavapipe, CPU), so a machine without a GPU
-//! still runs the WGSL kernels. But lavapipe (Mesa's software Vulkan) on two cores runs the chain
-//! at about 1.3× real time against the CPU twins' ~37× (`bench/spikes.sh`): where real time
-//! matters and there may be no GPU, say `backend = "hardware"` (as `config.toml` does).
+//! `backend` follows the rule shared by every kernel-backed transform ([`super::backend`]).
+//! With `auto` and a hardware GPU both chains run the first `calibration_s` + 1 s of each stream
+//! and the faster is kept (their detections are identical, so the switch is seamless); lavapipe
+//! (Mesa's software Vulkan) is never taken by `auto`: on two cores it runs the chain at about
+//! 1.3× real time against the CPU twins' ~37× (`bench/spikes.sh`).
 //!
 //! Only `ap` channels are detected (sync and other channels are neither detected nor part of the
 //! median). In the daemon, streams on the input that are not continuous (a rig's frames, tables)
@@ -58,8 +60,15 @@
 //! `neurod_kernel_backend{backend, component_id} 1` for the backend in use, and
 //! `neurod_spike_detect_latency_seconds{component_id}`: for each input batch, the time from
 //! `process` being called with it (the topology calls it as soon as the batch leaves the inbox)
-//! to its spike rows being handed on — conversion, the chain and the output batch. Queueing in the
-//! inbox before that, and the hand-over to the consumers' inboxes after, are not included.
+//! to its spike rows being ready — the wait in its stream's worker queue, conversion, the chain
+//! and the output batch. Queueing in the inbox before that, and the hand-over to the consumers'
+//! inboxes after (on the next `process` call), are not included.
+//!
+//! Threads: each input stream is detected on a worker thread of its own ([`workers`]): the end
+//! of a stream's calibration (σ over the whole window, then the held-back samples detected, about
+//! 0.1 s of one core for a 384-channel probe) would otherwise stall every other stream's batches
+//! behind it, and with 8 probes calibrating together the inbox overflowed; each worker's queue
+//! holds [`workers::QUEUE_S`] of its stream.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -72,16 +81,20 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use kernels::chain::{ChainConfig, Detection, DetectionChain, Reference};
 use kernels::columns::Columns;
-use kernels::gpu::Preference;
 use kernels::Backend;
-use prometheus::{Histogram, HistogramOpts, HistogramVec};
+use prometheus::{HistogramOpts, HistogramVec};
 use serde::Deserialize;
 
+use super::backend::{self, Preference};
 use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
 use crate::metrics::shared_registry;
 use crate::stream::{
     self, keys, sample_span, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S,
 };
+
+mod workers;
+
+use workers::Workers;
 
 pub const TYPE: &str = "spike_detect";
 /// The side port carrying the watermark.
@@ -105,16 +118,6 @@ enum ReferenceOption {
     Global,
     Shank,
     None,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum BackendOption {
-    #[default]
-    Auto,
-    Hardware,
-    Gpu,
-    Cpu,
 }
 
 fn default_band() -> [f64; 2] {
@@ -164,7 +167,7 @@ struct Options {
     #[serde(default = "default_refresh_s")]
     refresh_s: f64,
     #[serde(default)]
-    backend: BackendOption,
+    backend: Preference,
 }
 
 /// Problems with a bandpass `band` and `order` (shared with `bin_features`); the upper edge
@@ -227,20 +230,6 @@ impl Options {
         out
     }
 
-    fn preference(&self) -> Preference {
-        match self.backend {
-            // `acquire` prefers a hardware adapter to lavapipe; the chain falls back to the CPU.
-            BackendOption::Auto => Preference::Auto,
-            // Lavapipe is far slower than the CPU twins.
-            BackendOption::Hardware => match kernels::gpu::acquire() {
-                Some(ctx) if ctx.backend == Backend::Gpu => Preference::Auto,
-                _ => Preference::Cpu,
-            },
-            BackendOption::Gpu => Preference::Gpu,
-            BackendOption::Cpu => Preference::Cpu,
-        }
-    }
-
     fn reference(&self) -> Reference {
         match self.reference {
             ReferenceOption::Global => Reference::Global,
@@ -281,7 +270,7 @@ fn series() -> &'static Series {
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "neurod_spike_detect_latency_seconds",
-                "Per input batch, from spike_detect receiving it to its spike rows leaving (conversion, detection chain, output batch; not inbox queueing).",
+                "Per input batch, from spike_detect receiving it to its spike rows being ready (the stream's worker queue, conversion, detection chain, output batch; not inbox queueing).",
             )
             .buckets(vec![
                 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
@@ -301,14 +290,19 @@ pub struct SpikeDetect {
     id: String,
     options: Options,
     params_json: String,
-    /// By input stream id.
-    streams: HashMap<String, StreamState>,
+    /// The checks of each input stream, by id; its detection runs on its worker.
+    streams: HashMap<String, Input>,
+    workers: Workers,
     /// Streams whose chain could not be built: reported once, then skipped.
     failed: HashSet<String>,
-    latency: Histogram,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
+    Ok(Box::new(build_detect(ctx, options)?))
+}
+
+/// [`build`] without the box: benchmarks and tests use [`SpikeDetect::settle`].
+pub fn build_detect(ctx: &BuildContext, options: toml::Table) -> Result<SpikeDetect, Vec<String>> {
     let o: Options = parse_options(ctx.id, TYPE, options)?;
     let prefix = format!("transform `{}` (type `{TYPE}`)", ctx.id);
     let mut errors: Vec<String> = o
@@ -316,22 +310,20 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         .into_iter()
         .map(|p| format!("{prefix}: {p}"))
         .collect();
-    if o.backend == BackendOption::Gpu && kernels::gpu::acquire().is_none() {
-        errors.push(format!(
-            "{prefix}: `backend` = \"gpu\" but no usable GPU adapter was found (no Vulkan device with compute shaders, not even lavapipe); use \"auto\" to fall back to the CPU"
-        ));
+    if let Err(e) = backend::plan(&prefix, o.backend) {
+        errors.push(e);
     }
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Box::new(SpikeDetect {
+    Ok(SpikeDetect {
         id: ctx.id.into(),
         params_json: o.params_json(),
         options: o,
         streams: HashMap::new(),
+        workers: Workers::new(ctx.id, series().latency.with_label_values(&[ctx.id])),
         failed: HashSet::new(),
-        latency: series().latency.with_label_values(&[ctx.id]),
-    }))
+    })
 }
 
 impl Transform for SpikeDetect {
@@ -357,7 +349,7 @@ impl Transform for SpikeDetect {
             )));
         }
         if self.failed.contains(stream_id) {
-            return Ok(());
+            return self.workers.drain(out);
         }
         let stale = self
             .streams
@@ -366,15 +358,16 @@ impl Transform for SpikeDetect {
         if stale {
             // Channels or rate changed (a new recording under the same id): finish the old
             // chain so nothing it holds is lost, then start afresh.
-            if let Some(mut old) = self.streams.remove(stream_id) {
-                tracing::warn!(component = %self.id, stream = %stream_id, "stream schema changed: restarting spike detection");
-                old.finish(out)?;
-            }
+            self.streams.remove(stream_id);
+            tracing::warn!(component = %self.id, stream = %stream_id, "stream schema changed: restarting spike detection");
+            self.workers.finish(stream_id, out)?;
         }
         if !self.streams.contains_key(stream_id) {
             match StreamState::new(&self.id, &self.options, &self.params_json, &schema) {
                 Ok(s) => {
-                    self.streams.insert(stream_id.to_string(), s);
+                    let input = Input::of(&s);
+                    self.workers.start(stream_id, s, batch.num_rows())?;
+                    self.streams.insert(stream_id.to_string(), input);
                 }
                 Err(e) => {
                     self.failed.insert(stream_id.to_string());
@@ -384,30 +377,107 @@ impl Transform for SpikeDetect {
                 }
             }
         }
-        let Some(state) = self.streams.get_mut(stream_id) else {
-            return Ok(());
+        let handed = match self.streams.get_mut(stream_id) {
+            Some(input) if batch.num_rows() > 0 => match input.check(&batch) {
+                Ok(first) => self.workers.send(stream_id, batch, first, arrived),
+                Err(e) => Err(e),
+            },
+            _ => Ok(()),
         };
-        let result = state.process(&batch, out);
-        self.latency.observe(arrived.elapsed().as_secs_f64());
-        result
+        let drained = self.workers.drain(out);
+        handed.and(drained)
     }
 
     fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
-        let mut ids: Vec<String> = self.streams.keys().cloned().collect();
-        ids.sort();
         let mut first_error = None;
-        for id in ids {
-            if let Some(s) = self.streams.get_mut(&id) {
-                if let Err(e) = s.finish(out) {
-                    tracing::error!(component = %self.id, stream = %id, error = %e, "flushing spike detection failed");
-                    first_error.get_or_insert(e);
-                }
+        for id in self.workers.streams() {
+            if let Err(e) = self.workers.finish(&id, out) {
+                tracing::error!(component = %self.id, stream = %id, error = %e, "flushing spike detection failed");
+                first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 }
 
+impl SpikeDetect {
+    /// Waits until every batch handed over so far is done, emitting what came of it (tests and
+    /// benchmarks use it to see, and time, the output of each batch as it happens).
+    pub fn settle(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
+        self.workers.settle(out)
+    }
+}
+
+/// What `spike_detect`'s own thread checks of a stream's batches before handing them to its
+/// worker: the schema, contiguous sample indices, and the channel columns.
+struct Input {
+    schema: SchemaRef,
+    id: String,
+    n_channels: usize,
+    /// The sample expected next; `None` before the first batch.
+    next_sample: Option<i64>,
+}
+
+impl Input {
+    fn of(s: &StreamState) -> Self {
+        Input {
+            schema: s.input_schema.clone(),
+            id: s.input_id.clone(),
+            n_channels: s.n_channels,
+            next_sample: None,
+        }
+    }
+
+    fn accepts_schema(&self, schema: &SchemaRef) -> bool {
+        Arc::ptr_eq(&self.schema, schema) || *self.schema == **schema
+    }
+
+    /// The batch's first sample, once it is known to continue the stream with well-formed
+    /// columns (it is then expected to be detected).
+    fn check(&mut self, batch: &RecordBatch) -> Result<i64, ComponentError> {
+        let first = self.check_indices(batch)?;
+        self.check_columns(batch)?;
+        self.next_sample = Some(first + batch.num_rows() as i64);
+        Ok(first)
+    }
+
+    fn err(&self, msg: String) -> ComponentError {
+        ComponentError::Other(format!("stream `{}`: {msg}", self.id))
+    }
+
+    /// The batch's first sample index, after checking the batch continues the stream.
+    fn check_indices(&self, batch: &RecordBatch) -> Result<i64, ComponentError> {
+        let span = sample_span(batch, self.next_sample)
+            .map_err(|why| self.err(format!("{why}; dropped")))?;
+        if span.gap > 0 {
+            // Live sources drop batches when a consumer falls behind (counted there); the
+            // filter simply continues across the hole.
+            tracing::warn!(stream = %self.id, missing = span.gap, from = span.first - span.gap, "gap in the input: samples missing");
+        }
+        Ok(span.first)
+    }
+
+    /// Checks the batch's channel columns are non-null Int16 of the batch's length, one per
+    /// channel of the stream.
+    fn check_columns(&self, batch: &RecordBatch) -> Result<(), ComponentError> {
+        let (n, c) = (batch.num_rows(), self.n_channels);
+        if batch.num_columns() != c + 1 {
+            return Err(self.err(format!(
+                "batch has {} channel columns, the stream has {c}",
+                batch.num_columns().saturating_sub(1)
+            )));
+        }
+        let good = |a: &ArrayRef| {
+            a.as_any()
+                .downcast_ref::<Int16Array>()
+                .is_some_and(|a| a.null_count() == 0 && a.len() == n)
+        };
+        if let Some(bad) = (1..=c).find(|&i| !good(batch.column(i))) {
+            return Err(self.err(format!("channel column {bad} is not a non-null Int16")));
+        }
+        Ok(())
+    }
+}
 /// One input stream's detection state.
 struct StreamState {
     input_schema: SchemaRef,
@@ -441,7 +511,7 @@ impl StreamState {
     ) -> Result<Self, String> {
         let info = ContinuousInfo::from_schema(schema).map_err(|e| e.to_string())?;
         let cfg = chain_config(o, &info)?;
-        let chain = kernels::chain::build_chain(&cfg, o.preference())
+        let chain = kernels::chain::build_chain(&cfg, o.backend)
             .map_err(|e| format!("cannot build the detection chain: {e}"))?;
         let backend = chain.backend();
         crate::metrics::record_kernel_backend(component_id, backend.as_str());
@@ -452,7 +522,7 @@ impl StreamState {
             channels = cfg.detect_channels.iter().filter(|d| **d).count(),
             "spike detection running"
         );
-        if backend == Backend::Cpu && o.backend == BackendOption::Gpu {
+        if backend == Backend::Cpu && o.backend == Preference::Gpu {
             return Err("`backend` = \"gpu\" but the chain fell back to the CPU".into());
         }
         let holdback = (o.exclude_ms * info.sampling_hz / 1000.0).ceil() as i64 + 1;
@@ -473,17 +543,17 @@ impl StreamState {
         })
     }
 
-    fn accepts_schema(&self, schema: &SchemaRef) -> bool {
-        Arc::ptr_eq(&self.input_schema, schema) || *self.input_schema == **schema
-    }
-
-    fn process(&mut self, batch: &RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    /// A batch [`Input::check`] has passed, starting at sample `first`.
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        first: i64,
+        out: &mut Emitter,
+    ) -> Result<(), ComponentError> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
         }
-        let first = self.check_indices(batch)?;
-        self.check_columns(batch)?;
         self.detections.clear();
         // The chain reads the Int16 columns in place (the CPU chain converts and transposes
         // them in one pass; a GPU chain transposes them into `raw` first).
@@ -521,39 +591,6 @@ impl StreamState {
 
     fn err(&self, msg: String) -> ComponentError {
         ComponentError::Other(format!("stream `{}`: {msg}", self.input_id))
-    }
-
-    /// The batch's first sample index, after checking the batch continues the stream.
-    fn check_indices(&self, batch: &RecordBatch) -> Result<i64, ComponentError> {
-        let span = sample_span(batch, self.next_sample)
-            .map_err(|why| self.err(format!("{why}; dropped")))?;
-        if span.gap > 0 {
-            // Live sources drop batches when a consumer falls behind (counted there); the
-            // filter simply continues across the hole.
-            tracing::warn!(stream = %self.input_id, missing = span.gap, from = span.first - span.gap, "gap in the input: samples missing");
-        }
-        Ok(span.first)
-    }
-
-    /// Checks the batch's channel columns are non-null Int16 of the batch's length, one per
-    /// channel of the stream.
-    fn check_columns(&self, batch: &RecordBatch) -> Result<(), ComponentError> {
-        let (n, c) = (batch.num_rows(), self.n_channels);
-        if batch.num_columns() != c + 1 {
-            return Err(self.err(format!(
-                "batch has {} channel columns, the stream has {c}",
-                batch.num_columns().saturating_sub(1)
-            )));
-        }
-        let good = |a: &ArrayRef| {
-            a.as_any()
-                .downcast_ref::<Int16Array>()
-                .is_some_and(|a| a.null_count() == 0 && a.len() == n)
-        };
-        if let Some(bad) = (1..=c).find(|&i| !good(batch.column(i))) {
-            return Err(self.err(format!("channel column {bad} is not a non-null Int16")));
-        }
-        Ok(())
     }
 
     fn emit_spikes(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
@@ -846,16 +883,14 @@ pub(crate) mod tests {
             .collect()
     }
 
-    pub fn build_with(id: &str, options: &str) -> Box<dyn Transform> {
+    /// The transform itself (not boxed as a `dyn Transform`), so tests can [`SpikeDetect::settle`].
+    pub fn build_with(id: &str, options: &str) -> Box<SpikeDetect> {
         let t: toml::Table = toml::from_str(options).unwrap();
-        build(
-            &BuildContext {
-                id,
-                data_dir: "/tmp".as_ref(),
-            },
-            t,
-        )
-        .unwrap_or_else(|e| panic!("{e:?}"))
+        let ctx = BuildContext {
+            id,
+            data_dir: "/tmp".as_ref(),
+        };
+        Box::new(build_detect(&ctx, t).unwrap_or_else(|e| panic!("{e:?}")))
     }
 
     /// A progress row: spikes sent before it, input samples processed when it came, its value.
@@ -865,7 +900,8 @@ pub(crate) mod tests {
 
     /// (sample, channel, amplitude, threshold) of every spike in the order sent, and the
     /// progress rows.
-    fn run(tr: &mut dyn Transform, input: Vec<RecordBatch>) -> (Vec<Spike>, Vec<Progress>) {
+    /// Each batch's output is collected as soon as its worker is done with it.
+    fn run(tr: &mut SpikeDetect, input: Vec<RecordBatch>) -> (Vec<Spike>, Vec<Progress>) {
         let mut spikes = Vec::new();
         let mut progress = Vec::new();
         let mut out = Emitter::default();
@@ -897,6 +933,7 @@ pub(crate) mod tests {
         for b in input {
             seen += b.num_rows() as i64;
             tr.process(b, &mut out).unwrap();
+            tr.settle(&mut out).unwrap();
             collect(&mut out, seen, &mut spikes, &mut progress);
         }
         tr.finish(&mut out).unwrap();
@@ -968,6 +1005,59 @@ pub(crate) mod tests {
         let (sb, _) = run(b.as_mut(), batches(&info, &data, 317));
         assert!(!sa.is_empty());
         assert_eq!(sa, sb);
+    }
+
+    /// Each stream is detected on a worker thread of its own, so that one stream's burst of
+    /// work (the end of its calibration) never holds up another's batches and streams use
+    /// several cores; interleaved, each stream gets exactly the spikes it gets alone.
+    #[test]
+    fn each_stream_is_detected_on_its_own_thread_with_the_spikes_it_gets_alone() {
+        let (info_a, info_b) = (probe_info("pa"), probe_info("pb"));
+        let (data_a, data_b) = (
+            synthetic(12_000, &injected(), 11),
+            synthetic(12_000, &injected(), 12),
+        );
+        let mut tr = build_with("two_streams", CPU);
+        let mut out = Emitter::default();
+        let pairs = batches(&info_a, &data_a, 300)
+            .into_iter()
+            .zip(batches(&info_b, &data_b, 300));
+        for (a, b) in pairs {
+            tr.process(a, &mut out).unwrap();
+            tr.process(b, &mut out).unwrap();
+        }
+        // Every worker has run (a thread takes its name when it first runs).
+        tr.settle(&mut out).unwrap();
+        #[cfg(target_os = "linux")]
+        {
+            let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect();
+            for want in ["detect pa", "detect pb"] {
+                assert!(names.iter().any(|n| n == want), "{want}: {names:?}");
+            }
+        }
+        tr.finish(&mut out).unwrap();
+        let of = |stream: &str| -> Vec<(i64, i32, u32)> {
+            let mut v = Vec::new();
+            for (_, b) in out.batches.iter().filter(|(port, b)| {
+                port.is_empty() && stream::stream_id_of(&b.schema()) == Some(stream)
+            }) {
+                let s = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let c = b.column(2).as_any().downcast_ref::<Int32Array>().unwrap();
+                let a = b.column(3).as_any().downcast_ref::<Float32Array>().unwrap();
+                v.extend((0..b.num_rows()).map(|r| (s.value(r), c.value(r), a.value(r).to_bits())));
+            }
+            v
+        };
+        for (stream, info, data) in [("pa", &info_a, &data_a), ("pb", &info_b, &data_b)] {
+            let (alone, _) = run(&mut build_with("alone", CPU), batches(info, data, 300));
+            let alone: Vec<_> = alone.iter().map(|s| (s.0, s.1, s.2.to_bits())).collect();
+            assert!(!alone.is_empty());
+            assert_eq!(of(&format!("{stream}{STREAM_SUFFIX}")), alone, "{stream}");
+        }
     }
 
     #[test]
@@ -1113,6 +1203,7 @@ pub(crate) mod tests {
         for b in batches(&info, &data, 30) {
             tr.process(b, &mut out).unwrap();
         }
+        tr.settle(&mut out).unwrap();
         let text = crate::metrics::Metrics::new().render();
         assert!(
             text.contains(r#"neurod_kernel_backend{backend="cpu",component_id="det_metrics"} 1"#),
@@ -1126,8 +1217,11 @@ pub(crate) mod tests {
         );
     }
 
+    /// Neither the default nor `hardware` ever takes a software adapter (lavapipe, installed in
+    /// CI): without a hardware GPU both run the CPU chain. With one, `auto` measures (the CPU's
+    /// output during the trial) and `hardware` takes it.
     #[test]
-    fn auto_takes_any_adapter_and_hardware_never_takes_lavapipe() {
+    fn auto_and_hardware_never_take_a_software_adapter() {
         let backend_of = |id: &str, backend: &str| {
             let info = probe_info("p");
             let data = synthetic(600, &[], 9);
@@ -1147,8 +1241,11 @@ pub(crate) mod tests {
                 .unwrap_or_else(|| panic!("no backend exported for {id}: {text}"))
         };
         let adapter = kernels::gpu::test_context().map(|c| c.backend);
-        let auto = adapter.map_or("cpu", Backend::as_str);
-        assert_eq!(backend_of("det_auto", "auto"), auto);
+        assert_eq!(
+            backend_of("det_auto", "auto"),
+            "cpu",
+            "adapter: {adapter:?}"
+        );
         let hardware = if adapter == Some(Backend::Gpu) {
             "gpu"
         } else {
@@ -1160,7 +1257,7 @@ pub(crate) mod tests {
     #[test]
     fn gpu_backend_runs_where_an_adapter_exists_and_is_refused_where_not() {
         let t: toml::Table = toml::from_str("backend = 'gpu'\ncalibration_s = 0.2").unwrap();
-        let built = build(
+        let built = build_detect(
             &BuildContext {
                 id: "det_gpu",
                 data_dir: "/tmp".as_ref(),
@@ -1174,10 +1271,11 @@ pub(crate) mod tests {
             }
             Some(_) => {
                 let mut gpu = built.unwrap_or_else(|e| panic!("{e:?}"));
+                let gpu = &mut gpu;
                 let mut cpu = build_with("det_cpu", CPU);
                 let info = probe_info("p");
                 let data = synthetic(18_000, &injected(), 8);
-                let (sg, _) = run(gpu.as_mut(), batches(&info, &data, 300));
+                let (sg, _) = run(gpu, batches(&info, &data, 300));
                 let (sc, _) = run(cpu.as_mut(), batches(&info, &data, 300));
                 let key = |v: &Vec<Spike>| v.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>();
                 assert_eq!(key(&sg), key(&sc), "same spikes on GPU and CPU");
