@@ -34,25 +34,30 @@
 //! it could not write (up to [`stream_writer::MAX_PENDING_BYTES`]) and retries with its next
 //! batch, while the other streams go on.
 
+mod buffer;
+mod ingest;
+mod spool;
 mod stream_writer;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use crate::component::{parse_options, BuildContext, ComponentError, Sink, SinkContext};
 use crate::edge::Recv;
-use crate::metrics::{batch_bytes, ComponentMetrics};
+use crate::metrics::ComponentMetrics;
 use crate::storage::layout::stream_dir_name;
 pub use crate::storage::{
     convert_segment, convert_segment_with, recover, recover_with, writer_properties, ConvertStats,
     Int16Encoding, ParquetOptions, RecoveryReport, StoreError,
 };
 use crate::stream::stream_id_of;
+use buffer::{Buffer, BufferOptions};
+use spool::{Spiller, SPOOL_DIR};
 use stream_writer::{Shared, StreamWriter};
 use worker::{Converter, FinishedTotals};
 
@@ -72,6 +77,12 @@ fn default_rotate_bytes() -> u64 {
 fn default_zstd_level() -> i32 {
     3
 }
+fn default_buffer_s() -> f64 {
+    60.0
+}
+fn default_buffer_memory_bytes() -> u64 {
+    256 << 20
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +97,10 @@ struct StoreOptions {
     zstd_level: i32,
     #[serde(default)]
     path: Option<PathBuf>,
+    #[serde(default = "default_buffer_s")]
+    buffer_s: f64,
+    #[serde(default = "default_buffer_memory_bytes")]
+    buffer_memory_bytes: u64,
 }
 
 pub struct StoreSink {
@@ -94,6 +109,7 @@ pub struct StoreSink {
     rotate_after: Duration,
     rotate_bytes: u64,
     parquet: ParquetOptions,
+    buffer: BufferOptions,
 }
 
 fn seconds(id: &str, key: &str, value: f64, errors: &mut Vec<String>) -> Duration {
@@ -113,6 +129,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Sink>, 
     let mut errors = Vec::new();
     let flush_interval = seconds(ctx.id, "flush_interval_s", o.flush_interval_s, &mut errors);
     let rotate_after = seconds(ctx.id, "rotate_s", o.rotate_s, &mut errors);
+    let buffer_s = seconds(ctx.id, "buffer_s", o.buffer_s, &mut errors);
     if o.rotate_bytes == 0 {
         errors.push(format!(
             "component `{}` (type `{TYPE_NAME}`): `rotate_bytes` must be positive",
@@ -136,6 +153,10 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Sink>, 
         parquet: ParquetOptions {
             zstd_level: o.zstd_level,
             ..ParquetOptions::default()
+        },
+        buffer: BufferOptions {
+            budget_s: buffer_s.as_secs_f64(),
+            memory_bytes: o.buffer_memory_bytes,
         },
     }))
 }
@@ -214,38 +235,55 @@ impl Sink for StoreSink {
             metrics: &ctx.metrics,
             converter: &converter,
         };
-        let mut streams = Streams {
+        let streams = Streams {
             dir: self.dir.clone(),
             by_dir: HashMap::new(),
             warned: HashSet::new(),
         };
-        let mut next_flush = Instant::now() + self.flush_interval;
-        loop {
-            match ctx
-                .inbox
-                .recv_timeout(next_flush.saturating_duration_since(Instant::now()))
-            {
-                Recv::Data(batch) => {
-                    let started = Instant::now();
-                    ctx.metrics.received(&batch);
-                    let stream = streams.get(&batch, &ctx.metrics);
-                    stream.metrics().input_bytes.inc_by(batch_bytes(&batch));
-                    stream.accept(batch, &shared);
-                    ctx.metrics
-                        .observe_processing(started.elapsed().as_secs_f64());
+        let writer = ingest::Writer {
+            streams,
+            shared,
+            flush_interval: self.flush_interval,
+        };
+        let spool_dir = self.dir.join(SPOOL_DIR);
+        let (leftovers, next_spool_id) = spool::leftovers(&spool_dir).unwrap_or_else(|e| {
+            let e = StoreError::io(&spool_dir, "listing the spool", e);
+            ctx.metrics
+                .error(e.error_type(), "recovering", e.to_string());
+            tracing::error!(component = ctx.metrics.id(), "{e}");
+            (Vec::new(), 0)
+        });
+        let buffer = Buffer::new(self.buffer.clone(), ctx.metrics.clone());
+        let spiller = Spiller::new(&buffer, spool_dir, next_spool_id, ctx.metrics.clone());
+        let unwritten = std::thread::scope(|s| {
+            let thread =
+                |name: &str| std::thread::Builder::new().name(format!("{}-{name}", ctx.id));
+            let spiller = thread("spill")
+                .spawn_scoped(s, || spiller.run())
+                .map_err(|e| ComponentError::io("starting the spill thread", e))?;
+            let writer = thread("write")
+                .spawn_scoped(s, || writer.run(&buffer, leftovers))
+                .map_err(|e| ComponentError::io("starting the writer thread", e));
+            // This loop only moves batches into the buffer, so the inbox never fills while the
+            // disk stalls (see `buffer`).
+            while let Ok(writer) = &writer {
+                match ctx.inbox.recv_timeout(Duration::from_millis(500)) {
+                    Recv::Data(batch) => {
+                        ctx.metrics.received(&batch);
+                        let id = stream_id_of(batch.schema_ref()).unwrap_or(UNNAMED_STREAM);
+                        buffer.push(&id.to_string(), batch);
+                    }
+                    Recv::Timeout if writer.is_finished() => break,
+                    Recv::Timeout => {}
+                    Recv::Closed => break,
                 }
-                Recv::Timeout => {}
-                Recv::Closed => break,
             }
-            // Checked after every batch too, so a busy inbox cannot postpone the flush.
-            if Instant::now() >= next_flush {
-                for stream in streams.by_dir.values_mut() {
-                    stream.tick(&shared);
-                }
-                next_flush = Instant::now() + self.flush_interval;
-            }
-        }
-        let unwritten: usize = streams.by_dir.values_mut().map(|s| s.close(&shared)).sum();
+            buffer.close();
+            let panicked =
+                |what: &str| ComponentError::Other(format!("the store's {what} thread panicked"));
+            spiller.join().map_err(|_| panicked("spill"))?;
+            writer?.join().map_err(|_| panicked("writer"))
+        })?;
         let unconverted = converter.finish()?;
         if unwritten == 0 && unconverted.is_empty() {
             return Ok(());
