@@ -10,6 +10,8 @@
 //! rotate_bytes = 1073741824     # or this many segment bytes, whichever comes first
 //! zstd_level = 3
 //! path = "/data/neurod/disk"    # default: <data_dir>/<component id>
+//! buffer_s = 60                 # seconds of data each stream may wait for a slow disk
+//! buffer_memory_bytes = 268435456  # held in memory, all streams together; the rest is spooled
 //! ```
 //!
 //! Layout under `path`, one directory per stream (the batch's `neurod.stream_id` with every
@@ -29,6 +31,16 @@
 //! Parquet file of the same number (temporary file, fsync, atomic rename, directory fsync) and
 //! deletes it. At start the sink first recovers what a crash left (see [`recover`]): temporary
 //! files are deleted and every segment is converted, keeping each complete batch before a cut.
+//!
+//! Receiving and writing are separate threads joined by the input buffer ([`buffer`]): the
+//! receiving loop only queues batches, so a disk stalled by other writers, or the whole daemon
+//! frozen and resumed, never fills the inbox (whose overflow would drop the oldest batches). Each
+//! stream holds up to `buffer_s` seconds of data; past `buffer_memory_bytes` in memory, batches
+//! are spilled to `<path>/.spool/` ([`spool`]) and read back in order. Only past `buffer_s` are a
+//! stream's oldest batches dropped (`neurod_store_buffer_dropped_rows_total`, logged once per
+//! episode). If spilling fails too (a full or broken disk), batches stay in memory, still bounded
+//! by `buffer_s`. After `kill -9` the next start stores what the spool held, past each file's note of
+//! the batches already stored, before anything new; what was only in memory is lost.
 //!
 //! A disk error on one stream is counted and logged with the file; that stream keeps the batches
 //! it could not write (up to [`stream_writer::MAX_PENDING_BYTES`]) and retries with its next
