@@ -11,6 +11,9 @@ use arrow::array::Int64Array;
 use common::{header, wait_for, Daemon};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+const BUFFERED_S: &str =
+    r#"neurod_store_buffered_seconds{component_id="store",stream_id="rig.imec0.ap"}"#;
+
 fn rig_config() -> String {
     format!(
         r#"{}
@@ -19,6 +22,8 @@ type = "simulated"
 probes = 1
 pace = "realtime"
 twophoton = false
+# 1 ms batches: the store's inbox (256 batches) alone would ride out only 0.256 s of stall.
+batch_ms = 1
 [sinks.store]
 type = "store"
 inputs = ["rig"]
@@ -33,11 +38,11 @@ fn disk_tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
-/// Another process that writes and fsyncs 128 MiB files in `dir` for `seconds`.
+/// Another process that writes and fsyncs 256 MiB files in `dir` for `seconds`.
 fn disk_loader(dir: &Path, seconds: u64) -> Child {
     let script = format!(
         "end=$(( $(date +%s) + {seconds} )); while [ $(date +%s) -lt $end ]; do \
-         dd if=/dev/zero of=load.bin bs=1M count=128 conv=fsync 2>/dev/null; rm -f load.bin; done"
+         dd if=/dev/zero of=load.bin bs=1M count=256 conv=fsync 2>/dev/null; rm -f load.bin; done"
     );
     Command::new("sh")
         .arg("-c")
@@ -141,9 +146,32 @@ fn competing_fsynced_writes_cost_no_raw_sample() {
     let load_dir = disk_tempdir();
     let mut loader = disk_loader(load_dir.path(), 15);
     let t = Instant::now();
-    let status = loader.wait().unwrap();
+    // The most the buffer held while the disk was loaded, for the log.
+    let mut peak = (0.0f64, 0.0f64);
+    let status = loop {
+        if let Some(s) = loader.try_wait().unwrap() {
+            break s;
+        }
+        let m = d.get("/metrics");
+        let held = |series: &str| common::metric_value(&m, series).unwrap_or(0.0);
+        peak.0 = peak.0.max(held(BUFFERED_S));
+        let spooled: f64 = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("neurod_store_buffered_bytes{") && l.contains("medium=\"disk\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        peak.1 = peak.1.max(spooled);
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(status.success(), "the disk loader failed");
-    eprintln!("disk loaded for {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "disk loaded for {:.1} s; the AP buffer peaked at {:.2} s of data, {:.0} MB spooled at most",
+        t.elapsed().as_secs_f64(),
+        peak.0,
+        peak.1 / 1e6
+    );
     // Let the buffer drain what the load held back.
     std::thread::sleep(Duration::from_secs(2));
     stop_and_check(d, dir.path(), 10.0);
