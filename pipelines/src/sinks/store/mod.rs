@@ -282,8 +282,10 @@ impl Sink for StoreSink {
                 match ctx.inbox.recv_timeout(Duration::from_millis(500)) {
                     Recv::Data(batch) => {
                         ctx.metrics.received(&batch);
-                        let id = stream_id_of(batch.schema_ref()).unwrap_or(UNNAMED_STREAM);
-                        buffer.push(&id.to_string(), batch);
+                        let id = stream_id_of(batch.schema_ref())
+                            .unwrap_or(UNNAMED_STREAM)
+                            .to_string();
+                        buffer.push(&id, batch);
                     }
                     Recv::Timeout if writer.is_finished() => break,
                     Recv::Timeout => {}
