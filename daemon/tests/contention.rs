@@ -136,13 +136,19 @@ fn sent_rows(d: &Daemon) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[test]
-fn competing_fsynced_writes_cost_no_raw_sample() {
+/// The daemon on a fresh store, once the rig has sent a second of data.
+fn start_rig() -> (tempfile::TempDir, Daemon) {
     let dir = disk_tempdir();
     let d = Daemon::start(dir.path(), &rig_config());
     wait_for(Duration::from_secs(30), "the rig to start", || {
         (sent_rows(&d) > 30_000.0).then_some(())
     });
+    (dir, d)
+}
+
+#[test]
+fn competing_fsynced_writes_cost_no_raw_sample() {
+    let (dir, d) = start_rig();
     let load_dir = disk_tempdir();
     let mut loader = disk_loader(load_dir.path(), 15);
     let t = Instant::now();
@@ -179,11 +185,7 @@ fn competing_fsynced_writes_cost_no_raw_sample() {
 
 #[test]
 fn a_daemon_frozen_for_ten_seconds_stores_every_raw_sample() {
-    let dir = disk_tempdir();
-    let d = Daemon::start(dir.path(), &rig_config());
-    wait_for(Duration::from_secs(30), "the rig to start", || {
-        (sent_rows(&d) > 30_000.0).then_some(())
-    });
+    let (dir, d) = start_rig();
     d.signal("STOP");
     std::thread::sleep(Duration::from_secs(10));
     d.signal("CONT");
