@@ -64,6 +64,13 @@ impl Topology {
             if c.inputs.is_empty() {
                 continue;
             }
+            // A store moves batches straight into its own buffer; its larger inbox only rides
+            // out the moments its receiving thread gets no CPU while a source catches up.
+            let cap = if c.type_name == pipelines::sinks::store::TYPE_NAME {
+                cap.saturating_mul(pipelines::sinks::store::INBOX_FACTOR)
+            } else {
+                cap
+            };
             let inbox = Inbox::new(cap, cm[&c.id].clone());
             for input in &c.inputs {
                 senders

@@ -136,6 +136,9 @@ fn sent_rows(d: &Daemon) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// One fault at a time: the two tests measure different faults, not their sum.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The daemon on a fresh store, once the rig has sent a second of data.
 fn start_rig() -> (tempfile::TempDir, Daemon) {
     let dir = disk_tempdir();
@@ -148,6 +151,7 @@ fn start_rig() -> (tempfile::TempDir, Daemon) {
 
 #[test]
 fn competing_fsynced_writes_cost_no_raw_sample() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (dir, d) = start_rig();
     let load_dir = disk_tempdir();
     let mut loader = disk_loader(load_dir.path(), 15);
@@ -185,6 +189,7 @@ fn competing_fsynced_writes_cost_no_raw_sample() {
 
 #[test]
 fn a_daemon_frozen_for_ten_seconds_stores_every_raw_sample() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (dir, d) = start_rig();
     d.signal("STOP");
     std::thread::sleep(Duration::from_secs(10));

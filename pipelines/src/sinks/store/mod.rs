@@ -74,6 +74,10 @@ use stream_writer::{Shared, StreamWriter};
 use worker::{Converter, FinishedTotals};
 
 pub const TYPE_NAME: &str = "store";
+/// A store's inbox holds this many times `queue_batches`: its receiving loop only queues into
+/// the buffer, so the inbox fills only while that thread gets no CPU and a source emits a
+/// backlog (after a freeze) much faster than real time.
+pub const INBOX_FACTOR: usize = 16;
 /// Where batches whose schema carries no `neurod.stream_id` are stored.
 pub const UNNAMED_STREAM: &str = "unnamed";
 
