@@ -2,6 +2,8 @@
 
 mod config;
 mod http;
+mod ls;
+mod resume;
 mod run;
 mod topology;
 
@@ -47,6 +49,14 @@ enum Command {
         json: bool,
         path: PathBuf,
     },
+    /// List what is stored under a data directory (or one store's directory): every stream with
+    /// its layout, rate, files, rows, bytes and index and time range.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +70,7 @@ fn main() -> ExitCode {
         } => run::run(config, config::Overrides { data_dir, listen }),
         Command::Validate { config } => validate(&config),
         Command::Inspect { json, path } => inspect(&path, json),
+        Command::Ls { json, data_dir } => ls::ls(&data_dir, json),
     }
 }
 

@@ -81,6 +81,7 @@ impl Topology {
             inboxes.insert(c.id.clone(), inbox);
         }
 
+        let resume = crate::resume::lookups(&plan);
         let running = Arc::new(AtomicUsize::new(plan.components.len()));
         let (tx, exited) = watch::channel(plan.components.len());
         let mut threads = Vec::new();
@@ -111,6 +112,7 @@ impl Topology {
                         outputs,
                         shutdown,
                         metrics: metrics.clone(),
+                        resume: resume.get(&id).cloned().unwrap_or_default(),
                     };
                     std::thread::Builder::new().name(name).spawn(move || {
                         let _g = guard;

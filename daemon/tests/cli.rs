@@ -6,17 +6,12 @@ use common::{neurod, shared_data};
 
 /// `neurod inspect --json PATH`, which must succeed, parsed.
 fn inspect_json(path: &std::path::Path) -> serde_json::Value {
-    let out = neurod()
-        .args(["inspect", "--json"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    use std::ffi::OsStr;
+    common::neurod_json(&[
+        OsStr::new("inspect"),
+        OsStr::new("--json"),
+        path.as_os_str(),
+    ])
 }
 
 #[test]

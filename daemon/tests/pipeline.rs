@@ -7,24 +7,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{python, run_python, shared_data, wait_for, Daemon};
-
-/// Compares every stored stream with the raw interleaved Int16 file it came from.
-const CHECK_EXACT: &str = r#"
-import sys, numpy as np, pyarrow.dataset as ds
-stream_dir, raw, nch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-t = ds.dataset(stream_dir, format="parquet").to_table()
-t = t.sort_by("sample_index")
-want = np.fromfile(raw, dtype="<i2")
-want = want[: len(want) // nch * nch].reshape(-1, nch)
-idx = t.column("sample_index").to_numpy()
-assert (idx == np.arange(len(want))).all(), ("sample_index", idx[:5], len(idx), len(want))
-got = np.stack([t.column(i + 1).to_numpy() for i in range(nch)], axis=1)
-assert got.dtype == np.int16, got.dtype
-assert (got == want).all(), "values differ"
-md = t.schema.metadata
-print(len(want), md[b"neurod.sampling_hz"].decode())
-"#;
+use common::{
+    check_exact, python, real_ap_meta, sample_bytes, shared_data, wait_for, write_meta, Daemon,
+};
 
 fn oe_config(data: &Path) -> String {
     format!(
@@ -70,28 +55,18 @@ fn open_ephys_recordings_round_trip_bit_exact_through_the_store_and_pyarrow() {
     );
 
     let store = dir.path().join("data/store");
-    let out = run_python(
+    let out = check_exact(
         &py,
-        CHECK_EXACT,
-        &[
-            store.join("oe16").to_str().unwrap(),
-            data.join("openephys-16ch-40khz/experiment1/recording1/continuous/File_Reader-100.example_data/continuous.dat")
-                .to_str()
-                .unwrap(),
-            "16",
-        ],
+        &store.join("oe16"),
+        &data.join("openephys-16ch-40khz/experiment1/recording1/continuous/File_Reader-100.example_data/continuous.dat"),
+        16,
     );
     assert_eq!(out.trim(), "133120 40000.0");
-    let out = run_python(
+    let out = check_exact(
         &py,
-        CHECK_EXACT,
-        &[
-            store.join("probeb").to_str().unwrap(),
-            data.join("openephys-np2-snippets/Record Node 101/experiment1/recording1/continuous/Neuropix-PXI-100.ProbeB/continuous.dat")
-                .to_str()
-                .unwrap(),
-            "384",
-        ],
+        &store.join("probeb"),
+        &data.join("openephys-np2-snippets/Record Node 101/experiment1/recording1/continuous/Neuropix-PXI-100.ProbeB/continuous.dat"),
+        384,
     );
     assert!(out.starts_with("100 "), "{out}");
 }
@@ -105,42 +80,12 @@ fn write_spikeglx(
     claimed: Option<usize>,
 ) -> (std::path::PathBuf, Vec<u8>) {
     let data = shared_data().unwrap();
-    let meta = std::fs::read_to_string(
-        data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),
-    )
-    .unwrap();
+    let meta = real_ap_meta(&data);
     let bytes = sample_bytes(0, samples);
     let bin = dir.join(format!("{name}.ap.bin"));
     std::fs::write(&bin, &bytes).unwrap();
     write_meta(dir, name, &meta, claimed);
     (bin, bytes)
-}
-
-fn sample_bytes(from: usize, to: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity((to - from) * 385 * 2);
-    for s in from..to {
-        for c in 0..385usize {
-            let v = ((s * 7 + c * 13) % 4001) as i16 - 2000;
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
-fn write_meta(dir: &Path, name: &str, real_meta: &str, claimed: Option<usize>) {
-    let mut text: String = real_meta
-        .lines()
-        .filter(|l| !l.starts_with("fileSizeBytes=") && !l.starts_with("fileTimeSecs="))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if let Some(n) = claimed {
-        text.push_str(&format!(
-            "fileSizeBytes={}\nfileTimeSecs={}\n",
-            n * 770,
-            n as f64 / 30000.0
-        ));
-    }
-    std::fs::write(dir.join(format!("{name}.ap.meta")), text).unwrap();
 }
 
 #[test]
@@ -194,15 +139,7 @@ inputs = ["cut", "rig"]
     // Everything whole that was on disk is stored, exactly.
     let whole = dir.path().join("whole.bin");
     std::fs::write(&whole, &bytes[..2000 * 770]).unwrap();
-    let out = run_python(
-        &py,
-        CHECK_EXACT,
-        &[
-            dir.path().join("data/store/cut").to_str().unwrap(),
-            whole.to_str().unwrap(),
-            "385",
-        ],
-    );
+    let out = check_exact(&py, &dir.path().join("data/store/cut"), &whole, 385);
     assert_eq!(out.trim(), "2000 30000.390639481");
 }
 
@@ -246,22 +183,10 @@ flush_interval_s = 0.2
         || d.metric(rows).filter(|v| *v >= 6000.0),
     );
     // SpikeGLX finishes a file by rewriting its meta with fileSizeBytes: following ends.
-    let real = std::fs::read_to_string(
-        data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"),
-    )
-    .unwrap();
-    write_meta(dir.path(), name, &real, Some(6000));
+    write_meta(dir.path(), name, &real_ap_meta(&data), Some(6000));
     let status = d.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{}", d.log_text());
-    let out = run_python(
-        &py,
-        CHECK_EXACT,
-        &[
-            dir.path().join("data/store/live").to_str().unwrap(),
-            bin.to_str().unwrap(),
-            "385",
-        ],
-    );
+    let out = check_exact(&py, &dir.path().join("data/store/live"), &bin, 385);
     assert!(out.starts_with("6000 "), "{out}");
 }
 

@@ -124,6 +124,7 @@ fn run_chain(source_type: &str, source_opts: &str, data_dir: &Path) -> ChainResu
                 outputs,
                 shutdown,
                 metrics: src_metrics,
+                resume: Default::default(),
             })
         }
     });

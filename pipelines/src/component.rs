@@ -12,6 +12,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::edge::{Closed, EdgeSender, Inbox, Overflow};
 use crate::metrics::ComponentMetrics;
+use crate::storage::ResumeLookup;
 use crate::stream::Layout;
 
 /// A component's failure. Per-batch problems are counted and logged by the component itself and
@@ -202,6 +203,9 @@ pub struct SourceContext {
     pub outputs: Outputs,
     pub shutdown: Shutdown,
     pub metrics: ComponentMetrics,
+    /// What the stores this source feeds already hold of its streams (resume after a reload or
+    /// a crash; a new run for a source that cannot resume).
+    pub resume: ResumeLookup,
 }
 
 pub struct SinkContext {
@@ -258,6 +262,11 @@ pub trait Sink: Send + 'static {
             Layout::Rois,
             Layout::Table,
         ]
+    }
+    /// The store directory this sink writes (`<store>/<stream dir>/`), if it is a store:
+    /// sources that feed it resume from what it holds.
+    fn store_dir(&self) -> Option<PathBuf> {
+        None
     }
     /// Drains `ctx.inbox` until it closes, then flushes. Must persist everything received.
     fn run(self: Box<Self>, ctx: SinkContext) -> Result<(), ComponentError>;

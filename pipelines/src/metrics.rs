@@ -68,6 +68,7 @@ pub struct Metrics {
     store_buffered_seconds: GaugeVec,
     store_buffered_bytes: GaugeVec,
     store_buffer_dropped_rows: IntCounterVec,
+    store_duplicate_rows: IntCounterVec,
     components: Mutex<BTreeMap<String, ComponentMetrics>>,
 }
 
@@ -180,6 +181,12 @@ impl Metrics {
                 "Rows the store dropped because a stream's buffer budget (buffer_s) was spent.",
                 store_l,
             ),
+            store_duplicate_rows: counter(
+                &reg,
+                "neurod_store_duplicate_rows_total",
+                "Rows not written because the stream already holds their sample_index/frame_index.",
+                store_l,
+            ),
             registry: reg,
             components: Mutex::new(BTreeMap::new()),
         })
@@ -269,6 +276,7 @@ impl Metrics {
                 "disk",
             ]),
             buffer_dropped_rows: self.store_buffer_dropped_rows.with_label_values(&v),
+            duplicate_rows: self.store_duplicate_rows.with_label_values(&v),
         }
     }
 }
@@ -455,6 +463,7 @@ pub struct StoreMetrics {
     pub buffered_memory_bytes: Gauge,
     pub buffered_disk_bytes: Gauge,
     pub buffer_dropped_rows: IntCounter,
+    pub duplicate_rows: IntCounter,
 }
 
 #[cfg(test)]

@@ -217,3 +217,79 @@ pub fn run_to_end(dir: &Path, config: &str, timeout: Duration) -> PathBuf {
     eprintln!("neurod run: {:.1} s", t.elapsed().as_secs_f64());
     dir.join("data")
 }
+
+/// Checks a stored continuous stream against the raw file it came from: every sample exactly
+/// once (`sample_index` 0..n, no repeat), the same Int16 values; prints `n rate`.
+const CHECK_EXACT: &str = r#"
+import sys, numpy as np, pyarrow.dataset as ds
+stream_dir, raw, nch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = ds.dataset(stream_dir, format="parquet").to_table()
+t = t.sort_by("sample_index")
+want = np.fromfile(raw, dtype="<i2")
+want = want[: len(want) // nch * nch].reshape(-1, nch)
+idx = t.column("sample_index").to_numpy()
+assert (idx == np.arange(len(want))).all(), ("sample_index", idx[:5], len(idx), len(want))
+got = np.stack([t.column(i + 1).to_numpy() for i in range(nch)], axis=1)
+assert got.dtype == np.int16, got.dtype
+assert (got == want).all(), "values differ"
+md = t.schema.metadata
+print(len(want), md[b"neurod.sampling_hz"].decode())
+"#;
+
+/// Interleaved Int16 bytes of samples `from..to` of a 385-channel probe, value = f(sample, channel).
+pub fn sample_bytes(from: usize, to: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity((to - from) * 385 * 2);
+    for s in from..to {
+        for c in 0..385usize {
+            let v = ((s * 7 + c * 13) % 4001) as i16 - 2000;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+pub fn write_meta(dir: &Path, name: &str, real_meta: &str, claimed: Option<usize>) {
+    let mut text: String = real_meta
+        .lines()
+        .filter(|l| !l.starts_with("fileSizeBytes=") && !l.starts_with("fileTimeSecs="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(n) = claimed {
+        text.push_str(&format!(
+            "fileSizeBytes={}\nfileTimeSecs={}\n",
+            n * 770,
+            n as f64 / 30000.0
+        ));
+    }
+    std::fs::write(dir.join(format!("{name}.ap.meta")), text).unwrap();
+}
+
+/// Runs [`CHECK_EXACT`] on a stored stream directory against its raw file; its output.
+pub fn check_exact(py: &Path, stream_dir: &Path, raw: &Path, channels: usize) -> String {
+    run_python(
+        py,
+        CHECK_EXACT,
+        &[
+            stream_dir.to_str().unwrap(),
+            raw.to_str().unwrap(),
+            &channels.to_string(),
+        ],
+    )
+}
+
+/// The text of the real NP1.0 AP meta the SpikeGLX tests start from.
+pub fn real_ap_meta(data: &Path) -> String {
+    std::fs::read_to_string(data.join("spikeglx-meta/ibl-neuropixel/sample3B_g0_t0.imec1.ap.meta"))
+        .unwrap()
+}
+
+/// Runs `neurod` with `args`, which must succeed; its stdout parsed as JSON.
+pub fn neurod_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
+    let out = neurod().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

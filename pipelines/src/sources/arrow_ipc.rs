@@ -18,6 +18,7 @@
 //! crafted body length aborts the process. Here lengths are bounded, memory grows only with the
 //! bytes that actually arrive, and arrow's `StreamDecoder` decodes each complete message.
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as NetShutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
@@ -40,6 +41,7 @@ use crate::component::{
 };
 use crate::edge::{Closed, Overflow};
 use crate::metrics::ComponentMetrics;
+use crate::storage::ResumeLookup;
 use crate::stream::{
     keys, with_stream_id, ContinuousInfo, Layout, SchemaError, FRAME_INDEX, PIXELS, TIME_S,
 };
@@ -166,6 +168,8 @@ impl ArrowIpcSource {
             metrics: ctx.metrics,
             shutdown: ctx.shutdown,
             downstream_gone: AtomicBool::new(false),
+            resume: ctx.resume,
+            runs: Mutex::new(HashMap::new()),
         });
         let mut connections: Vec<JoinHandle<()>> = Vec::new();
         let mut next_number: u64 = 0;
@@ -248,9 +252,23 @@ struct Shared {
     shutdown: Shutdown,
     /// Set when the last consumer has stopped: nobody reads what we receive any more.
     downstream_gone: AtomicBool,
+    resume: ResumeLookup,
+    /// The id each stream got in this run (see [`Shared::run_id`]).
+    runs: Mutex<HashMap<String, String>>,
 }
 
 impl Shared {
+    /// A client's indices are its own: it cannot resume where the store stopped. A stream id
+    /// the stores already hold from an earlier run of the daemon starts a new run instead
+    /// (`<id>-run2`, ...), so nothing it sends is refused as already held; reconnections within
+    /// this run keep the id they got.
+    fn run_id(&self, stream_id: &str) -> String {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.entry(stream_id.to_string())
+            .or_insert_with(|| self.resume.new_run_prefix(stream_id, &[String::new()]))
+            .clone()
+    }
+
     fn stop_requested(&self) -> bool {
         self.downstream_gone.load(Ordering::Relaxed) || self.shutdown.is_triggered()
     }
@@ -685,13 +703,18 @@ impl Connection<'_> {
             .header_as_schema()
             .ok_or_else(|| not_schema("the schema message has no schema".into()))?;
         let schema = self.guarded(|| arrow::ipc::convert::fb_to_schema(fb_schema))?;
-        let stream =
+        let mut stream =
             accept_schema(&self.shared.component_id, self.number, &schema).map_err(|source| {
                 ReceiveError::Schema {
                     peer: self.peer,
                     source,
                 }
             })?;
+        let run_id = self.shared.run_id(&stream.stream_id);
+        if run_id != stream.stream_id {
+            stream.schema = with_stream_id(&stream.schema, &run_id);
+            stream.stream_id = run_id;
+        }
         tracing::info!(
             component = %self.shared.component_id, peer = %self.peer, stream = %stream.stream_id,
             layout = stream.layout.as_str(), columns = schema.fields().len(),
@@ -858,22 +881,18 @@ fn stream_id_for(component_id: &str, client_id: Option<&str>, number: u64) -> St
     }
 }
 
-/// Keeps `[A-Za-z0-9._-]` (others become `_`), since stream ids end up in file names and metric
-/// labels; `None` when nothing usable is left.
+/// The client's id as it is (the store names directories reversibly, so `a/b` and `a_b` stay two
+/// streams), trimmed of spaces and dots, without control characters and at most [`MAX_CLIENT_STREAM_ID_CHARS`];
+/// `None` when nothing is left.
 fn sanitize_stream_id(raw: &str) -> Option<String> {
     let cleaned: String = raw
         .trim()
         .chars()
+        .filter(|c| !c.is_control())
         .take(MAX_CLIENT_STREAM_ID_CHARS)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
         .collect();
-    let cleaned = cleaned.trim_matches('.');
+    // `<component>.` + a leading dot would read as an empty path element.
+    let cleaned = cleaned.trim().trim_matches('.');
     (!cleaned.is_empty()).then(|| cleaned.to_string())
 }
 
@@ -940,6 +959,7 @@ mod tests {
             outputs,
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
+            resume: Default::default(),
         };
         let source = ArrowIpcSource::new("ipc", addr, max_connections);
         let run = std::thread::spawn(move || source.run_on(listener, ctx));
@@ -1314,7 +1334,7 @@ mod tests {
         let got = h.collect_rows(2);
         assert_eq!(
             got[0].schema_ref().metadata()[keys::STREAM_ID],
-            "ipc.2p_plane_0"
+            "ipc.2p/plane 0"
         );
         assert_eq!(got[0].columns(), batch.columns());
         assert_eq!(h.metrics.errors_total(), 0);
@@ -1362,7 +1382,7 @@ mod tests {
         let batches = h.collect_rows(15_000);
         let schema = batches[0].schema();
         assert_eq!(schema.fields().len(), 385);
-        assert_eq!(schema.metadata()[keys::STREAM_ID], "ipc.py_rig");
+        assert_eq!(schema.metadata()[keys::STREAM_ID], "ipc.py rig");
         let info = ContinuousInfo::from_schema(&schema).unwrap();
         assert_eq!(info.sampling_hz_text, "30000.5");
         assert_eq!(info.channels[0].x_um, Some(43.0));
@@ -1383,9 +1403,11 @@ mod tests {
     fn client_stream_ids_are_sanitised() {
         assert_eq!(
             stream_id_for("ipc", Some("rig A/probe#1"), 3),
-            "ipc.rig_A_probe_1"
+            "ipc.rig A/probe#1"
         );
-        assert_eq!(stream_id_for("ipc", Some("../etc"), 3), "ipc._etc");
+        assert_eq!(stream_id_for("ipc", Some("a_b"), 3), "ipc.a_b");
+        assert_eq!(stream_id_for("ipc", Some("a/b\n"), 3), "ipc.a/b");
+        assert_eq!(stream_id_for("ipc", Some("../etc"), 3), "ipc./etc");
         assert_eq!(stream_id_for("ipc", Some(" . "), 3), "ipc.3");
         assert_eq!(stream_id_for("ipc", None, 7), "ipc.7");
         let long = "x".repeat(500);

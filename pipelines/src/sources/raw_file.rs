@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use crate::component::{ComponentError, Output, Shutdown, SourceContext};
 use crate::edge::Overflow;
 use crate::metrics::ComponentMetrics;
 use crate::pace::{Pace, Pacer};
+use crate::storage::ResumeLookup;
 use crate::stream::{batch_from_interleaved, ContinuousInfo};
 use arrow::datatypes::SchemaRef;
 
@@ -220,17 +221,33 @@ pub fn run(file: RawFile, mode: Mode, ctx: SourceContext) -> Result<(), Componen
         filled: 0,
         offset: 0,
     };
-    let mut emitter = BatchEmitter {
-        schema: file.info.schema(),
-        path: &file.path,
-        next_index: 0,
-    };
     let SourceContext {
         id,
         mut outputs,
         shutdown,
         metrics,
+        resume,
     } = ctx;
+    let start = resume_point(&file, &resume, &metrics);
+    let mut emitter = BatchEmitter {
+        schema: file.info.schema(),
+        path: &file.path,
+        first_index: start,
+        next_index: start,
+    };
+    if start > 0 {
+        let offset = start as u64 * bps as u64;
+        reader
+            .file
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| reader.io_error("cannot seek", e))?;
+        reader.offset = offset;
+        tracing::info!(
+            "source `{id}`: resuming {} at sample_index {start} (byte {offset}): the stores it \
+             feeds hold every sample before",
+            file.path.display()
+        );
+    }
     let ctx = Env {
         id: &id,
         shutdown: &shutdown,
@@ -250,6 +267,23 @@ pub fn run(file: RawFile, mode: Mode, ctx: SourceContext) -> Result<(), Componen
             expected_bytes,
         ),
         Mode::Follow(cfg) => follow(&mut reader, &mut emitter, output, &ctx, cfg),
+    }
+}
+
+/// The first sample to read: one past what every store fed by this source holds of its stream
+/// (the store is the checkpoint: it is durable, and exactly what was stored). On a failing
+/// catalog, from the start: the stores drop rows they hold.
+fn resume_point(file: &RawFile, resume: &ResumeLookup, metrics: &ComponentMetrics) -> i64 {
+    match resume.next_index(&file.info.stream_id) {
+        Ok(n) => n.max(0),
+        Err(e) => {
+            metrics.error(e.error_type(), "resuming", e.to_string());
+            tracing::error!(
+                "{}: cannot tell what the store holds ({e}); reading from the start",
+                file.path.display()
+            );
+            0
+        }
     }
 }
 
@@ -331,13 +365,16 @@ enum Flow {
 struct BatchEmitter<'a> {
     schema: SchemaRef,
     path: &'a Path,
+    /// `sample_index` this run started at (0, or where it resumed).
+    first_index: i64,
     /// `sample_index` of the next sample (0 at the file's first sample).
     next_index: i64,
 }
 
 impl BatchEmitter<'_> {
+    /// Samples emitted by this run (the pacer's clock starts with the run).
     fn samples_emitted(&self) -> u64 {
-        self.next_index as u64
+        (self.next_index - self.first_index) as u64
     }
 
     fn emit(&mut self, output: &mut Output, bytes: &[u8]) -> Result<Flow, ComponentError> {
@@ -365,6 +402,15 @@ fn replay(
         Some(b) => b,
         None => reader.file_len()?,
     };
+    if reader.offset >= end && reader.offset > 0 {
+        tracing::info!(
+            "source `{}`: {} is already stored up to its end ({} samples); nothing to replay",
+            ctx.id,
+            reader.path.display(),
+            end / bps
+        );
+        return Ok(());
+    }
     tracing::info!(
         "source `{}`: replaying {} ({} samples of {} channels)",
         ctx.id,
@@ -430,6 +476,7 @@ fn report_truncated(
         path,
         expected,
         actual_bytes,
+        emitter.next_index as u64,
         emitter.samples_emitted(),
         partial_bytes,
     );
@@ -441,10 +488,11 @@ fn truncation_message(
     path: &Path,
     expected: &str,
     actual_bytes: u64,
+    end_index: u64,
     samples: u64,
     partial_bytes: u64,
 ) -> String {
-    let end = match samples {
+    let end = match end_index {
         0 => "it holds no whole sample".to_string(),
         n => format!("the data ends after sample_index {}", n - 1),
     };
@@ -594,7 +642,7 @@ fn follow(
             reader.path.display(),
             reader.filled,
             reader.bps,
-            emitter.samples_emitted() as i64 - 1
+            emitter.next_index - 1
         );
     }
     tracing::info!(
@@ -705,6 +753,7 @@ pub(crate) mod tests {
             outputs,
             shutdown,
             metrics: src.clone(),
+            resume: ResumeLookup::default(),
         };
         let handle = std::thread::spawn(move || run(ctx));
         let mut batches = Vec::new();
@@ -843,14 +892,21 @@ pub(crate) mod tests {
 
     #[test]
     fn truncation_message_names_file_sizes_and_last_sample() {
-        let m = truncation_message(Path::new("/d/x.bin"), "800 bytes (100 samples)", 461, 57, 5);
+        let m = truncation_message(
+            Path::new("/d/x.bin"),
+            "800 bytes (100 samples)",
+            461,
+            57,
+            57,
+            5,
+        );
         assert_eq!(
             m,
             "/d/x.bin: truncated: expected 800 bytes (100 samples), found 461 bytes; the data \
              ends after sample_index 56 (57 whole samples emitted, a partial sample of 5 bytes \
              dropped)"
         );
-        let m = truncation_message(Path::new("x.bin"), "8 bytes (1 samples)", 0, 0, 0);
+        let m = truncation_message(Path::new("x.bin"), "8 bytes (1 samples)", 0, 0, 0, 0);
         assert!(
             m.contains("it holds no whole sample (0 whole samples emitted)"),
             "{m}"

@@ -323,6 +323,7 @@ mod tests {
             outputs,
             shutdown: Shutdown::new(),
             metrics: m,
+            resume: Default::default(),
         };
         // The outputs end when the source drops them.
         let h = std::thread::spawn(move || source.run(ctx));
@@ -482,6 +483,7 @@ mod tests {
                 outputs,
                 shutdown: Shutdown::new(),
                 metrics: m,
+                resume: Default::default(),
             })
             .unwrap_err()
             .to_string();

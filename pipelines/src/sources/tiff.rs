@@ -203,13 +203,25 @@ impl Source for TiffSource {
             mut outputs,
             shutdown,
             metrics,
+            resume,
         } = ctx;
+        let mut batch = FrameBatch::new(self.batch_frames, self.rate_hz, &id);
+        // Frames the stores fed by this source hold are read again (frame_index follows the
+        // order of pages and files) but not sent.
+        batch.skip_until = resume.next_index(&id).unwrap_or_else(|e| {
+            metrics.error(e.error_type(), "resuming", e.to_string());
+            tracing::error!(component = %id, "cannot tell what the store holds ({e}); sending every frame");
+            0
+        });
+        if batch.skip_until > 0 {
+            tracing::info!(component = %id, "resuming at frame_index {}: the stores it feeds hold every frame before", batch.skip_until);
+        }
         let mut run = Run {
             id: &id,
             shutdown: &shutdown,
             metrics: &metrics,
             output: outputs.main(),
-            batch: FrameBatch::new(self.batch_frames, self.rate_hz, &id),
+            batch,
             frame: Vec::new(),
             saturated: 0,
         };
@@ -229,6 +241,8 @@ struct FrameBatch {
     schema: Option<(SchemaRef, Arc<Field>, usize)>,
     next_index: i64,
     first_index: i64,
+    /// Frames before this index are already stored (a resumed run) and are not sent.
+    skip_until: i64,
     pixels: Vec<i16>,
 }
 
@@ -241,6 +255,7 @@ impl FrameBatch {
             schema: None,
             next_index: 0,
             first_index: 0,
+            skip_until: 0,
             pixels: Vec::new(),
         }
     }
@@ -250,6 +265,11 @@ impl FrameBatch {
     }
 
     fn push(&mut self, g: PageGeometry, frame: &[i16]) {
+        if self.next_index < self.skip_until {
+            self.next_index += 1;
+            self.first_index = self.next_index;
+            return;
+        }
         if self.schema.is_none() {
             let schema = stream::frames_schema(
                 &self.stream_id,

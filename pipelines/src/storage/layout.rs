@@ -15,10 +15,57 @@ pub const PART_PREFIX: &str = "part-";
 pub const PART_SUFFIX: &str = ".parquet";
 pub const TMP_SUFFIX: &str = ".tmp";
 
-/// The directory name of a stream: every character outside `[A-Za-z0-9._-]` becomes `_`, and
-/// leading `.` or `_` become `-`, so that no stream lands in a directory that dataset readers
-/// skip as hidden (or in `.` / `..`). An empty id becomes `-`.
+/// The directory name of a stream, the one stream-id → name rule of the store: bytes outside
+/// `[A-Za-z0-9._-]` (and `%` itself) become `%XX` (UTF-8, upper-case hex), as do a leading `.`
+/// or `_`, so that no stream lands in a directory that dataset readers skip as hidden (or in `.`
+/// / `..`); the empty id is `%`. Reversible ([`stream_id_from_dir_name`]): two ids never share a
+/// directory. Ids of the usual form (`rig.imec0.ap`) are their own name.
 pub fn stream_dir_name(stream_id: &str) -> String {
+    if stream_id.is_empty() {
+        return "%".into();
+    }
+    let mut name = String::with_capacity(stream_id.len());
+    for (i, b) in stream_id.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b'-' || (matches!(b, b'.' | b'_') && i > 0);
+        if keep {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    name
+}
+
+/// The stream id a [`stream_dir_name`] came from; `None` for a name that rule never produces
+/// (a store written before it, whose ids are in the files' schema metadata instead).
+pub fn stream_id_from_dir_name(name: &str) -> Option<String> {
+    if name == "%" {
+        return Some(String::new());
+    }
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = name.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    let id = String::from_utf8(out).ok()?;
+    (stream_dir_name(&id) == name).then_some(id)
+}
+
+/// The lossy name stores used before [`stream_dir_name`] (every character outside
+/// `[A-Za-z0-9._-]` became `_`, a leading `.`/`_` became `-`), so that a stream stored then is
+/// still found.
+pub fn legacy_stream_dir_name(stream_id: &str) -> String {
     let mut name: String = stream_id
         .chars()
         .map(|c| {
@@ -134,15 +181,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_ids_become_visible_safe_directory_names() {
-        assert_eq!(stream_dir_name("probe0.ap"), "probe0.ap");
-        assert_eq!(stream_dir_name("rig 1/probe:0"), "rig_1_probe_0");
-        assert_eq!(stream_dir_name(".."), "--");
-        assert_eq!(stream_dir_name("_debug"), "-debug");
-        assert_eq!(stream_dir_name("a_b"), "a_b");
-        assert_eq!(stream_dir_name(""), "-");
-        assert_eq!(stream_dir_name("µV"), "-V");
-        assert_eq!(stream_dir_name("rig µV"), "rig__V");
+    fn stream_ids_become_visible_reversible_directory_names() {
+        let cases = [
+            ("probe0.ap", "probe0.ap"),
+            ("rig.ground_truth", "rig.ground_truth"),
+            ("rig 1/probe:0", "rig%201%2Fprobe%3A0"),
+            ("..", "%2E."),
+            ("_debug", "%5Fdebug"),
+            ("a_b", "a_b"),
+            ("a/b", "a%2Fb"),
+            ("a%2Fb", "a%252Fb"),
+            ("", "%"),
+            ("µV", "%C2%B5V"),
+        ];
+        for (id, name) in cases {
+            assert_eq!(stream_dir_name(id), name, "{id:?}");
+            assert_eq!(
+                stream_id_from_dir_name(name).as_deref(),
+                Some(id),
+                "{name:?}"
+            );
+        }
+        // Names the rule never writes (old stores, hand-made folders) decode to nothing.
+        for name in ["a%2", "a%zz", "%2e.", "a%2fb", "%FF"] {
+            assert_eq!(stream_id_from_dir_name(name), None, "{name:?}");
+        }
+        assert_eq!(legacy_stream_dir_name("rig 1/probe:0"), "rig_1_probe_0");
+        assert_eq!(legacy_stream_dir_name("_debug"), "-debug");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! <store dir>/
-//!   <stream dir>/                   stream id with [^A-Za-z0-9._-] replaced by `_`
+//!   <stream dir>/                   the stream id, reversibly escaped (see [`layout::stream_dir_name`])
+//!     _manifest.json                what the directory holds (see [`manifest`])
 //!     part-000000.parquet           finished, immutable; readable by pyarrow / DataFusion
 //!     part-000001.parquet
 //!     _segment-000002.arrows        the live segment (Arrow IPC stream), fsynced every flush
@@ -15,17 +16,23 @@
 //! A segment and the Parquet file made from it share their sequence number. Every file a reader
 //! sees without a `_` or `.` prefix is complete: Parquet files appear by atomic rename only.
 
+pub mod catalog;
 pub mod convert;
 pub mod layout;
+pub mod manifest;
 pub mod recover;
 pub mod segment;
 
 use std::path::{Path, PathBuf};
 
+pub use catalog::{
+    held_index, list_data_dir, list_store, open_parquet, ResumeLookup, StoredFile, StoredStream,
+};
 pub use convert::{
     convert_segment, convert_segment_with, finish_segment, writer_properties, ConvertStats,
     Finished, Int16Encoding, ParquetOptions,
 };
+pub use manifest::{refresh_manifest, FileEntry, Manifest, SchemaJson};
 pub use recover::{recover, recover_with, RecoveryReport};
 pub use segment::{SegmentReader, SegmentWriter};
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::convert::{finish_segment, ConvertStats, Finished, ParquetOptions};
 use super::layout::{is_tmp, segment_seq, sync_dir};
+use super::manifest::refresh_manifest;
 use super::StoreError;
 
 /// What [`recover`] did.
@@ -43,6 +44,9 @@ pub fn recover_with(dir: &Path, opts: &ParquetOptions) -> Result<RecoveryReport,
     let mut stream_dirs = Vec::new();
     for entry in entries {
         match entry {
+            // Hidden directories are not streams (the store's `.spool`); stream directory names
+            // never start with `.`.
+            Ok(entry) if entry.file_name().to_string_lossy().starts_with('.') => {}
             Ok(entry) if entry.path().is_dir() => stream_dirs.push(entry.path()),
             Ok(_) => {}
             Err(e) => report
@@ -135,5 +139,10 @@ fn recover_stream_dir(dir: &Path, opts: &ParquetOptions, report: &mut RecoveryRe
                 report.failed.push(e);
             }
         }
+    }
+    // Also gives a store written before manifests its first one.
+    if let Err(e) = refresh_manifest(dir) {
+        tracing::error!("recovering {}: {e}", dir.display());
+        report.failed.push(e);
     }
 }

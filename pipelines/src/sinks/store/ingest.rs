@@ -118,7 +118,7 @@ impl Writer<'_> {
             }
             // Checked after every batch too, so a busy buffer cannot postpone the flush.
             if Instant::now() >= next_flush {
-                for stream in self.streams.by_dir.values_mut() {
+                for stream in self.streams.by_id.values_mut() {
                     stream.tick(&self.shared);
                 }
                 next_flush = Instant::now() + self.flush_interval;
@@ -129,7 +129,7 @@ impl Writer<'_> {
 
     fn close(&mut self) -> usize {
         self.streams
-            .by_dir
+            .by_id
             .values_mut()
             .map(|s| s.close(&self.shared))
             .sum()

@@ -14,8 +14,8 @@
 //! buffer_memory_bytes = 268435456  # held in memory, all streams together; the rest is spooled
 //! ```
 //!
-//! Layout under `path`, one directory per stream (the batch's `neurod.stream_id` with every
-//! character outside `[A-Za-z0-9._-]` replaced by `_`, and leading `.`/`_` by `-`):
+//! Layout under `path`, one directory per stream (the batch's `neurod.stream_id`, reversibly
+//! escaped: see [`crate::storage::layout::stream_dir_name`]), with its `_manifest.json`:
 //!
 //! ```text
 //! <path>/<stream>/part-000000.parquet      finished files, zstd, Arrow schema and all `neurod.*`
@@ -31,6 +31,11 @@
 //! Parquet file of the same number (temporary file, fsync, atomic rename, directory fsync) and
 //! deletes it. At start the sink first recovers what a crash left (see [`recover`]): temporary
 //! files are deleted and every segment is converted, keeping each complete batch before a cut.
+//!
+//! The store never writes a `sample_index` (continuous) or `frame_index` (frames) that its
+//! stream already holds: rows at or below the largest index stored (on disk at the stream's
+//! first batch, then as written) are dropped, counted in `neurod_store_duplicate_rows_total`
+//! and logged. A source resuming after a reload or a crash may so start a little early.
 //!
 //! Receiving and writing are separate threads joined by the input buffer ([`buffer`]): the
 //! receiving loop only queues batches, so a disk stalled by other writers, or the whole daemon
@@ -52,7 +57,7 @@ mod spool;
 mod stream_writer;
 mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,7 +67,7 @@ use serde::Deserialize;
 use crate::component::{parse_options, BuildContext, ComponentError, Sink, SinkContext};
 use crate::edge::Recv;
 use crate::metrics::ComponentMetrics;
-use crate::storage::layout::stream_dir_name;
+use crate::storage::layout::{stream_dir_name, stream_id_from_dir_name};
 pub use crate::storage::{
     convert_segment, convert_segment_with, recover, recover_with, writer_properties, ConvertStats,
     Int16Encoding, ParquetOptions, RecoveryReport, StoreError,
@@ -190,11 +195,12 @@ impl StoreSink {
         };
         for (segment, _part, stats) in &report.converted {
             let stream_id = stats.stream_id.clone().unwrap_or_else(|| {
-                segment
+                let name = segment
                     .parent()
                     .and_then(|d| d.file_name())
                     .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                stream_id_from_dir_name(&name).unwrap_or(name)
             });
             totals.record(&stream_id, &metrics.store(&stream_id), stats);
         }
@@ -204,42 +210,37 @@ impl StoreSink {
     }
 }
 
-/// The streams of one run, by directory name (two ids that sanitise alike share a directory; a
-/// schema change between them closes the segment, so nothing mixes within a file).
+/// The streams of one run, by stream id (each has its own directory: names are reversible).
 struct Streams {
     dir: PathBuf,
-    by_dir: HashMap<String, StreamWriter>,
-    /// Ids already warned about sharing a directory with another.
-    warned: HashSet<String>,
+    by_id: HashMap<String, StreamWriter>,
 }
 
 impl Streams {
     fn get(&mut self, batch: &RecordBatch, metrics: &ComponentMetrics) -> &mut StreamWriter {
         let id = stream_id_of(batch.schema_ref()).unwrap_or(UNNAMED_STREAM);
-        let name = stream_dir_name(id);
         let dir = &self.dir;
-        let w = self.by_dir.entry(name).or_insert_with_key(|name| {
+        self.by_id.entry(id.to_string()).or_insert_with(|| {
             if stream_id_of(batch.schema_ref()).is_none() {
                 tracing::warn!(
                     component = metrics.id(),
                     "batches without `neurod.stream_id` are stored under `{UNNAMED_STREAM}/`"
                 );
             }
-            StreamWriter::new(id.to_string(), dir.join(name), metrics.store(id))
-        });
-        if w.stream_id() != id && self.warned.insert(id.to_string()) {
-            tracing::warn!(
-                component = metrics.id(),
-                "streams `{}` and `{id}` share the directory `{}`",
-                w.stream_id(),
-                stream_dir_name(id)
-            );
-        }
-        w
+            StreamWriter::new(
+                id.to_string(),
+                dir.join(stream_dir_name(id)),
+                metrics.store(id),
+            )
+        })
     }
 }
 
 impl Sink for StoreSink {
+    fn store_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
+    }
+
     fn run(self: Box<Self>, ctx: SinkContext) -> Result<(), ComponentError> {
         let mut totals = FinishedTotals::default();
         self.recover_at_start(&ctx.metrics, &mut totals);
@@ -253,8 +254,7 @@ impl Sink for StoreSink {
         };
         let streams = Streams {
             dir: self.dir.clone(),
-            by_dir: HashMap::new(),
-            warned: HashSet::new(),
+            by_id: HashMap::new(),
         };
         let writer = ingest::Writer {
             streams,

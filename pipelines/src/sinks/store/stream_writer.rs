@@ -5,13 +5,16 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::{AsArray, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::worker::{Converter, Job};
 use crate::metrics::{batch_bytes, ComponentMetrics, StoreMetrics};
 use crate::storage::layout::{create_dir_durably, next_seq, segment_path, sync_dir};
-use crate::storage::{writer_properties, ParquetOptions, SegmentWriter, StoreError};
+use crate::storage::{held_index, writer_properties, ParquetOptions, SegmentWriter, StoreError};
+use crate::stream::{Layout, FRAME_INDEX, SAMPLE_INDEX};
 
 /// Batches a failing stream keeps in memory for the retry, per stream. Beyond it the oldest are
 /// dropped (and counted): a disk that stays broken must not take the daemon's memory with it.
@@ -38,6 +41,11 @@ pub struct StreamWriter {
     pending_bytes: u64,
     /// Failures since the last success; only the first is logged as an error.
     failures: u64,
+    /// Largest index this stream holds (see [`StreamWriter::new_rows`]); `None` until the first
+    /// batch with an index has looked at the disk.
+    held: Option<Option<i64>>,
+    /// Duplicate rows dropped since the last batch that was new, for the log.
+    duplicates: u64,
 }
 
 fn same_schema(a: &SchemaRef, b: &SchemaRef) -> bool {
@@ -60,11 +68,9 @@ impl StreamWriter {
             pending: VecDeque::new(),
             pending_bytes: 0,
             failures: 0,
+            held: None,
+            duplicates: 0,
         }
-    }
-
-    pub fn stream_id(&self) -> &str {
-        &self.stream_id
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
@@ -73,6 +79,9 @@ impl StreamWriter {
 
     /// Appends a batch to the live segment (after any earlier batches a failure held back).
     pub fn accept(&mut self, batch: RecordBatch, sh: &Shared) {
+        let Some(batch) = self.new_rows(batch, sh) else {
+            return;
+        };
         self.pending_bytes += batch_bytes(&batch);
         self.pending.push_back(batch);
         self.write_pending(sh);
@@ -90,6 +99,80 @@ impl StreamWriter {
             sh.metrics.error("io", "writing", msg.clone());
             tracing::error!(component = sh.metrics.id(), stream = %self.stream_id, "{msg}");
         }
+    }
+
+    /// The rows of a continuous or frames batch whose index the stream does not hold yet (each
+    /// of their rows has its own `sample_index`/`frame_index`): a source that resumed a little
+    /// early, or replays a file again, never stores a row twice. Other layouts pass as they are.
+    fn new_rows(&mut self, batch: RecordBatch, sh: &Shared) -> Option<RecordBatch> {
+        let column = match Layout::of(batch.schema_ref()) {
+            Some(Layout::Continuous) => SAMPLE_INDEX,
+            Some(Layout::Frames) => FRAME_INDEX,
+            _ => return Some(batch),
+        };
+        let Some(values) = batch
+            .column_by_name(column)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .cloned()
+        else {
+            return Some(batch);
+        };
+        let held = match self.held {
+            Some(h) => h,
+            None => {
+                let h = self.held_on_disk(sh);
+                self.held = Some(h);
+                h
+            }
+        };
+        let newest = values.iter().flatten().max();
+        self.held = Some(held.max(newest));
+        let Some(held) = held else {
+            return Some(batch);
+        };
+        let keep: BooleanArray = values
+            .iter()
+            .map(|v| Some(v.is_none_or(|v| v > held)))
+            .collect();
+        let kept = keep.true_count();
+        let dropped = batch.num_rows() - kept;
+        if dropped == 0 {
+            if self.duplicates > 0 {
+                tracing::info!(component = sh.metrics.id(), stream = %self.stream_id, duplicates = self.duplicates, "new rows again after {} already stored rows", self.duplicates);
+                self.duplicates = 0;
+            }
+            return Some(batch);
+        }
+        self.metrics.duplicate_rows.inc_by(dropped as u64);
+        if self.duplicates == 0 {
+            tracing::warn!(
+                component = sh.metrics.id(),
+                stream = %self.stream_id,
+                "the stream already holds {column} up to {held}: dropping rows it holds (counted in neurod_store_duplicate_rows_total)"
+            );
+        }
+        self.duplicates += dropped as u64;
+        if kept == 0 {
+            return None;
+        }
+        match filter_record_batch(&batch, &keep) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                let e = StoreError::arrow(&self.dir, "dropping duplicate rows", e);
+                self.drop_batch(&e, batch.num_rows(), sh);
+                None
+            }
+        }
+    }
+
+    /// The largest index stored for this stream before this sink wrote any of it.
+    fn held_on_disk(&self, sh: &Shared) -> Option<i64> {
+        let store = self.dir.parent().unwrap_or(std::path::Path::new("."));
+        held_index(store, &self.stream_id).unwrap_or_else(|e| {
+            sh.metrics.error(e.error_type(), "reading the catalog", e.to_string());
+            tracing::error!(component = sh.metrics.id(), stream = %self.stream_id, "{e}; rows it may already hold are stored again");
+            None
+        })
     }
 
     /// Called every flush interval: makes the segment durable, rotates it when old enough, and
@@ -226,6 +309,10 @@ impl StreamWriter {
         if let Some(b) = self.pending.pop_front() {
             self.pending_bytes = self.pending_bytes.saturating_sub(batch_bytes(&b));
         }
+        self.drop_batch(e, rows, sh);
+    }
+
+    fn drop_batch(&mut self, e: &StoreError, rows: usize, sh: &Shared) {
         sh.metrics.error(e.error_type(), "writing", e.to_string());
         tracing::error!(
             component = sh.metrics.id(),

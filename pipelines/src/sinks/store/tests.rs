@@ -128,9 +128,16 @@ fn file_names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Every Parquet file of a stream directory, in order; asserts nothing else is there.
+/// Every Parquet file of a stream directory, in order; asserts nothing else is there but the
+/// manifest, which lists exactly them.
 fn parts(stream_dir: &Path) -> Vec<PathBuf> {
-    let names = file_names(stream_dir);
+    let mut names = file_names(stream_dir);
+    names.retain(|n| n != crate::storage::manifest::MANIFEST_FILE);
+    let manifest = crate::storage::manifest::read_manifest(stream_dir)
+        .unwrap()
+        .expect("every stream directory with files has a manifest");
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(listed, names, "the manifest lists every file");
     for n in &names {
         assert!(
             n.starts_with("part-") && n.ends_with(".parquet"),
@@ -216,9 +223,9 @@ fn two_streams_land_in_two_directories() {
     }
     run_sink(dir.path(), "", &input);
     let store = dir.path().join(ID);
-    assert_eq!(file_names(&store), ["probe1", "rig1_probe0"]);
+    assert_eq!(file_names(&store), ["probe1", "rig1%2Fprobe0"]);
     assert_eq!(
-        stored_rows(&store.join("rig1_probe0"), &a),
+        stored_rows(&store.join("rig1%2Fprobe0"), &a),
         concat(&a, &in_a)
     );
     assert_eq!(stored_rows(&store.join("probe1"), &b), concat(&b, &in_b));
@@ -362,7 +369,7 @@ fn recovery_keeps_every_complete_batch_before_a_cut() {
         }
         assert_eq!(
             file_names(&stream_dir),
-            ["part-000003.parquet"],
+            ["_manifest.json", "part-000003.parquet"],
             "cut {cut}"
         );
         let stats = &report.converted[0].2;
@@ -387,10 +394,38 @@ fn the_sink_recovers_at_start_and_numbers_new_files_after_old_ones() {
     let registry = run_sink(dir.path(), "", &input[2..]);
     assert_eq!(
         file_names(&stream_dir),
-        ["part-000000.parquet", "part-000001.parquet"]
+        [
+            "_manifest.json",
+            "part-000000.parquet",
+            "part-000001.parquet"
+        ]
     );
     assert_eq!(stored_rows(&stream_dir, &schema), concat(&schema, &input));
     assert_eq!(registry.store(ID, "p").files.get(), 2);
+}
+
+#[test]
+fn rows_a_stream_already_holds_are_never_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = info("p", 2).schema();
+    let input = batches(&schema, 6, 100);
+    run_sink(dir.path(), "", &input[..4]);
+    // A source that starts again from the beginning, and one that resumes mid-batch.
+    let mut again: Vec<RecordBatch> = input.clone();
+    again.push(batch(&schema, 550, 100));
+    let registry = run_sink(dir.path(), "", &again);
+    let stream_dir = dir.path().join(ID).join("p");
+    let mut expected = input.clone();
+    expected.push(batch(&schema, 600, 50));
+    assert_eq!(
+        stored_rows(&stream_dir, &schema),
+        concat(&schema, &expected)
+    );
+    assert_eq!(
+        registry.store(ID, "p").duplicate_rows.get(),
+        400 + 50,
+        "every row held is counted"
+    );
 }
 
 #[test]

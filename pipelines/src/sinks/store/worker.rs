@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use crate::component::ComponentError;
 use crate::metrics::{ComponentMetrics, StoreMetrics};
-use crate::storage::{finish_segment, ConvertStats, Finished, ParquetOptions};
+use crate::storage::{finish_segment, refresh_manifest, ConvertStats, Finished, ParquetOptions};
 
 /// Closed segments waiting for the converter, beyond the one it is converting.
 pub const QUEUED_SEGMENTS: usize = 2;
@@ -98,6 +98,19 @@ impl Converter {
     }
 }
 
+/// Rewrites the stream directory's manifest after a file was finished. A failure leaves the
+/// manifest behind the files, which readers detect and rebuild from; it is retried with the
+/// next file.
+fn refresh(job: &Job, metrics: &ComponentMetrics) {
+    let Some(dir) = job.segment.parent() else {
+        return;
+    };
+    if let Err(e) = refresh_manifest(dir) {
+        metrics.error(e.error_type(), "writing manifest", e.to_string());
+        tracing::error!(component = metrics.id(), stream = %job.stream_id, "{e}");
+    }
+}
+
 fn convert(
     job: Job,
     opts: &ParquetOptions,
@@ -120,6 +133,7 @@ fn convert(
                 "finished a Parquet file"
             );
             totals.record(&job.stream_id, &job.metrics, &stats);
+            refresh(&job, metrics);
             Ok(())
         }
         Ok(Finished::Empty { discarded_bytes }) => {

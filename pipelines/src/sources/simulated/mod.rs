@@ -177,6 +177,7 @@ impl SimulatedOptions {
 pub struct SimulatedSource {
     rig: Rig,
     pace: Pace,
+    options: SimulatedOptions,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>, Vec<String>> {
@@ -184,6 +185,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
     Ok(Box::new(SimulatedSource {
         rig: Rig::new(ctx.id, &options)?,
         pace: options.pace,
+        options,
     }))
 }
 
@@ -205,7 +207,24 @@ impl Source for SimulatedSource {
     }
 
     fn run(self: Box<Self>, mut ctx: SourceContext) -> Result<(), ComponentError> {
-        let SimulatedSource { mut rig, pace } = *self;
+        let SimulatedSource {
+            mut rig,
+            pace,
+            options,
+        } = *self;
+        // A simulation cannot resume a stored run: when the stores it feeds already hold its
+        // streams (a restart, a reload), it starts a new run under new ids (`<id>-run2`, ...).
+        let suffixes: Vec<String> = rig
+            .data_streams()
+            .into_iter()
+            .chain(rig.ground_truth_streams())
+            .filter_map(|s| s.strip_prefix(ctx.id.as_str()).map(str::to_string))
+            .collect();
+        let prefix = ctx.resume.new_run_prefix(&ctx.id, &suffixes);
+        if prefix != ctx.id {
+            tracing::info!(component = %ctx.id, run = %prefix, "the stores hold an earlier run: starting a new one");
+            rig = Rig::new(&prefix, &options).map_err(|e| ComponentError::Other(e.join("; ")))?;
+        }
         let pacer = Pacer::new(pace, SAMPLE_RATE_HZ);
         tracing::info!(
             component = %ctx.id,

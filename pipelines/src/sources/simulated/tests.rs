@@ -60,6 +60,7 @@ fn run_with(
         outputs,
         shutdown: shutdown.clone(),
         metrics: own,
+        resume: Default::default(),
     };
     let started = Instant::now();
     let worker = std::thread::spawn(move || src.run(ctx));
