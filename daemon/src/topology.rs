@@ -162,7 +162,16 @@ impl Topology {
     }
 
     fn new_inbox(&self, c: &Component) -> Inbox {
-        Inbox::new(self.daemon.queue_batches, self.component_metrics(c))
+        // A store moves batches straight into its own buffer; its larger inbox only rides out
+        // the moments its receiving thread gets no CPU while a source catches up.
+        let cap = if c.type_name == pipelines::sinks::store::TYPE_NAME {
+            self.daemon
+                .queue_batches
+                .saturating_mul(pipelines::sinks::store::INBOX_FACTOR)
+        } else {
+            self.daemon.queue_batches
+        };
+        Inbox::new(cap, self.component_metrics(c))
     }
 
     fn component_metrics(&self, c: &Component) -> ComponentMetrics {

@@ -65,6 +65,9 @@ pub struct Metrics {
     store_input_bytes: IntCounterVec,
     store_compression_ratio: GaugeVec,
     store_files: IntCounterVec,
+    store_buffered_seconds: GaugeVec,
+    store_buffered_bytes: GaugeVec,
+    store_buffer_dropped_rows: IntCounterVec,
     store_duplicate_rows: IntCounterVec,
     components: Mutex<BTreeMap<String, ComponentMetrics>>,
 }
@@ -165,6 +168,19 @@ impl Metrics {
                 store_l,
             ),
             store_files: counter(&reg, "neurod_store_files_total", "Parquet files finished.", store_l),
+            store_buffered_seconds: gauge(&reg, "neurod_store_buffered_seconds", "Seconds of data waiting in the store's input buffer (memory and spool).", store_l),
+            store_buffered_bytes: gauge(
+                &reg,
+                "neurod_store_buffered_bytes",
+                "Arrow bytes waiting in the store's input buffer, by medium (memory, disk).",
+                &["component_id", "stream_id", "medium"],
+            ),
+            store_buffer_dropped_rows: counter(
+                &reg,
+                "neurod_store_buffer_dropped_rows_total",
+                "Rows the store dropped because a stream's buffer budget (buffer_s) was spent.",
+                store_l,
+            ),
             store_duplicate_rows: counter(
                 &reg,
                 "neurod_store_duplicate_rows_total",
@@ -256,6 +272,18 @@ impl Metrics {
             input_bytes: self.store_input_bytes.with_label_values(&v),
             compression_ratio: self.store_compression_ratio.with_label_values(&v),
             files: self.store_files.with_label_values(&v),
+            buffered_seconds: self.store_buffered_seconds.with_label_values(&v),
+            buffered_memory_bytes: self.store_buffered_bytes.with_label_values(&[
+                component_id,
+                stream_id,
+                "memory",
+            ]),
+            buffered_disk_bytes: self.store_buffered_bytes.with_label_values(&[
+                component_id,
+                stream_id,
+                "disk",
+            ]),
+            buffer_dropped_rows: self.store_buffer_dropped_rows.with_label_values(&v),
             duplicate_rows: self.store_duplicate_rows.with_label_values(&v),
         }
     }
@@ -441,6 +469,10 @@ pub struct StoreMetrics {
     pub input_bytes: IntCounter,
     pub compression_ratio: Gauge,
     pub files: IntCounter,
+    pub buffered_seconds: Gauge,
+    pub buffered_memory_bytes: Gauge,
+    pub buffered_disk_bytes: Gauge,
+    pub buffer_dropped_rows: IntCounter,
     pub duplicate_rows: IntCounter,
 }
 

@@ -44,6 +44,9 @@ pub fn recover_with(dir: &Path, opts: &ParquetOptions) -> Result<RecoveryReport,
     let mut stream_dirs = Vec::new();
     for entry in entries {
         match entry {
+            // Hidden directories are not streams (the store's `.spool`); stream directory names
+            // never start with `.`.
+            Ok(entry) if entry.file_name().to_string_lossy().starts_with('.') => {}
             Ok(entry) if entry.path().is_dir() => stream_dirs.push(entry.path()),
             Ok(_) => {}
             Err(e) => report

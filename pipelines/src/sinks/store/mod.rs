@@ -10,6 +10,8 @@
 //! rotate_bytes = 1073741824     # or this many segment bytes, whichever comes first
 //! zstd_level = 3
 //! path = "/data/neurod/disk"    # default: <data_dir>/<component id>
+//! buffer_s = 60                 # seconds of data each stream may wait for a slow disk
+//! buffer_memory_bytes = 268435456  # held in memory, all streams together; the rest is spooled
 //! ```
 //!
 //! Layout under `path`, one directory per stream (the batch's `neurod.stream_id`, reversibly
@@ -35,33 +37,52 @@
 //! first batch, then as written) are dropped, counted in `neurod_store_duplicate_rows_total`
 //! and logged. A source resuming after a reload or a crash may so start a little early.
 //!
+//! Receiving and writing are separate threads joined by the input buffer ([`buffer`]): the
+//! receiving loop only queues batches, so a disk stalled by other writers, or the whole daemon
+//! frozen and resumed, never fills the inbox (whose overflow would drop the oldest batches). Each
+//! stream holds up to `buffer_s` seconds of data; past `buffer_memory_bytes` in memory, batches
+//! are spilled to `<path>/.spool/` ([`spool`]) and read back in order. Only past `buffer_s` are a
+//! stream's oldest batches dropped (`neurod_store_buffer_dropped_rows_total`, logged once per
+//! episode). If spilling fails too (a full or broken disk), batches stay in memory, still bounded
+//! by `buffer_s`. After `kill -9` the next start stores what the spool held, past each file's note of
+//! the batches already stored, before anything new; what was only in memory is lost.
+//!
 //! A disk error on one stream is counted and logged with the file; that stream keeps the batches
 //! it could not write (up to [`stream_writer::MAX_PENDING_BYTES`]) and retries with its next
 //! batch, while the other streams go on.
 
+mod buffer;
+mod ingest;
+mod spool;
 mod stream_writer;
 mod worker;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use crate::component::{parse_options, BuildContext, ComponentError, Sink, SinkContext};
 use crate::edge::Recv;
-use crate::metrics::{batch_bytes, ComponentMetrics};
+use crate::metrics::ComponentMetrics;
 use crate::storage::layout::{stream_dir_name, stream_id_from_dir_name};
 pub use crate::storage::{
     convert_segment, convert_segment_with, recover, recover_with, writer_properties, ConvertStats,
     Int16Encoding, ParquetOptions, RecoveryReport, StoreError,
 };
 use crate::stream::stream_id_of;
+use buffer::{Buffer, BufferOptions};
+use spool::{Spiller, SPOOL_DIR};
 use stream_writer::{Shared, StreamWriter};
 use worker::{Converter, FinishedTotals};
 
 pub const TYPE_NAME: &str = "store";
+/// A store's inbox holds this many times `queue_batches`: its receiving loop only queues into
+/// the buffer, so the inbox fills only while that thread gets no CPU and a source emits a
+/// backlog (after a freeze) much faster than real time.
+pub const INBOX_FACTOR: usize = 16;
 /// Where batches whose schema carries no `neurod.stream_id` are stored.
 pub const UNNAMED_STREAM: &str = "unnamed";
 
@@ -77,6 +98,12 @@ fn default_rotate_bytes() -> u64 {
 fn default_zstd_level() -> i32 {
     3
 }
+fn default_buffer_s() -> f64 {
+    60.0
+}
+fn default_buffer_memory_bytes() -> u64 {
+    256 << 20
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +118,10 @@ struct StoreOptions {
     zstd_level: i32,
     #[serde(default)]
     path: Option<PathBuf>,
+    #[serde(default = "default_buffer_s")]
+    buffer_s: f64,
+    #[serde(default = "default_buffer_memory_bytes")]
+    buffer_memory_bytes: u64,
 }
 
 pub struct StoreSink {
@@ -99,6 +130,7 @@ pub struct StoreSink {
     rotate_after: Duration,
     rotate_bytes: u64,
     parquet: ParquetOptions,
+    buffer: BufferOptions,
 }
 
 fn seconds(id: &str, key: &str, value: f64, errors: &mut Vec<String>) -> Duration {
@@ -119,6 +151,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Sink>, 
     let mut errors = Vec::new();
     let flush_interval = seconds(ctx.id, "flush_interval_s", o.flush_interval_s, &mut errors);
     let rotate_after = seconds(ctx.id, "rotate_s", o.rotate_s, &mut errors);
+    let buffer_s = seconds(ctx.id, "buffer_s", o.buffer_s, &mut errors);
     if o.rotate_bytes == 0 {
         errors.push(format!(
             "component `{}` (type `{TYPE_NAME}`): `rotate_bytes` must be positive",
@@ -142,6 +175,10 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Sink>, 
         parquet: ParquetOptions {
             zstd_level: o.zstd_level,
             ..ParquetOptions::default()
+        },
+        buffer: BufferOptions {
+            budget_s: buffer_s.as_secs_f64(),
+            memory_bytes: o.buffer_memory_bytes,
         },
     }))
 }
@@ -216,37 +253,56 @@ impl Sink for StoreSink {
             metrics: &ctx.metrics,
             converter: &converter,
         };
-        let mut streams = Streams {
+        let streams = Streams {
             dir: self.dir.clone(),
             by_id: HashMap::new(),
         };
-        let mut next_flush = Instant::now() + self.flush_interval;
-        loop {
-            match ctx
-                .inbox
-                .recv_timeout(next_flush.saturating_duration_since(Instant::now()))
-            {
-                Recv::Data(batch) => {
-                    let started = Instant::now();
-                    ctx.metrics.received(&batch);
-                    let stream = streams.get(&batch, &ctx.metrics);
-                    stream.metrics().input_bytes.inc_by(batch_bytes(&batch));
-                    stream.accept(batch, &shared);
-                    ctx.metrics
-                        .observe_processing(started.elapsed().as_secs_f64());
+        let writer = ingest::Writer {
+            streams,
+            shared,
+            flush_interval: self.flush_interval,
+        };
+        let spool_dir = self.dir.join(SPOOL_DIR);
+        let (leftovers, next_spool_id) = spool::leftovers(&spool_dir).unwrap_or_else(|e| {
+            let e = StoreError::io(&spool_dir, "listing the spool", e);
+            ctx.metrics
+                .error(e.error_type(), "recovering", e.to_string());
+            tracing::error!(component = ctx.metrics.id(), "{e}");
+            (Vec::new(), 0)
+        });
+        let buffer = Buffer::new(self.buffer.clone(), ctx.metrics.clone());
+        let spiller = Spiller::new(&buffer, spool_dir, next_spool_id, ctx.metrics.clone());
+        let unwritten = std::thread::scope(|s| {
+            let thread =
+                |name: &str| std::thread::Builder::new().name(format!("{}-{name}", ctx.id));
+            let spiller = thread("spill")
+                .spawn_scoped(s, || spiller.run())
+                .map_err(|e| ComponentError::io("starting the spill thread", e))?;
+            let writer = thread("write")
+                .spawn_scoped(s, || writer.run(&buffer, leftovers))
+                .map_err(|e| ComponentError::io("starting the writer thread", e));
+            // This loop only moves batches into the buffer, so the inbox never fills while the
+            // disk stalls (see `buffer`).
+            while let Ok(writer) = &writer {
+                match ctx.inbox.recv_timeout(Duration::from_millis(500)) {
+                    Recv::Data(batch) => {
+                        ctx.metrics.received(&batch);
+                        let id = stream_id_of(batch.schema_ref())
+                            .unwrap_or(UNNAMED_STREAM)
+                            .to_string();
+                        buffer.push(&id, batch);
+                    }
+                    Recv::Timeout if writer.is_finished() => break,
+                    Recv::Timeout => {}
+                    Recv::Closed => break,
                 }
-                Recv::Timeout => {}
-                Recv::Closed => break,
             }
-            // Checked after every batch too, so a busy inbox cannot postpone the flush.
-            if Instant::now() >= next_flush {
-                for stream in streams.by_id.values_mut() {
-                    stream.tick(&shared);
-                }
-                next_flush = Instant::now() + self.flush_interval;
-            }
-        }
-        let unwritten: usize = streams.by_id.values_mut().map(|s| s.close(&shared)).sum();
+            buffer.close();
+            let panicked =
+                |what: &str| ComponentError::Other(format!("the store's {what} thread panicked"));
+            spiller.join().map_err(|_| panicked("spill"))?;
+            writer?.join().map_err(|_| panicked("writer"))
+        })?;
         let unconverted = converter.finish()?;
         if unwritten == 0 && unconverted.is_empty() {
             return Ok(());

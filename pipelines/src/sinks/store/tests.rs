@@ -510,3 +510,6 @@ fn options_are_checked_all_at_once() {
     let t: toml::Table = toml::from_str("rotate_s = 60\nflush_interval_s = 1").unwrap();
     assert!(build(&ctx, t).is_ok(), "integers are seconds too");
 }
+
+#[path = "buffer_sink_tests.rs"]
+mod buffer_sink;
