@@ -98,15 +98,20 @@ impl Daemon {
             .envs(env.iter().copied())
             .spawn()
             .unwrap();
-        let d = Daemon { child, port, log };
+        let mut d = Daemon { child, port, log };
         d.wait_http();
         d
     }
 
-    fn wait_http(&self) {
+    /// Waits until the daemon answers HTTP, or has already ended (a short finite run can finish
+    /// before the first look; the caller's `wait_exit` then reports how it ended).
+    fn wait_http(&mut self) {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(30) {
             if http_get(self.port, "/healthz").is_some() {
+                return;
+            }
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
