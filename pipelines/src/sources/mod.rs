@@ -1,6 +1,7 @@
 //! Sources: where streams enter the daemon.
 
 pub mod arrow_ipc;
+pub mod follow;
 pub mod openephys;
 pub mod raw_file;
 pub mod replay;
