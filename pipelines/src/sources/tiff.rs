@@ -186,29 +186,19 @@ impl Source for TiffSource {
     }
 
     fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError> {
-        let SourceContext {
-            id,
-            mut outputs,
-            shutdown,
-            metrics,
-            resume,
-        } = ctx;
-        let mut batch = FrameBatch::new(self.batch_frames, self.rate_hz, &id);
+        let mut ctx = ctx;
+        let mut batch = FrameBatch::new(self.batch_frames, self.rate_hz, &ctx.id);
         // Frames the stores fed by this source hold are read again (frame_index follows the
         // order of pages and files) but not sent.
-        batch.skip_until = resume.next_index(&id).unwrap_or_else(|e| {
-            metrics.error(e.error_type(), "resuming", e.to_string());
-            tracing::error!(component = %id, "cannot tell what the store holds ({e}); sending every frame");
-            0
-        });
+        batch.skip_until = crate::sources::resume_index(&ctx, &ctx.id);
         if batch.skip_until > 0 {
-            tracing::info!(component = %id, "resuming at frame_index {}: the stores it feeds hold every frame before", batch.skip_until);
+            tracing::info!(component = %ctx.id, "resuming at frame_index {}: the stores it feeds hold every frame before", batch.skip_until);
         }
         let mut run = Run {
-            id: &id,
-            shutdown: &shutdown,
-            metrics: &metrics,
-            output: outputs.main(),
+            id: &ctx.id,
+            shutdown: &ctx.shutdown,
+            metrics: &ctx.metrics,
+            output: ctx.outputs.main(),
             batch,
             frame: Vec::new(),
             saturated: 0,

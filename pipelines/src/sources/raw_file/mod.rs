@@ -27,7 +27,6 @@ use crate::edge::Overflow;
 use crate::metrics::ComponentMetrics;
 use crate::pace::{Pace, Pacer};
 use crate::sources::follow::Timing;
-use crate::storage::ResumeLookup;
 use crate::stream::ContinuousInfo;
 use reader::{BatchEmitter, Reader};
 
@@ -192,14 +191,9 @@ pub fn run(file: RawFile, mode: Mode, ctx: SourceContext) -> Result<(), Componen
         filled: 0,
         offset: 0,
     };
-    let SourceContext {
-        id,
-        mut outputs,
-        shutdown,
-        metrics,
-        resume,
-    } = ctx;
-    let start = resume_point(&file, &resume, &metrics);
+    let mut ctx = ctx;
+    let start = crate::sources::resume_index(&ctx, &file.info.stream_id);
+    let id = &ctx.id;
     let mut emitter = BatchEmitter {
         schema: file.info.schema(),
         path: &file.path,
@@ -219,12 +213,12 @@ pub fn run(file: RawFile, mode: Mode, ctx: SourceContext) -> Result<(), Componen
             file.path.display()
         );
     }
+    let output = ctx.outputs.main();
     let ctx = Env {
-        id: &id,
-        shutdown: &shutdown,
-        metrics: &metrics,
+        id,
+        shutdown: &ctx.shutdown,
+        metrics: &ctx.metrics,
     };
-    let output = outputs.main();
     match mode {
         Mode::Replay {
             pace,
@@ -238,23 +232,6 @@ pub fn run(file: RawFile, mode: Mode, ctx: SourceContext) -> Result<(), Componen
             expected_bytes,
         ),
         Mode::Follow(cfg) => follow::follow(&mut reader, &mut emitter, output, &ctx, cfg),
-    }
-}
-
-/// The first sample to read: one past what every store fed by this source holds of its stream
-/// (the store is the checkpoint: it is durable, and exactly what was stored). On a failing
-/// catalog, from the start: the stores drop rows they hold.
-fn resume_point(file: &RawFile, resume: &ResumeLookup, metrics: &ComponentMetrics) -> i64 {
-    match resume.next_index(&file.info.stream_id) {
-        Ok(n) => n.max(0),
-        Err(e) => {
-            metrics.error(e.error_type(), "resuming", e.to_string());
-            tracing::error!(
-                "{}: cannot tell what the store holds ({e}); reading from the start",
-                file.path.display()
-            );
-            0
-        }
     }
 }
 

@@ -5,6 +5,7 @@ use super::*;
 use crate::component::{Output, Outputs, Shutdown};
 use crate::edge::{Inbox, Recv};
 use crate::metrics::{ComponentMetrics, Metrics};
+use crate::storage::ResumeLookup;
 use crate::stream::{ChannelInfo, ChannelKind};
 use arrow::array::{Array, Int16Array, Int64Array};
 use arrow::record_batch::RecordBatch;
