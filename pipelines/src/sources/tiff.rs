@@ -32,7 +32,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, FixedSizeListArray, Float64Array, Int16Array, Int64Array};
 use arrow::datatypes::{DataType, Field, SchemaRef};
@@ -48,6 +47,7 @@ use crate::formats::tiff_stack::{
 };
 use crate::metrics::ComponentMetrics;
 use crate::pace::{Pace, Pacer};
+use crate::sources::follow::{self, Followed, Step, Timing};
 use crate::sources::raw_file::TRUNCATED_FILE;
 use crate::stream::{self, Layout};
 
@@ -88,8 +88,7 @@ pub struct TiffSource {
     pace: Pace,
     follow: bool,
     batch_frames: usize,
-    poll: Duration,
-    idle_timeout: Option<Duration>,
+    timing: Timing,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>, Vec<String>> {
@@ -102,18 +101,11 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
             cfg.batch_frames
         ));
     }
-    if !(cfg.poll_ms.is_finite() && cfg.poll_ms > 0.0 && cfg.poll_ms <= 10_000.0) {
-        errors.push(format!(
-            "{prefix}: `poll_ms` = {} must be above 0 and at most 10000",
-            cfg.poll_ms
-        ));
-    }
-    let idle_timeout = crate::limits::seconds(cfg.idle_timeout_s).map_err(|why| {
-        errors.push(format!(
-            "{prefix}: `idle_timeout_s` = {} {why} (0 = never)",
-            cfg.idle_timeout_s
-        ))
-    });
+    errors.extend(
+        follow::option_problems(cfg.poll_ms, cfg.idle_timeout_s)
+            .into_iter()
+            .map(|p| format!("{prefix}: {p}")),
+    );
     if let Some(r) = cfg.rate_hz {
         if let Err(why) = crate::limits::check_rate(r) {
             errors.push(format!("{prefix}: `rate_hz` = {r}: {why}"));
@@ -166,7 +158,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
             cfg.path.display()
         ));
     }
-    let (Some(rate_hz), Ok(idle_timeout), true) = (rate_hz, idle_timeout, errors.is_empty()) else {
+    let (Some(rate_hz), true) = (rate_hz, errors.is_empty()) else {
         return Err(errors);
     };
     Ok(Box::new(TiffSource {
@@ -176,8 +168,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
         pace: cfg.pace,
         follow: cfg.follow,
         batch_frames: cfg.batch_frames,
-        poll: Duration::from_secs_f64(cfg.poll_ms / 1000.0),
-        idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+        timing: Timing::from_options(cfg.poll_ms, cfg.idle_timeout_s),
     }))
 }
 
@@ -195,29 +186,19 @@ impl Source for TiffSource {
     }
 
     fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError> {
-        let SourceContext {
-            id,
-            mut outputs,
-            shutdown,
-            metrics,
-            resume,
-        } = ctx;
-        let mut batch = FrameBatch::new(self.batch_frames, self.rate_hz, &id);
+        let mut ctx = ctx;
+        let mut batch = FrameBatch::new(self.batch_frames, self.rate_hz, &ctx.id);
         // Frames the stores fed by this source hold are read again (frame_index follows the
         // order of pages and files) but not sent.
-        batch.skip_until = resume.next_index(&id).unwrap_or_else(|e| {
-            metrics.error(e.error_type(), "resuming", e.to_string());
-            tracing::error!(component = %id, "cannot tell what the store holds ({e}); sending every frame");
-            0
-        });
+        batch.skip_until = crate::sources::resume_index(&ctx, &ctx.id);
         if batch.skip_until > 0 {
-            tracing::info!(component = %id, "resuming at frame_index {}: the stores it feeds hold every frame before", batch.skip_until);
+            tracing::info!(component = %ctx.id, "resuming at frame_index {}: the stores it feeds hold every frame before", batch.skip_until);
         }
         let mut run = Run {
-            id: &id,
-            shutdown: &shutdown,
-            metrics: &metrics,
-            output: outputs.main(),
+            id: &ctx.id,
+            shutdown: &ctx.shutdown,
+            metrics: &ctx.metrics,
+            output: ctx.outputs.main(),
             batch,
             frame: Vec::new(),
             saturated: 0,
@@ -473,75 +454,91 @@ impl Run<'_> {
             src.path.display(),
             src.rate_hz
         );
-        let mut files: Vec<PathBuf> = Vec::new();
-        let mut current: Option<(usize, TiffPages)> = None;
-        let mut abandoned = false;
-        let mut geometry = None;
-        let mut last_new = Instant::now();
-        let why_stopped = loop {
-            if self.shutdown.is_triggered() {
-                break "shutdown".to_string();
-            }
-            if current.is_none() {
-                files = self.files(src)?;
-                if let Some(f) = files.first() {
-                    current = Some((0, TiffPages::new(f.clone(), geometry)));
-                }
-            }
-            let mut progressed = false;
-            if let Some((index, pages)) = current.as_mut() {
-                let stop = if abandoned {
-                    Stop::End(None)
-                } else {
-                    let (stop, read) = self.drain(pages, None)?;
-                    progressed = read > 0;
-                    stop
-                };
-                geometry = geometry.or(pages.geometry());
-                // Live frames go out as soon as the file has no more.
-                if !self.flush()? {
-                    break "every consumer stopped".to_string();
-                }
-                match stop {
-                    Stop::Quit => break "every consumer stopped or shutdown".to_string(),
-                    Stop::Bad => abandoned = true,
-                    Stop::End(incomplete) => {
-                        if src.folder && *index + 1 >= files.len() {
-                            files = self.files(src)?;
-                        }
-                        // A newer file means this one is finished.
-                        if let Some(next) = files.get(*index + 1) {
-                            if let (Some(why), false) = (incomplete, abandoned) {
-                                self.truncated(pages.path(), pages.pages_read(), &why);
-                            }
-                            *pages = TiffPages::new(next.clone(), geometry);
-                            *index += 1;
-                            abandoned = false;
-                            progressed = true;
-                        }
-                    }
-                }
-            }
-            if progressed {
-                last_new = Instant::now();
-                continue;
-            }
-            if let Some(idle) = src.idle_timeout {
-                if last_new.elapsed() >= idle {
-                    break format!("nothing new for {} s", idle.as_secs_f64());
-                }
-            }
-            if self.shutdown.sleep(src.poll) {
-                break "shutdown".to_string();
-            }
+        let shutdown = self.shutdown;
+        let mut follower = TiffFollower {
+            run: self,
+            src,
+            files: Vec::new(),
+            current: None,
+            abandoned: false,
+            geometry: None,
         };
+        let end = follow::follow(&mut follower, src.timing, shutdown)?;
         tracing::info!(
-            "source `{}`: stopped following {} ({why_stopped}) after {} frames",
+            "source `{}`: stopped following {} ({}) after {} frames",
             self.id,
             src.path.display(),
+            end.describe(),
             self.batch.next_index
         );
         Ok(())
+    }
+}
+
+/// The TIFF part of the follow loop: a step emits every whole page there is now, and moves to
+/// the next file of a folder once one appears.
+struct TiffFollower<'r, 'a> {
+    run: &'r mut Run<'a>,
+    src: &'r TiffSource,
+    /// The folder's files at the last listing.
+    files: Vec<PathBuf>,
+    /// Index in `files` and pages of the file being read.
+    current: Option<(usize, TiffPages)>,
+    /// The current file had a page of another kind: only a newer file is awaited.
+    abandoned: bool,
+    /// The first file's page geometry, which every later file must share.
+    geometry: Option<PageGeometry>,
+}
+
+impl Followed for TiffFollower<'_, '_> {
+    fn step(&mut self) -> Result<Step, ComponentError> {
+        if self.current.is_none() {
+            self.files = self.run.files(self.src)?;
+            if let Some(f) = self.files.first() {
+                self.current = Some((0, TiffPages::new(f.clone(), self.geometry)));
+            }
+        }
+        let Some((index, pages)) = self.current.as_mut() else {
+            return Ok(Step::Nothing);
+        };
+        let mut progressed = false;
+        let stop = if self.abandoned {
+            Stop::End(None)
+        } else {
+            let (stop, read) = self.run.drain(pages, None)?;
+            progressed = read > 0;
+            stop
+        };
+        self.geometry = self.geometry.or(pages.geometry());
+        // Live frames go out as soon as the file has no more.
+        if !self.run.flush()? {
+            return Ok(Step::Stop);
+        }
+        match stop {
+            Stop::Quit => return Ok(Step::Stop),
+            Stop::Bad => self.abandoned = true,
+            Stop::End(incomplete) => {
+                if self.src.folder && *index + 1 >= self.files.len() {
+                    self.files = self.run.files(self.src)?;
+                }
+                // A newer file means this one is finished.
+                if let Some(next) = self.files.get(*index + 1) {
+                    if let (Some(why), false) = (incomplete, self.abandoned) {
+                        self.run.truncated(pages.path(), pages.pages_read(), &why);
+                    }
+                    *pages = TiffPages::new(next.clone(), self.geometry);
+                    *index += 1;
+                    self.abandoned = false;
+                    progressed = true;
+                }
+            }
+        }
+        // Whole pages may wait right behind what was read (or in the next file): look again now.
+        Ok(if progressed {
+            Step::GrewMore
+        } else {
+            Step::Nothing
+        })
     }
 }
 
@@ -553,6 +550,7 @@ mod tests {
     use crate::sources::raw_file::tests::{collect, write_slowly, Collected};
     use crate::stream::keys;
     use arrow::array::Array;
+    use std::time::Duration;
 
     fn build_source(path: &Path, extra: &str) -> Result<Box<dyn Source>, Vec<String>> {
         let mut t: toml::Table = toml::from_str(extra).unwrap();
