@@ -273,6 +273,9 @@ impl Sink for StoreSink {
         let buffer = Buffer::new(self.buffer.clone(), ctx.metrics.clone());
         let spiller = Spiller::new(&buffer, spool_dir, next_spool_id, ctx.metrics.clone());
         let unwritten = std::thread::scope(|s| {
+            // However this closure ends (a panic included), the buffer closes, so the spill and
+            // writer threads finish and the scope can end instead of waiting for them forever.
+            let _close = CloseOnDrop(&buffer);
             let thread =
                 |name: &str| std::thread::Builder::new().name(format!("{}-{name}", ctx.id));
             let spiller = thread("spill")
@@ -318,6 +321,15 @@ impl Sink for StoreSink {
                 .collect::<Vec<_>>()
                 .join(", ")
         )))
+    }
+}
+
+/// Closes the buffer when dropped.
+struct CloseOnDrop<'a>(&'a Buffer);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
