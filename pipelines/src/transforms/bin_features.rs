@@ -44,7 +44,10 @@ use kernels::filter::{butter_bandpass, SosFilter};
 use serde::Deserialize;
 
 use super::spike_detect::{band_problems, CHANNEL, COMPLETE_BEFORE_SAMPLE, SOURCE_STREAM_KEY};
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::stream::{
     self, keys, parse_rate, sample_span, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S,
 };
@@ -128,7 +131,12 @@ impl Transform for BinFeatures {
         vec![PortSpec::default_port(&[Layout::Table])]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let stream_id = stream::stream_id_of(&schema).unwrap_or("unnamed");
         let layout = Layout::of(&schema);
@@ -161,7 +169,7 @@ impl Transform for BinFeatures {
         result.and(emitted)
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
         let mut ids: Vec<&String> = self.sources.keys().collect();
         ids.sort();
         let ids: Vec<String> = ids.into_iter().cloned().collect();
@@ -623,6 +631,7 @@ mod tests {
             &BuildContext {
                 id: "bins",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             t,
         )
@@ -691,9 +700,9 @@ mod tests {
     #[test]
     fn power_is_the_mean_square_of_the_band_in_uv2() {
         let mut tr = build_with("counts = false");
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         for b in batches(&probe_info("p"), &sine(30_000, 100.0), 250) {
-            tr.process(b, &mut out).unwrap();
+            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
         }
         let got = rows(&mut out);
         let n: usize = got.iter().map(|b| b.num_rows()).sum();
@@ -730,21 +739,23 @@ mod tests {
     #[test]
     fn bins_wait_for_their_counts_then_carry_them() {
         let mut tr = build_with("");
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         // Spikes may arrive before the data they were found in reached this transform.
         tr.process(
+            &Input::new(0, "in"),
             spikes(&[(10, 2), (20, 2), (599, 3), (600, 3), (1300, 0)]),
             &mut out,
         )
         .unwrap();
         for b in batches(&probe_info("p"), &sine(1_500, 50.0), 100) {
-            tr.process(b, &mut out).unwrap();
+            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
         }
         assert!(
             rows(&mut out).is_empty(),
             "no progress yet: counts may be incomplete"
         );
-        tr.process(progress(1_199), &mut out).unwrap();
+        tr.process(&Input::new(0, "in"), progress(1_199), &mut out)
+            .unwrap();
         let got = rows(&mut out);
         assert_eq!(got.len(), 1);
         assert_eq!(
@@ -752,8 +763,10 @@ mod tests {
             1,
             "bin 1 ends at 1200, progress only at 1199"
         );
-        tr.process(spikes(&[(1_199, 7)]), &mut out).unwrap();
-        tr.process(progress(1_250), &mut out).unwrap();
+        tr.process(&Input::new(0, "in"), spikes(&[(1_199, 7)]), &mut out)
+            .unwrap();
+        tr.process(&Input::new(0, "in"), progress(1_250), &mut out)
+            .unwrap();
         let mut got2 = rows(&mut out);
         assert_eq!(got2[0].num_rows(), 1);
         tr.finish(&mut out).unwrap();
@@ -780,17 +793,22 @@ mod tests {
     fn output_does_not_depend_on_chunking() {
         let run = |batch: usize| {
             let mut tr = build_with("bin_ms = 5");
-            let mut out = Emitter::default();
+            let mut out = TransformContext::detached("t");
             let data = sine(7_000, 80.0);
             for (k, b) in batches(&probe_info("p"), &data, batch)
                 .into_iter()
                 .enumerate()
             {
                 let end = (k + 1) as i64 * batch as i64;
-                tr.process(b, &mut out).unwrap();
-                tr.process(spikes(&[(end - 1, (k % AP) as i32)]), &mut out)
+                tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
+                tr.process(
+                    &Input::new(0, "in"),
+                    spikes(&[(end - 1, (k % AP) as i32)]),
+                    &mut out,
+                )
+                .unwrap();
+                tr.process(&Input::new(0, "in"), progress(end - 3), &mut out)
                     .unwrap();
-                tr.process(progress(end - 3), &mut out).unwrap();
             }
             tr.finish(&mut out).unwrap();
             let got = rows(&mut out);
@@ -823,12 +841,19 @@ mod tests {
             vec![Arc::new(Int64Array::from(vec![1i64])) as ArrayRef],
         )
         .unwrap();
-        let e = tr.process(b, &mut Emitter::default()).unwrap_err();
+        let e = tr
+            .process(
+                &Input::new(0, "in"),
+                b,
+                &mut TransformContext::detached("t"),
+            )
+            .unwrap_err();
         assert!(e.to_string().contains("`units`"), "{e}");
         let e = build(
             &BuildContext {
                 id: "bins",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::from_str("bin_ms = 0").unwrap(),
         )

@@ -45,7 +45,10 @@ use serde::Deserialize;
 use super::bin_features::BIN_SAMPLES_KEY;
 use super::spike_detect::SOURCE_STREAM_KEY;
 use super::traces::{self, err};
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::stats::{EwMomentsBank, MomentsBank};
 use crate::stream::{keys, Layout, FRAME_INDEX, TIME_S};
 
@@ -122,7 +125,12 @@ impl Transform for MomentsTransform {
         vec![PortSpec::default_port(&[Layout::Table])]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = traces::stream_id(&schema);
         let layout = Layout::of(&schema);
@@ -156,7 +164,7 @@ impl Transform for MomentsTransform {
         }
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
         let mut ids: Vec<String> = self.streams.keys().cloned().collect();
         ids.sort();
         let mut first_error = None;
@@ -457,6 +465,7 @@ mod tests {
             &BuildContext {
                 id: "moments",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::from_str(options).unwrap(),
         )
@@ -580,12 +589,12 @@ mod tests {
             let Some((e, f, n)) = expected() else { return Ok(()) };
             let mut dff = build_dff("dff", "window_s = 2.0");
             let mut mo = build_with("value = 'fc'\nemit_every_s = 7.0");
-            let mut out = Emitter::default();
+            let mut out = TransformContext::detached("t");
             for b in traces_batches("s2p", &f, Some(&n), rows) {
-                let mut mid = Emitter::default();
-                dff.process(b, &mut mid).unwrap();
-                for (_, b) in mid.batches {
-                    mo.process(b, &mut out).unwrap();
+                let mut mid = TransformContext::detached("t");
+                dff.process(&Input::new(0, "in"), b, &mut mid).unwrap();
+                for (_, b) in mid.out.batches {
+                    mo.process(&Input::new(0, "in"), b, &mut out).unwrap();
                 }
             }
             mo.finish(&mut out).unwrap();
@@ -655,9 +664,11 @@ mod tests {
             .unwrap()
         };
         let mut tr = build_with("tau_s = 0.1");
-        let mut out = Emitter::default();
-        tr.process(batch(0..3), &mut out).unwrap();
-        tr.process(batch(3..8), &mut out).unwrap();
+        let mut out = TransformContext::detached("t");
+        tr.process(&Input::new(0, "in"), batch(0..3), &mut out)
+            .unwrap();
+        tr.process(&Input::new(0, "in"), batch(3..8), &mut out)
+            .unwrap();
         tr.finish(&mut out).unwrap();
         assert_eq!(out.batches.len(), 1, "0.14 s of bins: only the final table");
         let t = &out.batches[0].1;

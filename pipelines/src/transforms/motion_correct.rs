@@ -43,7 +43,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::imaging::frames::Frames;
 use crate::imaging::registration::{shift_bilinear, to_i16, Params, Registration, Shift};
 use crate::stream::{self, Layout, FRAME_INDEX, PIXELS, TIME_S};
@@ -138,7 +141,12 @@ impl Transform for MotionCorrect {
         vec![PortSpec::default_port(&[Layout::Frames])]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = stream::stream_id_of(&schema)
             .unwrap_or("unnamed")
@@ -165,7 +173,7 @@ impl Transform for MotionCorrect {
         state.add(&frames, self.options.reference_frames, out)
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
         let mut first_error = None;
         let mut ids: Vec<String> = self.streams.keys().cloned().collect();
         ids.sort();

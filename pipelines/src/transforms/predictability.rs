@@ -65,7 +65,10 @@ use serde::Deserialize;
 use super::moments::{EXCESS_KURTOSIS, GROUP, M2, M3, M4, MEAN, N, SKEW, UNIT};
 use super::spike_detect::SOURCE_STREAM_KEY;
 use super::traces::{self, err};
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::stats::{KurtosisConvention, Label, Moments, PoyoRule};
 use crate::stream::{self, keys, Layout, FRAME_INDEX};
 
@@ -248,7 +251,12 @@ impl Transform for Predictability {
         ]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = traces::stream_id(&schema);
         match Layout::of(&schema) {
@@ -280,7 +288,7 @@ impl Transform for Predictability {
         }
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
         let mut first_error = None;
         for (source, s) in self.sources.iter_mut() {
             let result = s
@@ -641,6 +649,7 @@ mod tests {
             &BuildContext {
                 id: "pred",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::from_str(options).unwrap(),
         )
@@ -767,7 +776,7 @@ mod tests {
     #[test]
     fn labels_wait_for_min_samples_then_change_only_past_the_margin() {
         let mut tr = build_with("min_samples = 100");
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         let steps: [(i64, u64, f64); 6] = [
             (10, 50, 5.0),  // too few samples: no label, even though clearly unpredictable
             (20, 100, 3.0), // labelled predictable
@@ -777,8 +786,12 @@ mod tests {
             (60, 300, 3.4), // below 3.51 but not below 3.3345: stays
         ];
         for (frame, n, skew) in steps {
-            tr.process(table("s", frame, &[("0", n, skew, 1.0)]), &mut out)
-                .unwrap();
+            tr.process(
+                &Input::new(0, "in"),
+                table("s", frame, &[("0", n, skew, 1.0)]),
+                &mut out,
+            )
+            .unwrap();
         }
         assert_eq!(
             labels(&out),
@@ -800,22 +813,26 @@ mod tests {
         let f = ndarray::Array2::from_shape_fn((2, 6), |(r, t)| (r * 10 + t) as f32);
         let traces = traces_batches("s", &f, None, 5);
         let mut tr = build_with("min_samples = 3");
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         // Traces first: held, nothing is known of their units yet.
-        tr.process(traces[0].clone(), &mut out).unwrap();
+        tr.process(&Input::new(0, "in"), traces[0].clone(), &mut out)
+            .unwrap();
         assert!(out.batches.is_empty());
         tr.process(
+            &Input::new(0, "in"),
             table("s", 0, &[("0", 2, 0.0, 0.0), ("1", 2, 0.0, 0.0)]),
             &mut out,
         )
         .unwrap();
         tr.process(
+            &Input::new(0, "in"),
             table("s", 2, &[("0", 3, 0.0, 0.0), ("1", 3, 9.0, 0.0)]),
             &mut out,
         )
         .unwrap();
         for b in &traces[1..] {
-            tr.process(b.clone(), &mut out).unwrap();
+            tr.process(&Input::new(0, "in"), b.clone(), &mut out)
+                .unwrap();
         }
         tr.finish(&mut out).unwrap();
         assert_eq!(out.undeclared_ports(&tr.ports()), Vec::<String>::new());
@@ -862,28 +879,30 @@ mod tests {
             &BuildContext {
                 id: "m",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::from_str("value = 'fc'").unwrap(),
         )
         .unwrap();
         let mut pred = build_with(&groups);
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         for b in traces_batches("s2p", &f, Some(&fneu), 500) {
-            let mut a = Emitter::default();
-            dff.process(b, &mut a).unwrap();
-            let mut m = Emitter::default();
-            for (_, b) in a.batches {
-                pred.process(b.clone(), &mut out).unwrap();
-                mo.process(b, &mut m).unwrap();
+            let mut a = TransformContext::detached("t");
+            dff.process(&Input::new(0, "in"), b, &mut a).unwrap();
+            let mut m = TransformContext::detached("t");
+            for (_, b) in a.out.batches {
+                pred.process(&Input::new(0, "in"), b.clone(), &mut out)
+                    .unwrap();
+                mo.process(&Input::new(0, "in"), b, &mut m).unwrap();
             }
-            for (_, b) in m.batches {
-                pred.process(b, &mut out).unwrap();
+            for (_, b) in m.out.batches {
+                pred.process(&Input::new(0, "in"), b, &mut out).unwrap();
             }
         }
-        let mut m = Emitter::default();
+        let mut m = TransformContext::detached("t");
         mo.finish(&mut m).unwrap();
-        for (_, b) in m.batches {
-            pred.process(b, &mut out).unwrap();
+        for (_, b) in m.out.batches {
+            pred.process(&Input::new(0, "in"), b, &mut out).unwrap();
         }
         out.batches.clear();
         pred.finish(&mut out).unwrap();

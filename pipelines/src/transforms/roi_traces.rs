@@ -62,7 +62,10 @@ use kernels::Backend;
 
 use super::backend::{self, Preference};
 use super::spike_detect::SOURCE_STREAM_KEY;
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::imaging::frames::{check_frames_schema, image_dims, Frames};
 use crate::imaging::labels;
 use crate::imaging::rois::{NeuropilParams, RoiSet};
@@ -240,7 +243,12 @@ impl Transform for RoiTraces {
         vec![PortSpec::default_port(&[Layout::Traces])]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = stream::stream_id_of(&schema)
             .unwrap_or("unnamed")
@@ -255,7 +263,7 @@ impl Transform for RoiTraces {
         }
     }
 
-    fn finish(&mut self, _out: &mut Emitter) -> Result<(), ComponentError> {
+    fn finish(&mut self, _out: &mut TransformContext) -> Result<(), ComponentError> {
         let lost: Vec<String> = self
             .frames
             .iter()
