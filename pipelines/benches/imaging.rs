@@ -125,24 +125,23 @@ fn main() {
         motion_correct::build(&ctx("mc"), toml::from_str("max_shift_px = 12").unwrap()).unwrap();
     let t0 = Instant::now();
     let cpu: toml::Table = toml::from_str("backend = 'cpu'").unwrap();
-    let mut tr = roi_traces::build(&ctx("traces"), cpu).unwrap();
-    tr.process(
-        &Input::new(0, "in"),
-        rois.clone(),
-        &mut TransformContext::detached("t"),
-    )
-    .unwrap();
+    // roi_traces' inputs: the registered frames, then the ROI masks.
+    let roi_inputs = ["mc".to_string(), "sim.rois".to_string()];
+    let (frames_in, rois_in) = (Input::new(0, "mc"), Input::new(1, "sim.rois"));
+    let traces_ctx = |id| BuildContext {
+        inputs: &roi_inputs,
+        ..ctx(id)
+    };
+    let mut tr = roi_traces::build(&traces_ctx("traces"), cpu).unwrap();
+    tr.process(&rois_in, rois.clone(), &mut TransformContext::detached("t"))
+        .unwrap();
     // The GPU twin (a hardware GPU, else lavapipe: labelled in the table), when there is one.
     let gpu_backend = kernels::gpu::acquire().map(|c| c.backend.as_str());
     let mut tr_gpu = gpu_backend.map(|_| {
         let gpu: toml::Table = toml::from_str("backend = 'gpu'").unwrap();
-        let mut t = roi_traces::build(&ctx("traces_gpu"), gpu).unwrap();
-        t.process(
-            &Input::new(0, "in"),
-            rois,
-            &mut TransformContext::detached("t"),
-        )
-        .unwrap();
+        let mut t = roi_traces::build(&traces_ctx("traces_gpu"), gpu).unwrap();
+        t.process(&rois_in, rois, &mut TransformContext::detached("t"))
+            .unwrap();
         t
     });
     let mut tr_gpu_s = 0.0;
@@ -220,15 +219,14 @@ fn main() {
         if let Some(g) = &mut tr_gpu {
             let mut traces = TransformContext::detached("t");
             let t = Instant::now();
-            g.process(&Input::new(0, "in"), registered.clone(), &mut traces)
+            g.process(&frames_in, registered.clone(), &mut traces)
                 .unwrap();
             tr_gpu_s += t.elapsed().as_secs_f64();
             std::hint::black_box(traces);
         }
         let mut traces = TransformContext::detached("t");
         let t = Instant::now();
-        tr.process(&Input::new(0, "in"), registered, &mut traces)
-            .unwrap();
+        tr.process(&frames_in, registered, &mut traces).unwrap();
         tr_s += t.elapsed().as_secs_f64();
         std::hint::black_box(traces);
     }

@@ -32,13 +32,14 @@ fn data() -> Option<PathBuf> {
     None
 }
 
-fn transform(type_name: &str, id: &str, options: &str) -> Box<dyn Transform> {
+fn transform(type_name: &str, id: &str, inputs: &[&str], options: &str) -> Box<dyn Transform> {
+    let inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
     build_transform(
         type_name,
         &BuildContext {
             id,
             data_dir: "/tmp".as_ref(),
-            inputs: &[],
+            inputs: &inputs,
         },
         toml::from_str(options).unwrap(),
     )
@@ -86,9 +87,9 @@ fn labels_of_the_real_traces_follow_the_poyo_rule_on_scipys_moments() {
         assert!(decided, "roi {r} sits in the hysteresis band");
     }
 
-    let mut dff = transform("dff", "dff", "");
-    let mut moments = transform("moments", "moments", "value = 'fc'");
-    let mut pred = transform("predictability", "pred", "");
+    let mut dff = transform("dff", "dff", &["s2p"], "");
+    let mut moments = transform("moments", "moments", &["dff"], "value = 'fc'");
+    let mut pred = transform("predictability", "pred", &["moments", "dff"], "");
     // Traces as a Suite2p replay would send them: frame-major, 100 frames a batch.
     let schema = traces_schema("plane0", "30", &["f", "fneu"]);
     let mut out = TransformContext::detached("t");
@@ -97,7 +98,7 @@ fn labels_of_the_real_traces_follow_the_poyo_rule_on_scipys_moments() {
         |m: &mut TransformContext, pred: &mut Box<dyn Transform>, out: &mut TransformContext| {
             for (_, b) in m.batches.drain(..) {
                 table_frames.push(col::<Int64Array>(&b, "frame_index").value(0));
-                pred.process(&Input::new(0, "in"), b, out).unwrap();
+                pred.process(&Input::new(0, "moments"), b, out).unwrap();
             }
         };
     for t0 in (0..n_frames).step_by(100) {
@@ -127,7 +128,7 @@ fn labels_of_the_real_traces_follow_the_poyo_rule_on_scipys_moments() {
         let mut m = TransformContext::detached("t");
         for (_, b) in d.out.batches {
             // The traces reach predictability before their moments, as through the daemon.
-            pred.process(&Input::new(0, "in"), b.clone(), &mut out)
+            pred.process(&Input::new(1, "dff"), b.clone(), &mut out)
                 .unwrap();
             moments.process(&Input::new(0, "in"), b, &mut m).unwrap();
         }

@@ -15,10 +15,11 @@
 //! counts = true        # false: power only, from the continuous input alone
 //! ```
 //!
-//! Inputs: the continuous stream (power), the `spike_detect` spikes detected on it (counts) and
-//! `spike_detect`'s `progress` port, which says up to which sample the spikes are complete. The
-//! three are matched by the continuous stream's id (the spikes and progress schemas name it in
-//! `neurod.source_stream`). Bins are `bin_samples = round(bin_ms · rate / 1000)` samples long and
+//! Inputs, by position: the continuous stream (power), the `spike_detect` spikes detected on it
+//! (counts) and `spike_detect`'s `progress` port, which says up to which sample the spikes are
+//! complete; with `counts = false`, the continuous input alone. A batch whose layout is not its
+//! input's is an error naming the input. Several probes may share the inputs: each spikes and
+//! progress stream goes with the continuous stream its schema names in `neurod.source_stream`. Bins are `bin_samples = round(bin_ms · rate / 1000)` samples long and
 //! aligned on `sample_index` 0, so they do not depend on how the input was chunked.
 //!
 //! Output, one row per bin, stream id `<continuous stream id>.bins` (layout `table`), one column
@@ -90,6 +91,8 @@ struct Options {
 pub struct BinFeatures {
     id: String,
     options: Options,
+    /// The configured inputs, by position (see [`Role`]).
+    inputs: Vec<String>,
     /// By continuous stream id.
     sources: HashMap<String, SourceBins>,
 }
@@ -107,14 +110,54 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
             o.bin_ms
         ));
     }
+    let roles = if o.counts { ROLES.len() } else { 1 };
+    if ctx.inputs.len() != roles {
+        errors.push(format!(
+            "{prefix}: takes {roles} input(s), {}, and has {}",
+            ROLES[..roles]
+                .iter()
+                .map(|r| r.what())
+                .collect::<Vec<_>>()
+                .join(", "),
+            ctx.inputs.len()
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Box::new(BinFeatures {
         id: ctx.id.into(),
         options: o,
+        inputs: ctx.inputs.to_vec(),
         sources: HashMap::new(),
     }))
+}
+
+/// What each configured input carries, by its position in `inputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Continuous,
+    Spikes,
+    Progress,
+}
+
+const ROLES: [Role; 3] = [Role::Continuous, Role::Spikes, Role::Progress];
+
+impl Role {
+    fn layout(self) -> Layout {
+        match self {
+            Role::Continuous => Layout::Continuous,
+            Role::Spikes => Layout::Events,
+            Role::Progress => Layout::Table,
+        }
+    }
+    fn what(self) -> &'static str {
+        match self {
+            Role::Continuous => "the continuous stream",
+            Role::Spikes => "its spike_detect spikes",
+            Role::Progress => "their progress port",
+        }
+    }
 }
 
 /// Samples per bin at `rate` (the same for every input of one stream: same rate text).
@@ -133,36 +176,48 @@ impl Transform for BinFeatures {
 
     fn process(
         &mut self,
-        _input: &Input,
+        input: &Input,
         batch: RecordBatch,
         out: &mut TransformContext,
     ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let stream_id = stream::stream_id_of(&schema).unwrap_or("unnamed");
-        let layout = Layout::of(&schema);
-        let source = match layout {
-            Some(Layout::Continuous) | None => stream_id.to_string(),
-            Some(Layout::Events | Layout::Table) => match schema.metadata().get(SOURCE_STREAM_KEY) {
+        let bad = |why: String| {
+            ComponentError::Other(format!(
+                "input `{}`, stream `{stream_id}`: {why}",
+                input.name
+            ))
+        };
+        let Some(role) = ROLES.get(input.index).copied() else {
+            return Err(bad(format!(
+                "bin_features takes {} inputs",
+                self.inputs.len()
+            )));
+        };
+        if let Some(l) = Layout::of(&schema).filter(|l| *l != role.layout()) {
+            return Err(bad(format!(
+                "a {} stream where {} ({}) was expected",
+                l.as_str(),
+                role.what(),
+                role.layout().as_str()
+            )));
+        }
+        let source = match role {
+            Role::Continuous => stream_id.to_string(),
+            Role::Spikes | Role::Progress => match schema.metadata().get(SOURCE_STREAM_KEY) {
                 Some(s) => s.clone(),
                 None => {
-                    return Err(ComponentError::Other(format!(
-                        "stream `{stream_id}`: bin_features takes continuous streams and spike_detect's spikes and progress, and this {} stream is neither (no `{SOURCE_STREAM_KEY}`)",
-                        layout.map_or("unknown", Layout::as_str)
+                    return Err(bad(format!(
+                        "no `{SOURCE_STREAM_KEY}` naming the continuous stream it belongs to"
                     )))
                 }
             },
-            Some(l @ (Layout::Frames | Layout::Traces | Layout::Rois)) => {
-                return Err(ComponentError::Other(format!(
-                    "stream `{stream_id}`: bin_features does not take {} streams",
-                    l.as_str()
-                )))
-            }
         };
         let state = self.sources.entry(source).or_default();
-        let result = match layout {
-            Some(Layout::Continuous) | None => state.continuous(&self.options, &batch, out),
-            Some(Layout::Events) => state.spikes(&self.options, &batch),
-            _ => state.progress(&batch),
+        let result = match role {
+            Role::Continuous => state.continuous(&self.options, &batch, out),
+            Role::Spikes => state.spikes(&self.options, &batch),
+            Role::Progress => state.progress(&batch),
         };
         // Whatever the batch was, bins it completed go now (an error leaves the rest intact).
         let emitted = state.emit_ready(&self.options, false, out);
@@ -625,13 +680,26 @@ mod tests {
     use crate::transforms::spike_detect::spikes_schema;
     use crate::transforms::spike_detect::tests::{batches, probe_info, AP, RATE};
 
+    const INPUTS: [&str; 3] = ["probe", "det", "det.progress"];
+
+    /// Input `i` of [`INPUTS`].
+    fn input(i: usize) -> Input {
+        Input::new(i, INPUTS[i])
+    }
+
     fn build_with(options: &str) -> Box<dyn Transform> {
         let t: toml::Table = toml::from_str(options).unwrap();
+        let n = if options.contains("counts = false") {
+            1
+        } else {
+            3
+        };
+        let inputs: Vec<String> = INPUTS[..n].iter().map(|s| s.to_string()).collect();
         build(
             &BuildContext {
                 id: "bins",
                 data_dir: "/tmp".as_ref(),
-                inputs: &[],
+                inputs: &inputs,
             },
             t,
         )
@@ -702,7 +770,7 @@ mod tests {
         let mut tr = build_with("counts = false");
         let mut out = TransformContext::detached("t");
         for b in batches(&probe_info("p"), &sine(30_000, 100.0), 250) {
-            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
+            tr.process(&input(0), b, &mut out).unwrap();
         }
         let got = rows(&mut out);
         let n: usize = got.iter().map(|b| b.num_rows()).sum();
@@ -742,20 +810,19 @@ mod tests {
         let mut out = TransformContext::detached("t");
         // Spikes may arrive before the data they were found in reached this transform.
         tr.process(
-            &Input::new(0, "in"),
+            &input(1),
             spikes(&[(10, 2), (20, 2), (599, 3), (600, 3), (1300, 0)]),
             &mut out,
         )
         .unwrap();
         for b in batches(&probe_info("p"), &sine(1_500, 50.0), 100) {
-            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
+            tr.process(&input(0), b, &mut out).unwrap();
         }
         assert!(
             rows(&mut out).is_empty(),
             "no progress yet: counts may be incomplete"
         );
-        tr.process(&Input::new(0, "in"), progress(1_199), &mut out)
-            .unwrap();
+        tr.process(&input(2), progress(1_199), &mut out).unwrap();
         let got = rows(&mut out);
         assert_eq!(got.len(), 1);
         assert_eq!(
@@ -763,10 +830,9 @@ mod tests {
             1,
             "bin 1 ends at 1200, progress only at 1199"
         );
-        tr.process(&Input::new(0, "in"), spikes(&[(1_199, 7)]), &mut out)
+        tr.process(&input(1), spikes(&[(1_199, 7)]), &mut out)
             .unwrap();
-        tr.process(&Input::new(0, "in"), progress(1_250), &mut out)
-            .unwrap();
+        tr.process(&input(2), progress(1_250), &mut out).unwrap();
         let mut got2 = rows(&mut out);
         assert_eq!(got2[0].num_rows(), 1);
         tr.finish(&mut out).unwrap();
@@ -800,15 +866,10 @@ mod tests {
                 .enumerate()
             {
                 let end = (k + 1) as i64 * batch as i64;
-                tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
-                tr.process(
-                    &Input::new(0, "in"),
-                    spikes(&[(end - 1, (k % AP) as i32)]),
-                    &mut out,
-                )
-                .unwrap();
-                tr.process(&Input::new(0, "in"), progress(end - 3), &mut out)
+                tr.process(&input(0), b, &mut out).unwrap();
+                tr.process(&input(1), spikes(&[(end - 1, (k % AP) as i32)]), &mut out)
                     .unwrap();
+                tr.process(&input(2), progress(end - 3), &mut out).unwrap();
             }
             tr.finish(&mut out).unwrap();
             let got = rows(&mut out);
@@ -841,14 +902,31 @@ mod tests {
             vec![Arc::new(Int64Array::from(vec![1i64])) as ArrayRef],
         )
         .unwrap();
-        let e = tr
-            .process(
-                &Input::new(0, "in"),
-                b,
-                &mut TransformContext::detached("t"),
-            )
-            .unwrap_err();
-        assert!(e.to_string().contains("`units`"), "{e}");
+        let mut ctx = TransformContext::detached("t");
+        let e = tr.process(&input(0), b.clone(), &mut ctx).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("`units`") && e.contains("`probe`"), "{e}");
+        // On the progress input the layout fits, but nothing says which probe it belongs to.
+        let e = tr.process(&input(2), b, &mut ctx).unwrap_err().to_string();
+        assert!(
+            e.contains("`det.progress`") && e.contains(SOURCE_STREAM_KEY),
+            "{e}"
+        );
+        let two = ["probe".to_string(), "det".to_string()];
+        let e = build(
+            &BuildContext {
+                id: "bins",
+                data_dir: "/tmp".as_ref(),
+                inputs: &two,
+            },
+            toml::Table::new(),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e[0].contains("takes 3 input(s)") && e[0].contains("has 2"),
+            "{e:?}"
+        );
         let e = build(
             &BuildContext {
                 id: "bins",

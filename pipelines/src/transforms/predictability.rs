@@ -21,9 +21,9 @@
 //! inputs = ["pred.unpredictable"]
 //! ```
 //!
-//! Inputs: tables from [`super::moments`] (recognised by their `unit` and `m2` columns; they name
-//! their source stream in `neurod.source_stream`) and traces streams; a traces stream is matched
-//! with the moments whose source it is (`moments` on `plane0.dff` goes with the traces
+//! Inputs, by position: first the tables of [`super::moments`] (they name their source stream in
+//! `neurod.source_stream`), then traces streams; a batch whose layout is not its input's is an
+//! error naming the input. A traces stream is matched with the moments whose source it is (`moments` on `plane0.dff` goes with the traces
 //! `plane0.dff`). A traces unit is its `roi` as decimal text, as `moments` names it.
 //!
 //! The rule: predictable when skew ≤ `max_skew` and kurtosis ≤ `max_kurtosis`, else
@@ -109,6 +109,9 @@ struct Options {
     groups: BTreeMap<String, String>,
 }
 
+/// The layout of each input, by position: the moments, then their traces.
+const INPUT_LAYOUTS: [Layout; 2] = [Layout::Table, Layout::Traces];
+
 pub struct Predictability {
     id: String,
     rule: PoyoRule,
@@ -149,6 +152,12 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         errors.push(format!(
             "{prefix}: `min_samples` = {} must be at least 2 (skewness needs a spread)",
             o.min_samples
+        ));
+    }
+    if ctx.inputs.len() != INPUT_LAYOUTS.len() {
+        errors.push(format!(
+            "{prefix}: takes 2 inputs, a moments stream then its traces, and has {}",
+            ctx.inputs.len()
         ));
     }
     if !errors.is_empty() {
@@ -253,39 +262,34 @@ impl Transform for Predictability {
 
     fn process(
         &mut self,
-        _input: &Input,
+        input: &Input,
         batch: RecordBatch,
         out: &mut TransformContext,
     ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = traces::stream_id(&schema);
-        match Layout::of(&schema) {
-            Some(Layout::Traces) => {
-                let src = self.sources.entry(sid.clone()).or_default();
-                src.traces(&self.options, &sid, batch, out)
-            }
-            Some(Layout::Table) | None if schema.index_of(M2).is_ok() => {
-                let source = schema
-                    .metadata()
-                    .get(SOURCE_STREAM_KEY)
-                    .cloned()
-                    .ok_or_else(|| {
-                        err(
-                            &sid,
-                            format!("a moments table without `{SOURCE_STREAM_KEY}`"),
-                        )
-                    })?;
-                let src = self.sources.entry(source.clone()).or_default();
-                src.moments(&self.rule, &self.options, &source, &sid, &batch, out)
-            }
-            l => Err(err(
-                &sid,
-                format!(
-                    "predictability takes moments tables and traces, not this {} stream",
-                    l.map_or("unknown", Layout::as_str)
-                ),
-            )),
+        let bad = |why: String| err(&sid, format!("input `{}`: {why}", input.name));
+        let Some(expected) = INPUT_LAYOUTS.get(input.index).copied() else {
+            return Err(bad("predictability takes 2 inputs".into()));
+        };
+        if let Some(l) = Layout::of(&schema).filter(|l| *l != expected) {
+            return Err(bad(format!(
+                "a {} stream where {} was expected",
+                l.as_str(),
+                expected.as_str()
+            )));
         }
+        if expected == Layout::Traces {
+            let src = self.sources.entry(sid.clone()).or_default();
+            return src.traces(&self.options, &sid, batch, out);
+        }
+        let source = schema
+            .metadata()
+            .get(SOURCE_STREAM_KEY)
+            .cloned()
+            .ok_or_else(|| bad(format!("a moments table without `{SOURCE_STREAM_KEY}`")))?;
+        let src = self.sources.entry(source.clone()).or_default();
+        src.moments(&self.rule, &self.options, &source, &sid, &batch, out)
     }
 
     fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
@@ -644,12 +648,20 @@ mod tests {
     use super::*;
     use crate::transforms::dff::tests::{python, suite2p_traces, traces_batches};
 
+    fn moments_input() -> Input {
+        Input::new(0, "moments")
+    }
+
+    fn traces_input() -> Input {
+        Input::new(1, "dff")
+    }
+
     fn build_with(options: &str) -> Box<dyn Transform> {
         build(
             &BuildContext {
                 id: "pred",
                 data_dir: "/tmp".as_ref(),
-                inputs: &[],
+                inputs: &["moments".into(), "dff".into()],
             },
             toml::from_str(options).unwrap(),
         )
@@ -787,7 +799,7 @@ mod tests {
         ];
         for (frame, n, skew) in steps {
             tr.process(
-                &Input::new(0, "in"),
+                &moments_input(),
                 table("s", frame, &[("0", n, skew, 1.0)]),
                 &mut out,
             )
@@ -814,25 +826,36 @@ mod tests {
         let traces = traces_batches("s", &f, None, 5);
         let mut tr = build_with("min_samples = 3");
         let mut out = TransformContext::detached("t");
+        // Traces on the moments input, or a table on the traces input: errors naming the input.
+        let e = tr
+            .process(&moments_input(), traces[0].clone(), &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("input `moments`") && e.contains("traces stream"),
+            "{e}"
+        );
+        let moments = table("s", 0, &[("0", 2, 0.0, 0.0)]);
+        let e = tr.process(&traces_input(), moments, &mut out).unwrap_err();
+        assert!(e.to_string().contains("input `dff`"), "{e}");
         // Traces first: held, nothing is known of their units yet.
-        tr.process(&Input::new(0, "in"), traces[0].clone(), &mut out)
+        tr.process(&traces_input(), traces[0].clone(), &mut out)
             .unwrap();
         assert!(out.batches.is_empty());
         tr.process(
-            &Input::new(0, "in"),
+            &moments_input(),
             table("s", 0, &[("0", 2, 0.0, 0.0), ("1", 2, 0.0, 0.0)]),
             &mut out,
         )
         .unwrap();
         tr.process(
-            &Input::new(0, "in"),
+            &moments_input(),
             table("s", 2, &[("0", 3, 0.0, 0.0), ("1", 3, 9.0, 0.0)]),
             &mut out,
         )
         .unwrap();
         for b in &traces[1..] {
-            tr.process(&Input::new(0, "in"), b.clone(), &mut out)
-                .unwrap();
+            tr.process(&traces_input(), b.clone(), &mut out).unwrap();
         }
         tr.finish(&mut out).unwrap();
         assert_eq!(out.undeclared_ports(&tr.ports()), Vec::<String>::new());
@@ -891,18 +914,17 @@ mod tests {
             dff.process(&Input::new(0, "in"), b, &mut a).unwrap();
             let mut m = TransformContext::detached("t");
             for (_, b) in a.out.batches {
-                pred.process(&Input::new(0, "in"), b.clone(), &mut out)
-                    .unwrap();
+                pred.process(&traces_input(), b.clone(), &mut out).unwrap();
                 mo.process(&Input::new(0, "in"), b, &mut m).unwrap();
             }
             for (_, b) in m.out.batches {
-                pred.process(&Input::new(0, "in"), b, &mut out).unwrap();
+                pred.process(&moments_input(), b, &mut out).unwrap();
             }
         }
         let mut m = TransformContext::detached("t");
         mo.finish(&mut m).unwrap();
         for (_, b) in m.out.batches {
-            pred.process(&Input::new(0, "in"), b, &mut out).unwrap();
+            pred.process(&moments_input(), b, &mut out).unwrap();
         }
         out.batches.clear();
         pred.finish(&mut out).unwrap();

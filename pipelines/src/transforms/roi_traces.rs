@@ -22,10 +22,11 @@
 //! `neuropil_min_pixels` (Suite2p's recipe, with Euclidean distances). A ROI whose annulus is
 //! empty gets NaN as Fneu.
 //!
-//! ROIs: from `labels` (read when the transform is built; a file that cannot be read is a
-//! configuration error), or from `rois` streams among the inputs (layout `rois`: one row per ROI
-//! pixel, `roi, y, x, weight`, height and width in the metadata), e.g. the simulated rig's
-//! `rois` port. Each ROI batch is a complete set and replaces the one before; it applies to the
+//! Inputs, by position: the frames, then (without `labels`) the ROI masks; a batch whose layout
+//! is not its input's is an error naming the input. ROIs: from `labels` (read when the
+//! transform is built; a file that cannot be read is a configuration error), or from the `rois`
+//! streams of the second input (layout `rois`: one row per ROI pixel, `roi, y, x, weight`,
+//! height and width in the metadata), e.g. the simulated rig's `rois` port. Each ROI batch is a complete set and replaces the one before; it applies to the
 //! frames stream named by its `neurod.source_stream` metadata, or, without it, to every frames
 //! stream of its size. Frames that arrive before their ROIs are held, at most `max_held_frames`
 //! per stream; beyond that the oldest are dropped, and each batch that drops is reported as an
@@ -160,6 +161,9 @@ enum Choice {
     Decided(Backend),
 }
 
+/// The layout of each input, by position: the frames, then (without `labels`) the ROI masks.
+const INPUT_LAYOUTS: [Layout; 2] = [Layout::Frames, Layout::Rois];
+
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
     let o: Options = parse_options(ctx.id, TYPE, options)?;
     let prefix = format!("transform `{}` (type `{TYPE}`)", ctx.id);
@@ -207,6 +211,18 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
             }
         }
     }
+    let wanted = if o.labels.is_some() { 1 } else { 2 };
+    if ctx.inputs.len() != wanted {
+        errors.push(format!(
+            "{prefix}: takes {wanted} input(s), the frames{}, and has {}",
+            if wanted == 2 {
+                " then the ROI masks (or set `labels`)"
+            } else {
+                " (`labels` gives the ROIs)"
+            },
+            ctx.inputs.len()
+        ));
+    }
     let plan = match backend::plan(&prefix, o.backend) {
         Ok(plan) => Some(plan),
         Err(e) => {
@@ -245,7 +261,7 @@ impl Transform for RoiTraces {
 
     fn process(
         &mut self,
-        _input: &Input,
+        input: &Input,
         batch: RecordBatch,
         out: &mut TransformContext,
     ) -> Result<(), ComponentError> {
@@ -253,13 +269,23 @@ impl Transform for RoiTraces {
         let sid = stream::stream_id_of(&schema)
             .unwrap_or("unnamed")
             .to_string();
-        match Layout::of(&schema) {
-            Some(Layout::Frames) => self.frames(sid, batch, out),
-            Some(Layout::Rois) => self.rois(sid, &batch, out),
-            other => Err(ComponentError::Other(format!(
-                "stream `{sid}`: roi_traces takes frames and rois streams, not {}",
-                other.map_or("unlabelled", Layout::as_str)
-            ))),
+        let Some(expected) = INPUT_LAYOUTS.get(input.index).copied() else {
+            return Err(ComponentError::Other(format!(
+                "input `{}`: roi_traces takes at most 2 inputs",
+                input.name
+            )));
+        };
+        if let Some(l) = Layout::of(&schema).filter(|l| *l != expected) {
+            return Err(ComponentError::Other(format!(
+                "input `{}`, stream `{sid}`: a {} stream where {} were expected",
+                input.name,
+                l.as_str(),
+                expected.as_str()
+            )));
+        }
+        match expected {
+            Layout::Rois => self.rois(sid, &batch, out),
+            _ => self.frames(sid, batch, out),
         }
     }
 

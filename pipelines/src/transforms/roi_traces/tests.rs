@@ -2,12 +2,28 @@ use super::*;
 use crate::imaging::testdata::{frames_batch, python, run_python, thunder_movie, thunder_path};
 use crate::stream::{frames_schema, rois_schema, FRAME_INDEX};
 
+/// The inputs of a roi_traces without `labels`: frames, then ROI masks.
+const INPUTS: [&str; 2] = ["mc", "sim.rois"];
+
+fn frames_input() -> Input {
+    Input::new(0, INPUTS[0])
+}
+
+fn rois_input() -> Input {
+    Input::new(1, INPUTS[1])
+}
+
+fn inputs_for(options: &str) -> Vec<String> {
+    let n = if options.contains("labels") { 1 } else { 2 };
+    INPUTS[..n].iter().map(|s| s.to_string()).collect()
+}
+
 fn build_with(options: &str) -> Result<Box<dyn Transform>, Vec<String>> {
     build(
         &BuildContext {
             id: "traces",
             data_dir: "/tmp".as_ref(),
-            inputs: &[],
+            inputs: &inputs_for(options),
         },
         toml::from_str(options).unwrap(),
     )
@@ -122,7 +138,7 @@ fn traces_of_the_real_movie_equal_numpy_with_a_label_image() {
     let mut out = TransformContext::detached("t");
     for (k, chunk) in movie.chunks(64).enumerate() {
         tr.process(
-            &Input::new(0, "in"),
+            &frames_input(),
             frames_batch(&schema, (k * 64) as i64, chunk),
             &mut out,
         )
@@ -193,14 +209,14 @@ fn frames_wait_for_their_rois_within_a_bound() {
     let mut tr = build_with("max_held_frames = 4\nneuropil_min_pixels = 8").unwrap();
     let mut out = TransformContext::detached("t");
     tr.process(
-        &Input::new(0, "in"),
+        &frames_input(),
         frames_batch(&schema, 0, &movie[..3]),
         &mut out,
     )
     .unwrap();
     let e = tr
         .process(
-            &Input::new(0, "in"),
+            &frames_input(),
             frames_batch(&schema, 3, &movie[3..6]),
             &mut out,
         )
@@ -209,7 +225,7 @@ fn frames_wait_for_their_rois_within_a_bound() {
     assert!(out.batches.is_empty());
     // ROIs for another stream do not release these frames.
     tr.process(
-        &Input::new(0, "in"),
+        &rois_input(),
         roi_batch("other.rois", Some("other"), h, w, &[(0, 1, 1, 1.0)]),
         &mut out,
     )
@@ -217,7 +233,7 @@ fn frames_wait_for_their_rois_within_a_bound() {
     assert!(out.batches.is_empty());
     // Weighted: pixel (2, 3) = 35 + 10k with weight 3, (2, 4) = 36 + 10k with weight 1.
     tr.process(
-        &Input::new(0, "in"),
+        &rois_input(),
         roi_batch(
             "cam.rois",
             Some("cam"),
@@ -229,7 +245,7 @@ fn frames_wait_for_their_rois_within_a_bound() {
     )
     .unwrap();
     tr.process(
-        &Input::new(0, "in"),
+        &frames_input(),
         frames_batch(&schema, 6, &movie[6..]),
         &mut out,
     )
@@ -267,7 +283,7 @@ fn bad_rois_and_options_are_named() {
     let mut tr = build_with("").unwrap();
     let e = tr
         .process(
-            &Input::new(0, "in"),
+            &rois_input(),
             roi_batch("r", None, 8, 8, &[(0, 8, 0, 1.0)]),
             &mut TransformContext::detached("t"),
         )
@@ -278,13 +294,40 @@ fn bad_rois_and_options_are_named() {
     );
     let schema = frames_schema("cam", "twophoton", 8, 8, "30");
     tr.process(
-        &Input::new(0, "in"),
+        &frames_input(),
         frames_batch(&schema, 0, &[vec![0; 64]]),
         &mut TransformContext::detached("t"),
     )
     .unwrap();
     let e = tr.finish(&mut TransformContext::detached("t")).unwrap_err();
     assert!(e.to_string().contains("`cam`: 1"), "{e}");
+    // Frames on the ROI input are named as such; without `labels` the ROI input is required.
+    let e = tr
+        .process(
+            &rois_input(),
+            frames_batch(&schema, 1, &[vec![0; 64]]),
+            &mut TransformContext::detached("t"),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`sim.rois`") && e.contains("a frames stream"),
+        "{e}"
+    );
+    let e = build(
+        &BuildContext {
+            id: "traces",
+            data_dir: "/tmp".as_ref(),
+            inputs: &["mc".into()],
+        },
+        toml::Table::new(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e[0].contains("ROI masks") && e[0].contains("has 1"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -326,9 +369,9 @@ fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
     let mut out = TransformContext::detached("t");
     // The frames reach roi_traces first here: they wait for the masks.
     let (first, rest) = registered.batches.split_at(1);
-    tr.process(&Input::new(0, "in"), first[0].1.clone(), &mut out)
+    tr.process(&frames_input(), first[0].1.clone(), &mut out)
         .unwrap();
-    tr.process(&Input::new(0, "in"), rois, &mut out).unwrap();
+    tr.process(&rois_input(), rois, &mut out).unwrap();
     let mut n_frames = first[0].1.num_rows();
     for (_, b) in rest {
         // The rig does not move: registration finds (almost) nothing to correct.
@@ -341,8 +384,7 @@ fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
             );
         }
         n_frames += b.num_rows();
-        tr.process(&Input::new(0, "in"), b.clone(), &mut out)
-            .unwrap();
+        tr.process(&frames_input(), b.clone(), &mut out).unwrap();
     }
     tr.finish(&mut out).unwrap();
     assert_eq!(n_frames, 120, "4 s at 30 Hz");
@@ -378,7 +420,7 @@ fn gpu_backend_agrees_with_the_cpu_and_exports_its_backend() {
             &BuildContext {
                 id,
                 data_dir: "/tmp".as_ref(),
-                inputs: &[],
+                inputs: &inputs_for(""),
             },
             toml::from_str(&format!("backend = '{backend}'\nneuropil_min_pixels = 40")).unwrap(),
         )
@@ -408,17 +450,13 @@ fn gpu_backend_agrees_with_the_cpu_and_exports_its_backend() {
         let mut tr = build_as(id, backend).unwrap();
         let mut out = TransformContext::detached("t");
         tr.process(
-            &Input::new(0, "in"),
+            &rois_input(),
             roi_batch("cam.rois", Some("cam"), h, w, &rows),
             &mut out,
         )
         .unwrap();
-        tr.process(
-            &Input::new(0, "in"),
-            frames_batch(&schema, 0, &movie),
-            &mut out,
-        )
-        .unwrap();
+        tr.process(&frames_input(), frames_batch(&schema, 0, &movie), &mut out)
+            .unwrap();
         let got = concat(out);
         let text = crate::metrics::Metrics::new().render();
         let b = if backend == "cpu" {
