@@ -44,6 +44,7 @@ use arrow::record_batch::RecordBatch;
 use kernels::filter::{butter_bandpass, SosFilter};
 use serde::Deserialize;
 
+use super::per_stream::PerStream;
 use super::spike_detect::{band_problems, CHANNEL, COMPLETE_BEFORE_SAMPLE, SOURCE_STREAM_KEY};
 use crate::component::{
     parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
@@ -94,7 +95,7 @@ pub struct BinFeatures {
     /// The configured inputs, by position (see [`Role`]).
     inputs: Vec<String>,
     /// By continuous stream id.
-    sources: HashMap<String, SourceBins>,
+    sources: PerStream<SourceBins>,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
@@ -129,7 +130,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         id: ctx.id.into(),
         options: o,
         inputs: ctx.inputs.to_vec(),
-        sources: HashMap::new(),
+        sources: PerStream::new(),
     }))
 }
 
@@ -213,7 +214,9 @@ impl Transform for BinFeatures {
                 }
             },
         };
-        let state = self.sources.entry(source).or_default();
+        let state = self
+            .sources
+            .get_or_insert_with(&source, SourceBins::default);
         let result = match role {
             Role::Continuous => state.continuous(&self.options, &batch, out),
             Role::Spikes => state.spikes(&self.options, &batch),
@@ -225,20 +228,12 @@ impl Transform for BinFeatures {
     }
 
     fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
-        let mut ids: Vec<&String> = self.sources.keys().collect();
-        ids.sort();
-        let ids: Vec<String> = ids.into_iter().cloned().collect();
-        let mut first_error = None;
-        for id in ids {
-            let Some(s) = self.sources.get_mut(&id) else {
-                continue;
-            };
-            if let Err(e) = s.emit_ready(&self.options, true, out) {
-                tracing::error!(component = %self.id, stream = %id, error = %e, "flushing bins failed");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let (id, options) = (&self.id, &self.options);
+        self.sources.finish_each(|stream, s| {
+            s.emit_ready(options, true, out).inspect_err(|e| {
+                tracing::error!(component = %id, %stream, error = %e, "flushing bins failed");
+            })
+        })
     }
 }
 

@@ -43,6 +43,7 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use super::bin_features::BIN_SAMPLES_KEY;
+use super::per_stream::PerStream;
 use super::spike_detect::SOURCE_STREAM_KEY;
 use super::traces::{self, err};
 use crate::component::{
@@ -90,7 +91,7 @@ struct Options {
 
 pub struct MomentsTransform {
     options: Options,
-    streams: HashMap<String, StreamState>,
+    streams: PerStream<StreamState>,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
@@ -112,7 +113,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
     }
     Ok(Box::new(MomentsTransform {
         options: o,
-        streams: HashMap::new(),
+        streams: PerStream::new(),
     }))
 }
 
@@ -144,13 +145,10 @@ impl Transform for MomentsTransform {
                 ))
             }
         };
-        if !self.streams.contains_key(&sid) {
-            let s = StreamState::new(&self.options, &sid, &schema, wide)?;
-            self.streams.insert(sid.clone(), s);
-        }
-        let Some(state) = self.streams.get_mut(&sid) else {
-            return Ok(());
-        };
+        let options = &self.options;
+        let state = self
+            .streams
+            .try_get_or_insert_with(&sid, || StreamState::new(options, &sid, &schema, wide))?;
         if state.wide != wide {
             return Err(err(
                 &sid,
@@ -165,20 +163,14 @@ impl Transform for MomentsTransform {
     }
 
     fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
-        let mut ids: Vec<String> = self.streams.keys().cloned().collect();
-        ids.sort();
-        let mut first_error = None;
-        for id in ids {
-            if let Some(s) = self.streams.get_mut(&id) {
-                s.flush_row();
-                if s.pushed_since_emit {
-                    if let Err(e) = s.emit(out) {
-                        first_error.get_or_insert(e);
-                    }
-                }
+        self.streams.finish_each(|_, s| {
+            s.flush_row();
+            if s.pushed_since_emit {
+                s.emit(out)
+            } else {
+                Ok(())
             }
-        }
-        first_error.map_or(Ok(()), Err)
+        })
     }
 }
 

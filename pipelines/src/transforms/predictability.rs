@@ -63,6 +63,7 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use super::moments::{EXCESS_KURTOSIS, GROUP, M2, M3, M4, MEAN, N, SKEW, UNIT};
+use super::per_stream::PerStream;
 use super::spike_detect::SOURCE_STREAM_KEY;
 use super::traces::{self, err};
 use crate::component::{
@@ -117,7 +118,7 @@ pub struct Predictability {
     rule: PoyoRule,
     options: Options,
     /// By source (traces) stream id.
-    sources: BTreeMap<String, SourceState>,
+    sources: PerStream<SourceState>,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
@@ -167,7 +168,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         id: ctx.id.into(),
         rule,
         options: o,
-        sources: BTreeMap::new(),
+        sources: PerStream::new(),
     }))
 }
 
@@ -280,7 +281,7 @@ impl Transform for Predictability {
             )));
         }
         if expected == Layout::Traces {
-            let src = self.sources.entry(sid.clone()).or_default();
+            let src = self.sources.get_or_insert_with(&sid, SourceState::default);
             return src.traces(&self.options, &sid, batch, out);
         }
         let source = schema
@@ -288,22 +289,21 @@ impl Transform for Predictability {
             .get(SOURCE_STREAM_KEY)
             .cloned()
             .ok_or_else(|| bad(format!("a moments table without `{SOURCE_STREAM_KEY}`")))?;
-        let src = self.sources.entry(source.clone()).or_default();
+        let src = self
+            .sources
+            .get_or_insert_with(&source, SourceState::default);
         src.moments(&self.rule, &self.options, &source, &sid, &batch, out)
     }
 
     fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
-        let mut first_error = None;
-        for (source, s) in self.sources.iter_mut() {
-            let result = s
-                .release(&self.options, source, true, out)
-                .and_then(|_| s.emit_neurons(&self.options, source, None, out));
-            if let Err(e) = result {
-                tracing::error!(component = %self.id, stream = %source, error = %e, "flushing labels failed");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let (id, options) = (&self.id, &self.options);
+        self.sources.finish_each(|source, s| {
+            s.release(options, source, true, out)
+                .and_then(|_| s.emit_neurons(options, source, None, out))
+                .inspect_err(|e| {
+                    tracing::error!(component = %id, stream = %source, error = %e, "flushing labels failed");
+                })
+        })
     }
 }
 
