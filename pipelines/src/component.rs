@@ -330,6 +330,32 @@ impl Input {
             name: name.into(),
         }
     }
+
+    /// For a transform whose inputs have roles by position: this input's role among `roles`
+    /// (each with the layout its input carries), once the batch's layout is checked against it.
+    /// The error names the input and the stream.
+    pub fn role<R: Copy>(
+        &self,
+        roles: &[(R, Layout)],
+        schema: &arrow::datatypes::Schema,
+    ) -> Result<R, ComponentError> {
+        let stream = crate::stream::stream_id_of(schema).unwrap_or("unnamed");
+        let bad = |why: String| {
+            ComponentError::Other(format!("input `{}`, stream `{stream}`: {why}", self.name))
+        };
+        let (role, expected) = roles
+            .get(self.index)
+            .copied()
+            .ok_or_else(|| bad(format!("only {} inputs are taken", roles.len())))?;
+        match Layout::of(schema) {
+            Some(l) if l != expected => Err(bad(format!(
+                "a {} stream where {} was expected",
+                l.as_str(),
+                expected.as_str()
+            ))),
+            _ => Ok(role),
+        }
+    }
 }
 
 /// What a transform has besides the batch: its id, its own metrics (for counters of its own)

@@ -92,8 +92,6 @@ struct Options {
 pub struct BinFeatures {
     id: String,
     options: Options,
-    /// The configured inputs, by position (see [`Role`]).
-    inputs: Vec<String>,
     /// By continuous stream id.
     sources: PerStream<SourceBins>,
 }
@@ -117,7 +115,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
             "{prefix}: takes {roles} input(s), {}, and has {}",
             ROLES[..roles]
                 .iter()
-                .map(|r| r.what())
+                .map(|(r, _)| r.what())
                 .collect::<Vec<_>>()
                 .join(", "),
             ctx.inputs.len()
@@ -129,7 +127,6 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
     Ok(Box::new(BinFeatures {
         id: ctx.id.into(),
         options: o,
-        inputs: ctx.inputs.to_vec(),
         sources: PerStream::new(),
     }))
 }
@@ -142,16 +139,13 @@ enum Role {
     Progress,
 }
 
-const ROLES: [Role; 3] = [Role::Continuous, Role::Spikes, Role::Progress];
+const ROLES: [(Role, Layout); 3] = [
+    (Role::Continuous, Layout::Continuous),
+    (Role::Spikes, Layout::Events),
+    (Role::Progress, Layout::Table),
+];
 
 impl Role {
-    fn layout(self) -> Layout {
-        match self {
-            Role::Continuous => Layout::Continuous,
-            Role::Spikes => Layout::Events,
-            Role::Progress => Layout::Table,
-        }
-    }
     fn what(self) -> &'static str {
         match self {
             Role::Continuous => "the continuous stream",
@@ -183,33 +177,15 @@ impl Transform for BinFeatures {
     ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let stream_id = stream::stream_id_of(&schema).unwrap_or("unnamed");
-        let bad = |why: String| {
-            ComponentError::Other(format!(
-                "input `{}`, stream `{stream_id}`: {why}",
-                input.name
-            ))
-        };
-        let Some(role) = ROLES.get(input.index).copied() else {
-            return Err(bad(format!(
-                "bin_features takes {} inputs",
-                self.inputs.len()
-            )));
-        };
-        if let Some(l) = Layout::of(&schema).filter(|l| *l != role.layout()) {
-            return Err(bad(format!(
-                "a {} stream where {} ({}) was expected",
-                l.as_str(),
-                role.what(),
-                role.layout().as_str()
-            )));
-        }
+        let role = input.role(&ROLES, &schema)?;
         let source = match role {
             Role::Continuous => stream_id.to_string(),
             Role::Spikes | Role::Progress => match schema.metadata().get(SOURCE_STREAM_KEY) {
                 Some(s) => s.clone(),
                 None => {
-                    return Err(bad(format!(
-                        "no `{SOURCE_STREAM_KEY}` naming the continuous stream it belongs to"
+                    return Err(ComponentError::Other(format!(
+                        "input `{}`, stream `{stream_id}`: no `{SOURCE_STREAM_KEY}` naming the continuous stream it belongs to",
+                        input.name
                     )))
                 }
             },

@@ -110,8 +110,12 @@ struct Options {
     groups: BTreeMap<String, String>,
 }
 
-/// The layout of each input, by position: the moments, then their traces.
-const INPUT_LAYOUTS: [Layout; 2] = [Layout::Table, Layout::Traces];
+/// The layout of each input, by position (the role is the layout): the moments, then their
+/// traces.
+const INPUT_LAYOUTS: [(Layout, Layout); 2] = [
+    (Layout::Table, Layout::Table),
+    (Layout::Traces, Layout::Traces),
+];
 
 pub struct Predictability {
     id: String,
@@ -269,18 +273,7 @@ impl Transform for Predictability {
     ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = traces::stream_id(&schema);
-        let bad = |why: String| err(&sid, format!("input `{}`: {why}", input.name));
-        let Some(expected) = INPUT_LAYOUTS.get(input.index).copied() else {
-            return Err(bad("predictability takes 2 inputs".into()));
-        };
-        if let Some(l) = Layout::of(&schema).filter(|l| *l != expected) {
-            return Err(bad(format!(
-                "a {} stream where {} was expected",
-                l.as_str(),
-                expected.as_str()
-            )));
-        }
-        if expected == Layout::Traces {
+        if input.role(&INPUT_LAYOUTS, &schema)? == Layout::Traces {
             let src = self.sources.get_or_insert_with(&sid, SourceState::default);
             return src.traces(&self.options, &sid, batch, out);
         }
@@ -288,7 +281,10 @@ impl Transform for Predictability {
             .metadata()
             .get(SOURCE_STREAM_KEY)
             .cloned()
-            .ok_or_else(|| bad(format!("a moments table without `{SOURCE_STREAM_KEY}`")))?;
+            .ok_or_else(|| {
+                let why = format!("a moments table without `{SOURCE_STREAM_KEY}`");
+                err(&sid, format!("input `{}`: {why}", input.name))
+            })?;
         let src = self
             .sources
             .get_or_insert_with(&source, SourceState::default);

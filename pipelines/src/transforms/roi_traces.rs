@@ -162,7 +162,10 @@ enum Choice {
 }
 
 /// The layout of each input, by position: the frames, then (without `labels`) the ROI masks.
-const INPUT_LAYOUTS: [Layout; 2] = [Layout::Frames, Layout::Rois];
+const INPUT_LAYOUTS: [(Layout, Layout); 2] = [
+    (Layout::Frames, Layout::Frames),
+    (Layout::Rois, Layout::Rois),
+];
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
     let o: Options = parse_options(ctx.id, TYPE, options)?;
@@ -269,21 +272,8 @@ impl Transform for RoiTraces {
         let sid = stream::stream_id_of(&schema)
             .unwrap_or("unnamed")
             .to_string();
-        let Some(expected) = INPUT_LAYOUTS.get(input.index).copied() else {
-            return Err(ComponentError::Other(format!(
-                "input `{}`: roi_traces takes at most 2 inputs",
-                input.name
-            )));
-        };
-        if let Some(l) = Layout::of(&schema).filter(|l| *l != expected) {
-            return Err(ComponentError::Other(format!(
-                "input `{}`, stream `{sid}`: a {} stream where {} were expected",
-                input.name,
-                l.as_str(),
-                expected.as_str()
-            )));
-        }
-        match expected {
+        let role = input.role(&INPUT_LAYOUTS, &schema)?;
+        match role {
             Layout::Rois => self.rois(sid, &batch, out),
             _ => self.frames(sid, batch, out),
         }
