@@ -278,9 +278,11 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
                 }
                 _ => {}
             }
+            let input_names: Vec<String> = inputs.iter().map(ToString::to_string).collect();
             let ctx = BuildContext {
                 id: &id,
                 data_dir: &daemon.data_dir,
+                inputs: &input_names,
             };
             let written = options.clone();
             let built = match kind {

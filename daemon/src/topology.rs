@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pipelines::component::{
-    ComponentError, Emitter, Output, Outputs, PortSpec, Shutdown, SinkContext, SourceContext,
-    Transform,
+    ComponentError, Emitter, Input, Output, Outputs, PortSpec, Shutdown, SinkContext,
+    SourceContext, Transform, TransformContext,
 };
 use pipelines::edge::{Inbox, InboxHandle, Overflow, Recv};
 use pipelines::hub::{Edge, Hub};
@@ -232,8 +232,14 @@ impl Topology {
             }
             Built::Transform(tr) => {
                 let inbox = inbox.ok_or_else(|| missing_inbox(&c.id))?;
-                let metrics = metrics.clone();
-                Box::new(move || run_transform(tr, inbox, outputs, metrics))
+                let inputs = c
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| Input::new(i, r.to_string()))
+                    .collect();
+                let ctx = TransformContext::new(&c.id, metrics.clone());
+                Box::new(move || run_transform(tr, inbox, inputs, outputs, ctx))
             }
             Built::Sink(sink) => {
                 let ctx = SinkContext {
@@ -502,18 +508,19 @@ fn run_source(src: Box<dyn pipelines::component::Source>, ctx: SourceContext) ->
 fn run_transform(
     mut tr: Box<dyn Transform>,
     inbox: Inbox,
+    inputs: Vec<Input>,
     mut outputs: Outputs,
-    metrics: ComponentMetrics,
+    mut ctx: TransformContext,
 ) -> bool {
+    let metrics = ctx.metrics.clone();
     metrics.set_state(ComponentState::Running);
-    let mut out = Emitter::default();
     // A rig's port carries several layouts (probes, frames, tables); a transform sees only the
     // ones it takes, and each stream passed by is said once.
     let accepts = tr.accepts();
     let mut passed_by = HashSet::new();
     loop {
-        match inbox.recv_timeout(Duration::from_millis(200)) {
-            Recv::Data(batch) => {
+        match inbox.recv_input_timeout(Duration::from_millis(200)) {
+            (tag, Recv::Data(batch)) => {
                 metrics.received(&batch);
                 if let Some(layout) = Layout::of(&batch.schema()).filter(|l| !accepts.contains(l)) {
                     let stream = stream_id_of(&batch.schema())
@@ -524,22 +531,27 @@ fn run_transform(
                     }
                     continue;
                 }
+                // Edges are tagged with their input's position when wired, so this always hits.
+                let input = inputs
+                    .get(tag as usize)
+                    .cloned()
+                    .unwrap_or_else(|| Input::new(tag as usize, format!("input {tag}")));
                 let t = Instant::now();
-                if let Err(e) = tr.process(batch, &mut out) {
+                if let Err(e) = tr.process(&input, batch, &mut ctx) {
                     metrics.error(e.error_type(), "processing", e.to_string());
-                    tracing::warn!(component = %metrics.id(), error = %e, "batch rejected");
+                    tracing::warn!(component = %metrics.id(), input = %input.name, error = %e, "batch rejected");
                 }
                 metrics.observe_processing(t.elapsed().as_secs_f64());
-                if !emit(&mut outputs, &mut out) {
+                if !emit(&mut outputs, &mut ctx.out) {
                     break;
                 }
             }
-            Recv::Timeout => {}
-            Recv::Closed => {
-                if let Err(e) = tr.finish(&mut out) {
+            (_, Recv::Timeout) => {}
+            (_, Recv::Closed) => {
+                if let Err(e) = tr.finish(&mut ctx) {
                     metrics.error(e.error_type(), "finishing", e.to_string());
                 }
-                emit(&mut outputs, &mut out);
+                emit(&mut outputs, &mut ctx.out);
                 break;
             }
         }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use arrow::array::{Array, FixedSizeListArray, Float32Array, Int16Array};
 use arrow::record_batch::RecordBatch;
-use pipelines::component::{BuildContext, Emitter};
+use pipelines::component::{BuildContext, Input, TransformContext};
 use pipelines::imaging::registration::{shift_bilinear, to_i16, Params, Registration};
 use pipelines::sources::simulated::{Rig, SimulatedOptions};
 use pipelines::transforms::{motion_correct, roi_traces};
@@ -36,6 +36,7 @@ fn ctx(id: &str) -> BuildContext<'_> {
     BuildContext {
         id,
         data_dir: "/tmp".as_ref(),
+        inputs: &[],
     }
 }
 
@@ -124,22 +125,32 @@ fn main() {
         motion_correct::build(&ctx("mc"), toml::from_str("max_shift_px = 12").unwrap()).unwrap();
     let t0 = Instant::now();
     let cpu: toml::Table = toml::from_str("backend = 'cpu'").unwrap();
-    let mut tr = roi_traces::build(&ctx("traces"), cpu).unwrap();
-    tr.process(rois.clone(), &mut Emitter::default()).unwrap();
+    // roi_traces' inputs: the registered frames, then the ROI masks.
+    let roi_inputs = ["mc".to_string(), "sim.rois".to_string()];
+    let (frames_in, rois_in) = (Input::new(0, "mc"), Input::new(1, "sim.rois"));
+    let traces_ctx = |id| BuildContext {
+        inputs: &roi_inputs,
+        ..ctx(id)
+    };
+    let mut tr = roi_traces::build(&traces_ctx("traces"), cpu).unwrap();
+    tr.process(&rois_in, rois.clone(), &mut TransformContext::detached("t"))
+        .unwrap();
     // The GPU twin (a hardware GPU, else lavapipe: labelled in the table), when there is one.
     let gpu_backend = kernels::gpu::acquire().map(|c| c.backend.as_str());
     let mut tr_gpu = gpu_backend.map(|_| {
         let gpu: toml::Table = toml::from_str("backend = 'gpu'").unwrap();
-        let mut t = roi_traces::build(&ctx("traces_gpu"), gpu).unwrap();
-        t.process(rois, &mut Emitter::default()).unwrap();
+        let mut t = roi_traces::build(&traces_ctx("traces_gpu"), gpu).unwrap();
+        t.process(&rois_in, rois, &mut TransformContext::detached("t"))
+            .unwrap();
         t
     });
     let mut tr_gpu_s = 0.0;
     let rois_s = t0.elapsed().as_secs_f64();
     // The reference: the first 30 (unmoved) frames, untimed.
-    let mut warm = Emitter::default();
+    let mut warm = TransformContext::detached("t");
     for k in 0..3 {
-        mc.process(batch_of(k * BATCH), &mut warm).unwrap();
+        mc.process(&Input::new(0, "in"), batch_of(k * BATCH), &mut warm)
+            .unwrap();
     }
     assert_eq!(warm.batches.len(), 1, "reference made");
 
@@ -178,9 +189,10 @@ fn main() {
     let (mut mc_s, mut tr_s) = (0.0, 0.0);
     let mut worst_err = 0f32;
     for b in &inputs {
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         let t = Instant::now();
-        mc.process(b.clone(), &mut out).unwrap();
+        mc.process(&Input::new(0, "in"), b.clone(), &mut out)
+            .unwrap();
         mc_s += t.elapsed().as_secs_f64();
         let registered = out.batches.pop().unwrap().1;
         let shifts = |c: usize| {
@@ -205,15 +217,16 @@ fn main() {
                 .max((sx.value(i) - ax).abs());
         }
         if let Some(g) = &mut tr_gpu {
-            let mut traces = Emitter::default();
+            let mut traces = TransformContext::detached("t");
             let t = Instant::now();
-            g.process(registered.clone(), &mut traces).unwrap();
+            g.process(&frames_in, registered.clone(), &mut traces)
+                .unwrap();
             tr_gpu_s += t.elapsed().as_secs_f64();
             std::hint::black_box(traces);
         }
-        let mut traces = Emitter::default();
+        let mut traces = TransformContext::detached("t");
         let t = Instant::now();
-        tr.process(registered, &mut traces).unwrap();
+        tr.process(&frames_in, registered, &mut traces).unwrap();
         tr_s += t.elapsed().as_secs_f64();
         std::hint::black_box(traces);
     }

@@ -123,12 +123,14 @@ fn run_chain(
     let ctx = BuildContext {
         id: "src",
         data_dir,
+        inputs: &[],
     };
     let src = registry::build_source(source_type, &ctx, toml::from_str(source_opts).unwrap())
         .unwrap_or_else(|e| panic!("{e:?}"));
     let sink_ctx = BuildContext {
         id: "store",
         data_dir,
+        inputs: &[],
     };
     let sink = registry::build_sink("store", &sink_ctx, toml::Table::new())
         .unwrap_or_else(|e| panic!("{e:?}"));

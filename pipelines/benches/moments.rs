@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array};
 use arrow::record_batch::RecordBatch;
-use pipelines::component::{BuildContext, Emitter};
+use pipelines::component::{BuildContext, Input, TransformContext};
 use pipelines::registry::build_transform;
 use pipelines::stats::{EwMoments, EwMomentsBank, Moments, MomentsBank};
 use pipelines::stream::traces_schema;
@@ -160,14 +160,16 @@ fn main() {
         &BuildContext {
             id: "m",
             data_dir: "/tmp".as_ref(),
+            inputs: &[],
         },
         toml::Table::new(),
     )
     .expect("moments builds");
-    let mut out = Emitter::default();
+    let mut out = TransformContext::detached("t");
     let t = Instant::now();
     for b in batches {
-        tr.process(b, &mut out).expect("batch accepted");
+        tr.process(&Input::new(0, "in"), b, &mut out)
+            .expect("batch accepted");
         out.batches.clear();
     }
     tr.finish(&mut out).expect("finish");

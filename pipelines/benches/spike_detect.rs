@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, Int32Array, Int64Array};
 use arrow::record_batch::RecordBatch;
-use pipelines::component::{BuildContext, Emitter, Transform};
+use pipelines::component::{BuildContext, Emitter, Input, Transform, TransformContext};
 use pipelines::edge::{Inbox, Overflow, Recv};
 use pipelines::formats::openephys::OpenEphysRecording;
 use pipelines::formats::spikeglx::SpikeGlxMeta;
@@ -164,6 +164,7 @@ fn detector(id: &str, backend: &str, extra: &str) -> Box<SpikeDetect> {
     let ctx = BuildContext {
         id,
         data_dir: Path::new("/tmp"),
+        inputs: &[],
     };
     Box::new(spike_detect::build_detect(&ctx, t).unwrap_or_else(|e| panic!("{e:?}")))
 }
@@ -189,7 +190,7 @@ struct Throughput {
 
 fn throughput(backend: &str, input: &[RecordBatch], rate: f64) -> Throughput {
     let mut tr = detector("bench", backend, "");
-    let mut out = Emitter::default();
+    let mut out = TransformContext::detached("t");
     let mut spikes = Vec::new();
     let calib_end = calibration_samples(rate);
     let mut steady = (0.0, 0.0);
@@ -197,7 +198,8 @@ fn throughput(backend: &str, input: &[RecordBatch], rate: f64) -> Throughput {
     for b in input {
         let first = first_sample(b);
         let tb = Instant::now();
-        tr.process(b.clone(), &mut out).unwrap();
+        tr.process(&Input::new(0, "in"), b.clone(), &mut out)
+            .unwrap();
         tr.settle(&mut out).unwrap();
         drain_spikes(&mut out, &mut spikes);
         if first >= calib_end {
@@ -260,14 +262,15 @@ fn calibration_samples(rate: f64) -> i64 {
 /// Per-batch `process` time for 1 ms chunks, split into after-calibration and the release.
 fn latency_process(backend: &str, input: &[RecordBatch], rate: f64) -> (Vec<f64>, f64) {
     let mut tr = detector("lat", backend, "");
-    let mut out = Emitter::default();
+    let mut out = TransformContext::detached("t");
     let mut after = Vec::with_capacity(input.len());
     let mut release: f64 = 0.0;
     let calib_end = calibration_samples(rate);
     for b in input {
         let first = first_sample(b);
         let t = Instant::now();
-        tr.process(b.clone(), &mut out).unwrap();
+        tr.process(&Input::new(0, "in"), b.clone(), &mut out)
+            .unwrap();
         tr.settle(&mut out).unwrap();
         let dt = t.elapsed().as_secs_f64();
         out.batches.clear();
@@ -296,14 +299,14 @@ fn latency_through_inbox(backend: &str, input: Vec<RecordBatch>, rate: f64) -> V
         std::thread::spawn(move || {
             set_affinity(&[0]);
             let mut tr = detector("lat_inbox", &backend, "");
-            let mut out = Emitter::default();
+            let mut out = TransformContext::detached("t");
             let mut lat = Vec::with_capacity(n);
             let mut k = 0;
             loop {
                 match inbox.recv_timeout(Duration::from_millis(200)) {
                     Recv::Data(b) => {
                         let first = first_sample(&b);
-                        tr.process(b, &mut out).unwrap();
+                        tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
                         tr.settle(&mut out).unwrap();
                         out.batches.clear();
                         let now = epoch.elapsed().as_nanos() as u64;
@@ -363,7 +366,7 @@ fn realtime_probes(
                 let mut chains: Vec<Box<SpikeDetect>> = (0..mine)
                     .map(|i| detector(&format!("rt{t}_{i}"), "cpu", ""))
                     .collect();
-                let mut out = Emitter::default();
+                let mut out = TransformContext::detached("t");
                 let mut worst: f64 = 0.0;
                 let mut samples = 0u64;
                 for b in input.iter() {
@@ -375,7 +378,8 @@ fn realtime_probes(
                         std::thread::sleep(due - now);
                     }
                     for c in chains.iter_mut() {
-                        c.process(b.clone(), &mut out).unwrap();
+                        c.process(&Input::new(0, "in"), b.clone(), &mut out)
+                            .unwrap();
                         c.settle(&mut out).unwrap();
                         out.batches.clear();
                     }
@@ -420,11 +424,11 @@ fn openephys_rates(backend: &str) {
     let input = batches(&info, &data, (info.sampling_hz / 100.0) as usize);
     // 2 s of a 3.3 s recording would go to calibration: a shorter window, the rest as default.
     let mut tr = detector("oe16", backend, "calibration_s = 1.0");
-    let mut out = Emitter::default();
+    let mut out = TransformContext::detached("t");
     let mut per_channel = vec![0u64; info.channels.len()];
     let mut thresholds = vec![0f32; info.channels.len()];
     for b in input {
-        tr.process(b, &mut out).unwrap();
+        tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
         tr.settle(&mut out).unwrap();
         collect_oe(&mut out, &mut per_channel, &mut thresholds);
     }

@@ -314,14 +314,101 @@ impl Emitter {
     }
 }
 
+/// The configured input a batch came from: its position in the transform's `inputs` list and
+/// that entry as written (`inputs = ["probe", "det", "det.progress"]`: `det.progress` is input 2).
+/// Transforms tell their inputs apart by this, never by the batch's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub index: usize,
+    pub name: String,
+}
+
+impl Input {
+    pub fn new(index: usize, name: impl Into<String>) -> Self {
+        Input {
+            index,
+            name: name.into(),
+        }
+    }
+
+    /// For a transform whose inputs have roles by position: this input's role among `roles`
+    /// (each with the layout its input carries), once the batch's layout is checked against it.
+    /// The error names the input and the stream.
+    pub fn role<R: Copy>(
+        &self,
+        roles: &[(R, Layout)],
+        schema: &arrow::datatypes::Schema,
+    ) -> Result<R, ComponentError> {
+        let stream = crate::stream::stream_id_of(schema).unwrap_or("unnamed");
+        let bad = |why: String| {
+            ComponentError::Other(format!("input `{}`, stream `{stream}`: {why}", self.name))
+        };
+        let (role, expected) = roles
+            .get(self.index)
+            .copied()
+            .ok_or_else(|| bad(format!("only {} inputs are taken", roles.len())))?;
+        match Layout::of(schema) {
+            Some(l) if l != expected => Err(bad(format!(
+                "a {} stream where {} was expected",
+                l.as_str(),
+                expected.as_str()
+            ))),
+            _ => Ok(role),
+        }
+    }
+}
+
+/// What a transform has besides the batch: its id, its own metrics (for counters of its own)
+/// and the [`Emitter`] its output goes to (the context derefs to it: `ctx.emit(batch)`).
+pub struct TransformContext {
+    pub id: String,
+    pub metrics: ComponentMetrics,
+    pub out: Emitter,
+}
+
+impl TransformContext {
+    pub fn new(id: &str, metrics: ComponentMetrics) -> Self {
+        TransformContext {
+            id: id.into(),
+            metrics,
+            out: Emitter::default(),
+        }
+    }
+
+    /// A context outside a daemon (tests and benchmarks): metrics in a registry of its own.
+    pub fn detached(id: &str) -> Self {
+        let metrics = crate::metrics::Metrics::new().component(id, "transform", "detached");
+        Self::new(id, metrics)
+    }
+}
+
+impl std::ops::Deref for TransformContext {
+    type Target = Emitter;
+    fn deref(&self) -> &Emitter {
+        &self.out
+    }
+}
+
+impl std::ops::DerefMut for TransformContext {
+    fn deref_mut(&mut self) -> &mut Emitter {
+        &mut self.out
+    }
+}
+
 pub trait Transform: Send + 'static {
     /// Layouts accepted on input (checked by `neurod validate`).
     fn accepts(&self) -> Vec<Layout>;
     fn ports(&self) -> Vec<PortSpec>;
-    /// Handles one batch. An `Err` is counted and logged; the transform keeps running.
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError>;
+    /// Handles one batch from `input`. An `Err` is counted and logged; the transform keeps
+    /// running.
+    fn process(
+        &mut self,
+        input: &Input,
+        batch: RecordBatch,
+        ctx: &mut TransformContext,
+    ) -> Result<(), ComponentError>;
     /// Called once after the last input batch.
-    fn finish(&mut self, _out: &mut Emitter) -> Result<(), ComponentError> {
+    fn finish(&mut self, _ctx: &mut TransformContext) -> Result<(), ComponentError> {
         Ok(())
     }
 }
@@ -350,6 +437,9 @@ pub trait Sink: Send + 'static {
 pub struct BuildContext<'a> {
     pub id: &'a str,
     pub data_dir: &'a Path,
+    /// The configured `inputs`, in order (a transform with several inputs gives each position
+    /// its role, see [`Input`]); empty for sources.
+    pub inputs: &'a [String],
 }
 
 /// Deserialises a component's options (everything but `type` and `inputs`), rejecting unknown

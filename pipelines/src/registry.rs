@@ -145,6 +145,7 @@ mod tests {
         let ctx = BuildContext {
             id: "c",
             data_dir: &dir,
+            inputs: &[],
         };
         let attempt = |extra: &str| {
             let options: toml::Table =

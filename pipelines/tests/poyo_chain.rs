@@ -11,7 +11,7 @@ use arrow::array::{
     Array, ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array, StringArray,
 };
 use arrow::record_batch::RecordBatch;
-use pipelines::component::{BuildContext, Emitter, Transform};
+use pipelines::component::{BuildContext, Input, Transform, TransformContext};
 use pipelines::registry::build_transform;
 use pipelines::stats::PoyoRule;
 use pipelines::stream::traces_schema;
@@ -32,12 +32,14 @@ fn data() -> Option<PathBuf> {
     None
 }
 
-fn transform(type_name: &str, id: &str, options: &str) -> Box<dyn Transform> {
+fn transform(type_name: &str, id: &str, inputs: &[&str], options: &str) -> Box<dyn Transform> {
+    let inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
     build_transform(
         type_name,
         &BuildContext {
             id,
             data_dir: "/tmp".as_ref(),
+            inputs: &inputs,
         },
         toml::from_str(options).unwrap(),
     )
@@ -85,19 +87,20 @@ fn labels_of_the_real_traces_follow_the_poyo_rule_on_scipys_moments() {
         assert!(decided, "roi {r} sits in the hysteresis band");
     }
 
-    let mut dff = transform("dff", "dff", "");
-    let mut moments = transform("moments", "moments", "value = 'fc'");
-    let mut pred = transform("predictability", "pred", "");
+    let mut dff = transform("dff", "dff", &["s2p"], "");
+    let mut moments = transform("moments", "moments", &["dff"], "value = 'fc'");
+    let mut pred = transform("predictability", "pred", &["moments", "dff"], "");
     // Traces as a Suite2p replay would send them: frame-major, 100 frames a batch.
     let schema = traces_schema("plane0", "30", &["f", "fneu"]);
-    let mut out = Emitter::default();
+    let mut out = TransformContext::detached("t");
     let mut table_frames = Vec::new();
-    let mut feed_moments = |m: &mut Emitter, pred: &mut Box<dyn Transform>, out: &mut Emitter| {
-        for (_, b) in m.batches.drain(..) {
-            table_frames.push(col::<Int64Array>(&b, "frame_index").value(0));
-            pred.process(b, out).unwrap();
-        }
-    };
+    let mut feed_moments =
+        |m: &mut TransformContext, pred: &mut Box<dyn Transform>, out: &mut TransformContext| {
+            for (_, b) in m.batches.drain(..) {
+                table_frames.push(col::<Int64Array>(&b, "frame_index").value(0));
+                pred.process(&Input::new(0, "moments"), b, out).unwrap();
+            }
+        };
     for t0 in (0..n_frames).step_by(100) {
         let frames: Vec<(usize, usize)> = (t0..(t0 + 100).min(n_frames))
             .flat_map(|t| (0..n_roi).map(move |r| (t, r)))
@@ -120,17 +123,18 @@ fn labels_of_the_real_traces_follow_the_poyo_rule_on_scipys_moments() {
             )),
         ];
         let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
-        let mut d = Emitter::default();
-        dff.process(batch, &mut d).unwrap();
-        let mut m = Emitter::default();
-        for (_, b) in d.batches {
+        let mut d = TransformContext::detached("t");
+        dff.process(&Input::new(0, "in"), batch, &mut d).unwrap();
+        let mut m = TransformContext::detached("t");
+        for (_, b) in d.out.batches {
             // The traces reach predictability before their moments, as through the daemon.
-            pred.process(b.clone(), &mut out).unwrap();
-            moments.process(b, &mut m).unwrap();
+            pred.process(&Input::new(1, "dff"), b.clone(), &mut out)
+                .unwrap();
+            moments.process(&Input::new(0, "in"), b, &mut m).unwrap();
         }
         feed_moments(&mut m, &mut pred, &mut out);
     }
-    let mut m = Emitter::default();
+    let mut m = TransformContext::detached("t");
     moments.finish(&mut m).unwrap();
     feed_moments(&mut m, &mut pred, &mut out);
     pred.finish(&mut out).unwrap();

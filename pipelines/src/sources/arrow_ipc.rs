@@ -1342,6 +1342,7 @@ mod tests {
         let ctx = BuildContext {
             id: "rig",
             data_dir: std::path::Path::new("/nonexistent"),
+            inputs: &[],
         };
         let parse = |s: &str| -> toml::Table { toml::from_str(s).unwrap() };
         assert!(build(&ctx, parse("")).is_ok());

@@ -203,6 +203,7 @@ mod tests {
             &BuildContext {
                 id: "oe",
                 data_dir: Path::new("/nonexistent"),
+                inputs: &[],
             },
             t,
         )

@@ -256,6 +256,7 @@ mod tests {
             &BuildContext {
                 id: "probe0",
                 data_dir: Path::new("/nonexistent"),
+                inputs: &[],
             },
             opts,
         )

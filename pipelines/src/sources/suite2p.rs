@@ -304,6 +304,7 @@ mod tests {
             &BuildContext {
                 id: "s2p",
                 data_dir: Path::new("/nonexistent"),
+                inputs: &[],
             },
             t,
         )

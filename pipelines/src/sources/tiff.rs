@@ -559,6 +559,7 @@ mod tests {
             &BuildContext {
                 id: "scope",
                 data_dir: Path::new("/nonexistent"),
+                inputs: &[],
             },
             t,
         )

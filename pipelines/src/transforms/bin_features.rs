@@ -15,10 +15,11 @@
 //! counts = true        # false: power only, from the continuous input alone
 //! ```
 //!
-//! Inputs: the continuous stream (power), the `spike_detect` spikes detected on it (counts) and
-//! `spike_detect`'s `progress` port, which says up to which sample the spikes are complete. The
-//! three are matched by the continuous stream's id (the spikes and progress schemas name it in
-//! `neurod.source_stream`). Bins are `bin_samples = round(bin_ms · rate / 1000)` samples long and
+//! Inputs, by position: the continuous stream (power), the `spike_detect` spikes detected on it
+//! (counts) and `spike_detect`'s `progress` port, which says up to which sample the spikes are
+//! complete; with `counts = false`, the continuous input alone. A batch whose layout is not its
+//! input's is an error naming the input. Several probes may share the inputs: each spikes and
+//! progress stream goes with the continuous stream its schema names in `neurod.source_stream`. Bins are `bin_samples = round(bin_ms · rate / 1000)` samples long and
 //! aligned on `sample_index` 0, so they do not depend on how the input was chunked.
 //!
 //! Output, one row per bin, stream id `<continuous stream id>.bins` (layout `table`), one column
@@ -43,8 +44,12 @@ use arrow::record_batch::RecordBatch;
 use kernels::filter::{butter_bandpass, SosFilter};
 use serde::Deserialize;
 
+use super::per_stream::PerStream;
 use super::spike_detect::{band_problems, CHANNEL, COMPLETE_BEFORE_SAMPLE, SOURCE_STREAM_KEY};
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::stream::{
     self, keys, parse_rate, sample_span, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S,
 };
@@ -88,7 +93,7 @@ pub struct BinFeatures {
     id: String,
     options: Options,
     /// By continuous stream id.
-    sources: HashMap<String, SourceBins>,
+    sources: PerStream<SourceBins>,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
@@ -104,14 +109,50 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
             o.bin_ms
         ));
     }
+    let roles = if o.counts { ROLES.len() } else { 1 };
+    if ctx.inputs.len() != roles {
+        errors.push(format!(
+            "{prefix}: takes {roles} input(s), {}, and has {}",
+            ROLES[..roles]
+                .iter()
+                .map(|(r, _)| r.what())
+                .collect::<Vec<_>>()
+                .join(", "),
+            ctx.inputs.len()
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Box::new(BinFeatures {
         id: ctx.id.into(),
         options: o,
-        sources: HashMap::new(),
+        sources: PerStream::new(),
     }))
+}
+
+/// What each configured input carries, by its position in `inputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Continuous,
+    Spikes,
+    Progress,
+}
+
+const ROLES: [(Role, Layout); 3] = [
+    (Role::Continuous, Layout::Continuous),
+    (Role::Spikes, Layout::Events),
+    (Role::Progress, Layout::Table),
+];
+
+impl Role {
+    fn what(self) -> &'static str {
+        match self {
+            Role::Continuous => "the continuous stream",
+            Role::Spikes => "its spike_detect spikes",
+            Role::Progress => "their progress port",
+        }
+    }
 }
 
 /// Samples per bin at `rate` (the same for every input of one stream: same rate text).
@@ -128,54 +169,47 @@ impl Transform for BinFeatures {
         vec![PortSpec::default_port(&[Layout::Table])]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let stream_id = stream::stream_id_of(&schema).unwrap_or("unnamed");
-        let layout = Layout::of(&schema);
-        let source = match layout {
-            Some(Layout::Continuous) | None => stream_id.to_string(),
-            Some(Layout::Events | Layout::Table) => match schema.metadata().get(SOURCE_STREAM_KEY) {
+        let role = input.role(&ROLES, &schema)?;
+        let source = match role {
+            Role::Continuous => stream_id.to_string(),
+            Role::Spikes | Role::Progress => match schema.metadata().get(SOURCE_STREAM_KEY) {
                 Some(s) => s.clone(),
                 None => {
                     return Err(ComponentError::Other(format!(
-                        "stream `{stream_id}`: bin_features takes continuous streams and spike_detect's spikes and progress, and this {} stream is neither (no `{SOURCE_STREAM_KEY}`)",
-                        layout.map_or("unknown", Layout::as_str)
+                        "input `{}`, stream `{stream_id}`: no `{SOURCE_STREAM_KEY}` naming the continuous stream it belongs to",
+                        input.name
                     )))
                 }
             },
-            Some(l @ (Layout::Frames | Layout::Traces | Layout::Rois)) => {
-                return Err(ComponentError::Other(format!(
-                    "stream `{stream_id}`: bin_features does not take {} streams",
-                    l.as_str()
-                )))
-            }
         };
-        let state = self.sources.entry(source).or_default();
-        let result = match layout {
-            Some(Layout::Continuous) | None => state.continuous(&self.options, &batch, out),
-            Some(Layout::Events) => state.spikes(&self.options, &batch),
-            _ => state.progress(&batch),
+        let state = self
+            .sources
+            .get_or_insert_with(&source, SourceBins::default);
+        let result = match role {
+            Role::Continuous => state.continuous(&self.options, &batch, out),
+            Role::Spikes => state.spikes(&self.options, &batch),
+            Role::Progress => state.progress(&batch),
         };
         // Whatever the batch was, bins it completed go now (an error leaves the rest intact).
         let emitted = state.emit_ready(&self.options, false, out);
         result.and(emitted)
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
-        let mut ids: Vec<&String> = self.sources.keys().collect();
-        ids.sort();
-        let ids: Vec<String> = ids.into_iter().cloned().collect();
-        let mut first_error = None;
-        for id in ids {
-            let Some(s) = self.sources.get_mut(&id) else {
-                continue;
-            };
-            if let Err(e) = s.emit_ready(&self.options, true, out) {
-                tracing::error!(component = %self.id, stream = %id, error = %e, "flushing bins failed");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+    fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
+        let (id, options) = (&self.id, &self.options);
+        self.sources.finish_each(|stream, s| {
+            s.emit_ready(options, true, out).inspect_err(|e| {
+                tracing::error!(component = %id, %stream, error = %e, "flushing bins failed");
+            })
+        })
     }
 }
 
@@ -617,12 +651,26 @@ mod tests {
     use crate::transforms::spike_detect::spikes_schema;
     use crate::transforms::spike_detect::tests::{batches, probe_info, AP, RATE};
 
+    const INPUTS: [&str; 3] = ["probe", "det", "det.progress"];
+
+    /// Input `i` of [`INPUTS`].
+    fn input(i: usize) -> Input {
+        Input::new(i, INPUTS[i])
+    }
+
     fn build_with(options: &str) -> Box<dyn Transform> {
         let t: toml::Table = toml::from_str(options).unwrap();
+        let n = if options.contains("counts = false") {
+            1
+        } else {
+            3
+        };
+        let inputs: Vec<String> = INPUTS[..n].iter().map(|s| s.to_string()).collect();
         build(
             &BuildContext {
                 id: "bins",
                 data_dir: "/tmp".as_ref(),
+                inputs: &inputs,
             },
             t,
         )
@@ -691,9 +739,9 @@ mod tests {
     #[test]
     fn power_is_the_mean_square_of_the_band_in_uv2() {
         let mut tr = build_with("counts = false");
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         for b in batches(&probe_info("p"), &sine(30_000, 100.0), 250) {
-            tr.process(b, &mut out).unwrap();
+            tr.process(&input(0), b, &mut out).unwrap();
         }
         let got = rows(&mut out);
         let n: usize = got.iter().map(|b| b.num_rows()).sum();
@@ -730,21 +778,22 @@ mod tests {
     #[test]
     fn bins_wait_for_their_counts_then_carry_them() {
         let mut tr = build_with("");
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         // Spikes may arrive before the data they were found in reached this transform.
         tr.process(
+            &input(1),
             spikes(&[(10, 2), (20, 2), (599, 3), (600, 3), (1300, 0)]),
             &mut out,
         )
         .unwrap();
         for b in batches(&probe_info("p"), &sine(1_500, 50.0), 100) {
-            tr.process(b, &mut out).unwrap();
+            tr.process(&input(0), b, &mut out).unwrap();
         }
         assert!(
             rows(&mut out).is_empty(),
             "no progress yet: counts may be incomplete"
         );
-        tr.process(progress(1_199), &mut out).unwrap();
+        tr.process(&input(2), progress(1_199), &mut out).unwrap();
         let got = rows(&mut out);
         assert_eq!(got.len(), 1);
         assert_eq!(
@@ -752,8 +801,9 @@ mod tests {
             1,
             "bin 1 ends at 1200, progress only at 1199"
         );
-        tr.process(spikes(&[(1_199, 7)]), &mut out).unwrap();
-        tr.process(progress(1_250), &mut out).unwrap();
+        tr.process(&input(1), spikes(&[(1_199, 7)]), &mut out)
+            .unwrap();
+        tr.process(&input(2), progress(1_250), &mut out).unwrap();
         let mut got2 = rows(&mut out);
         assert_eq!(got2[0].num_rows(), 1);
         tr.finish(&mut out).unwrap();
@@ -780,17 +830,17 @@ mod tests {
     fn output_does_not_depend_on_chunking() {
         let run = |batch: usize| {
             let mut tr = build_with("bin_ms = 5");
-            let mut out = Emitter::default();
+            let mut out = TransformContext::detached("t");
             let data = sine(7_000, 80.0);
             for (k, b) in batches(&probe_info("p"), &data, batch)
                 .into_iter()
                 .enumerate()
             {
                 let end = (k + 1) as i64 * batch as i64;
-                tr.process(b, &mut out).unwrap();
-                tr.process(spikes(&[(end - 1, (k % AP) as i32)]), &mut out)
+                tr.process(&input(0), b, &mut out).unwrap();
+                tr.process(&input(1), spikes(&[(end - 1, (k % AP) as i32)]), &mut out)
                     .unwrap();
-                tr.process(progress(end - 3), &mut out).unwrap();
+                tr.process(&input(2), progress(end - 3), &mut out).unwrap();
             }
             tr.finish(&mut out).unwrap();
             let got = rows(&mut out);
@@ -823,12 +873,36 @@ mod tests {
             vec![Arc::new(Int64Array::from(vec![1i64])) as ArrayRef],
         )
         .unwrap();
-        let e = tr.process(b, &mut Emitter::default()).unwrap_err();
-        assert!(e.to_string().contains("`units`"), "{e}");
+        let mut ctx = TransformContext::detached("t");
+        let e = tr.process(&input(0), b.clone(), &mut ctx).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("`units`") && e.contains("`probe`"), "{e}");
+        // On the progress input the layout fits, but nothing says which probe it belongs to.
+        let e = tr.process(&input(2), b, &mut ctx).unwrap_err().to_string();
+        assert!(
+            e.contains("`det.progress`") && e.contains(SOURCE_STREAM_KEY),
+            "{e}"
+        );
+        let two = ["probe".to_string(), "det".to_string()];
         let e = build(
             &BuildContext {
                 id: "bins",
                 data_dir: "/tmp".as_ref(),
+                inputs: &two,
+            },
+            toml::Table::new(),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e[0].contains("takes 3 input(s)") && e[0].contains("has 2"),
+            "{e:?}"
+        );
+        let e = build(
+            &BuildContext {
+                id: "bins",
+                data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::from_str("bin_ms = 0").unwrap(),
         )

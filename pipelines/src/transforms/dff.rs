@@ -50,7 +50,10 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 use serde::Deserialize;
 
 use super::traces::{self, err};
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::metrics::shared_registry;
 use crate::stats::OrderWindow;
 use crate::stream::{self, keys, Layout};
@@ -211,7 +214,12 @@ impl Transform for Dff {
         vec![PortSpec::default_port(&[Layout::Traces])]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = traces::stream_id(&schema);
         if let Some(l) = Layout::of(&schema).filter(|l| *l != Layout::Traces) {
@@ -448,6 +456,7 @@ pub(crate) mod tests {
             &BuildContext {
                 id,
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::from_str(options).unwrap(),
         )
@@ -455,12 +464,12 @@ pub(crate) mod tests {
     }
 
     pub fn run(tr: &mut dyn Transform, batches: Vec<RecordBatch>) -> Vec<(String, RecordBatch)> {
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         for b in batches {
-            tr.process(b, &mut out).unwrap();
+            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
         }
         tr.finish(&mut out).unwrap();
-        out.batches
+        out.out.batches
     }
 
     fn column(b: &RecordBatch, name: &str) -> Vec<f32> {
@@ -619,9 +628,12 @@ np.save(out, np.stack([fc, dff]))
             ndarray::Array2::from_shape_vec((2, 3), vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
         let mut tr = build_with("rep", "");
         let batches = traces_batches("r", &f, None, 6);
-        let mut out = Emitter::default();
-        tr.process(batches[0].clone(), &mut out).unwrap();
-        let e = tr.process(batches[0].clone(), &mut out).unwrap_err();
+        let mut out = TransformContext::detached("t");
+        tr.process(&Input::new(0, "in"), batches[0].clone(), &mut out)
+            .unwrap();
+        let e = tr
+            .process(&Input::new(0, "in"), batches[0].clone(), &mut out)
+            .unwrap_err();
         assert!(
             e.to_string().contains("`r`") && e.to_string().contains("6 rows"),
             "{e}"
@@ -631,6 +643,7 @@ np.save(out, np.stack([fc, dff]))
             &BuildContext {
                 id: "d",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::from_str("percentile = 120\nwindow_s = -1").unwrap(),
         )

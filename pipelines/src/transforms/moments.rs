@@ -43,9 +43,13 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use super::bin_features::BIN_SAMPLES_KEY;
+use super::per_stream::PerStream;
 use super::spike_detect::SOURCE_STREAM_KEY;
 use super::traces::{self, err};
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::stats::{EwMomentsBank, MomentsBank};
 use crate::stream::{keys, Layout, FRAME_INDEX, TIME_S};
 
@@ -87,7 +91,7 @@ struct Options {
 
 pub struct MomentsTransform {
     options: Options,
-    streams: HashMap<String, StreamState>,
+    streams: PerStream<StreamState>,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
@@ -109,7 +113,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
     }
     Ok(Box::new(MomentsTransform {
         options: o,
-        streams: HashMap::new(),
+        streams: PerStream::new(),
     }))
 }
 
@@ -122,7 +126,12 @@ impl Transform for MomentsTransform {
         vec![PortSpec::default_port(&[Layout::Table])]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = traces::stream_id(&schema);
         let layout = Layout::of(&schema);
@@ -136,13 +145,10 @@ impl Transform for MomentsTransform {
                 ))
             }
         };
-        if !self.streams.contains_key(&sid) {
-            let s = StreamState::new(&self.options, &sid, &schema, wide)?;
-            self.streams.insert(sid.clone(), s);
-        }
-        let Some(state) = self.streams.get_mut(&sid) else {
-            return Ok(());
-        };
+        let options = &self.options;
+        let state = self
+            .streams
+            .try_get_or_insert_with(&sid, || StreamState::new(options, &sid, &schema, wide))?;
         if state.wide != wide {
             return Err(err(
                 &sid,
@@ -156,21 +162,15 @@ impl Transform for MomentsTransform {
         }
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
-        let mut ids: Vec<String> = self.streams.keys().cloned().collect();
-        ids.sort();
-        let mut first_error = None;
-        for id in ids {
-            if let Some(s) = self.streams.get_mut(&id) {
-                s.flush_row();
-                if s.pushed_since_emit {
-                    if let Err(e) = s.emit(out) {
-                        first_error.get_or_insert(e);
-                    }
-                }
+    fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
+        self.streams.finish_each(|_, s| {
+            s.flush_row();
+            if s.pushed_since_emit {
+                s.emit(out)
+            } else {
+                Ok(())
             }
-        }
-        first_error.map_or(Ok(()), Err)
+        })
     }
 }
 
@@ -457,6 +457,7 @@ mod tests {
             &BuildContext {
                 id: "moments",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::from_str(options).unwrap(),
         )
@@ -580,12 +581,12 @@ mod tests {
             let Some((e, f, n)) = expected() else { return Ok(()) };
             let mut dff = build_dff("dff", "window_s = 2.0");
             let mut mo = build_with("value = 'fc'\nemit_every_s = 7.0");
-            let mut out = Emitter::default();
+            let mut out = TransformContext::detached("t");
             for b in traces_batches("s2p", &f, Some(&n), rows) {
-                let mut mid = Emitter::default();
-                dff.process(b, &mut mid).unwrap();
-                for (_, b) in mid.batches {
-                    mo.process(b, &mut out).unwrap();
+                let mut mid = TransformContext::detached("t");
+                dff.process(&Input::new(0, "in"), b, &mut mid).unwrap();
+                for (_, b) in mid.out.batches {
+                    mo.process(&Input::new(0, "in"), b, &mut out).unwrap();
                 }
             }
             mo.finish(&mut out).unwrap();
@@ -655,9 +656,11 @@ mod tests {
             .unwrap()
         };
         let mut tr = build_with("tau_s = 0.1");
-        let mut out = Emitter::default();
-        tr.process(batch(0..3), &mut out).unwrap();
-        tr.process(batch(3..8), &mut out).unwrap();
+        let mut out = TransformContext::detached("t");
+        tr.process(&Input::new(0, "in"), batch(0..3), &mut out)
+            .unwrap();
+        tr.process(&Input::new(0, "in"), batch(3..8), &mut out)
+            .unwrap();
         tr.finish(&mut out).unwrap();
         assert_eq!(out.batches.len(), 1, "0.14 s of bins: only the final table");
         let t = &out.batches[0].1;

@@ -33,7 +33,6 @@
 //! Per frame the cost is a real 2-D FFT, an inverse over the columns and over the rows within
 //! ±`max_shift_px`, and the warp: see `benches/imaging.rs`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -43,7 +42,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use super::per_stream::PerStream;
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::imaging::frames::Frames;
 use crate::imaging::registration::{shift_bilinear, to_i16, Params, Registration, Shift};
 use crate::stream::{self, Layout, FRAME_INDEX, PIXELS, TIME_S};
@@ -76,7 +79,7 @@ struct Options {
 pub struct MotionCorrect {
     id: String,
     options: Options,
-    streams: HashMap<String, StreamState>,
+    streams: PerStream<StreamState>,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
@@ -111,7 +114,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
     Ok(Box::new(MotionCorrect {
         id: ctx.id.into(),
         options: o,
-        streams: HashMap::new(),
+        streams: PerStream::new(),
     }))
 }
 
@@ -138,46 +141,36 @@ impl Transform for MotionCorrect {
         vec![PortSpec::default_port(&[Layout::Frames])]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = stream::stream_id_of(&schema)
             .unwrap_or("unnamed")
             .to_string();
         let frames = Frames::of(&batch, &sid)?;
-        let stale = self
-            .streams
-            .get(&sid)
-            .is_some_and(|s| !Arc::ptr_eq(&s.schema, &schema) && *s.schema != *schema);
-        if stale {
+        let params = self.params(frames.h, frames.w);
+        let options = &self.options;
+        let (state, retired) = self.streams.for_schema(&sid, &schema, || {
+            StreamState::new(&schema, frames.h, frames.w, params, options)
+        })?;
+        if let Some(mut old) = retired {
             tracing::warn!(component = %self.id, stream = %sid, "frames schema changed: a new reference is made");
-            if let Some(mut old) = self.streams.remove(&sid) {
-                old.flush(out)?;
-            }
+            old.flush(out)?;
         }
-        if !self.streams.contains_key(&sid) {
-            let params = self.params(frames.h, frames.w);
-            let state = StreamState::new(&schema, frames.h, frames.w, params, &self.options)?;
-            self.streams.insert(sid.clone(), state);
-        }
-        let Some(state) = self.streams.get_mut(&sid) else {
-            return Ok(());
-        };
         state.add(&frames, self.options.reference_frames, out)
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
-        let mut first_error = None;
-        let mut ids: Vec<String> = self.streams.keys().cloned().collect();
-        ids.sort();
-        for id in ids {
-            if let Some(s) = self.streams.get_mut(&id) {
-                if let Err(e) = s.flush(out) {
-                    tracing::error!(component = %self.id, stream = %id, error = %e, "registering held frames failed");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+    fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
+        let id = &self.id;
+        self.streams.finish_each(|stream, s| {
+            s.flush(out).inspect_err(|e| {
+                tracing::error!(component = %id, %stream, error = %e, "registering held frames failed");
+            })
+        })
     }
 }
 

@@ -21,9 +21,9 @@
 //! inputs = ["pred.unpredictable"]
 //! ```
 //!
-//! Inputs: tables from [`super::moments`] (recognised by their `unit` and `m2` columns; they name
-//! their source stream in `neurod.source_stream`) and traces streams; a traces stream is matched
-//! with the moments whose source it is (`moments` on `plane0.dff` goes with the traces
+//! Inputs, by position: first the tables of [`super::moments`] (they name their source stream in
+//! `neurod.source_stream`), then traces streams; a batch whose layout is not its input's is an
+//! error naming the input. A traces stream is matched with the moments whose source it is (`moments` on `plane0.dff` goes with the traces
 //! `plane0.dff`). A traces unit is its `roi` as decimal text, as `moments` names it.
 //!
 //! The rule: predictable when skew ≤ `max_skew` and kurtosis ≤ `max_kurtosis`, else
@@ -63,9 +63,13 @@ use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
 use super::moments::{EXCESS_KURTOSIS, GROUP, M2, M3, M4, MEAN, N, SKEW, UNIT};
+use super::per_stream::PerStream;
 use super::spike_detect::SOURCE_STREAM_KEY;
 use super::traces::{self, err};
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::stats::{KurtosisConvention, Label, Moments, PoyoRule};
 use crate::stream::{self, keys, Layout, FRAME_INDEX};
 
@@ -106,12 +110,19 @@ struct Options {
     groups: BTreeMap<String, String>,
 }
 
+/// The layout of each input, by position (the role is the layout): the moments, then their
+/// traces.
+const INPUT_LAYOUTS: [(Layout, Layout); 2] = [
+    (Layout::Table, Layout::Table),
+    (Layout::Traces, Layout::Traces),
+];
+
 pub struct Predictability {
     id: String,
     rule: PoyoRule,
     options: Options,
     /// By source (traces) stream id.
-    sources: BTreeMap<String, SourceState>,
+    sources: PerStream<SourceState>,
 }
 
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
@@ -148,6 +159,12 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
             o.min_samples
         ));
     }
+    if ctx.inputs.len() != INPUT_LAYOUTS.len() {
+        errors.push(format!(
+            "{prefix}: takes 2 inputs, a moments stream then its traces, and has {}",
+            ctx.inputs.len()
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -155,7 +172,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         id: ctx.id.into(),
         rule,
         options: o,
-        sources: BTreeMap::new(),
+        sources: PerStream::new(),
     }))
 }
 
@@ -248,50 +265,41 @@ impl Transform for Predictability {
         ]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = traces::stream_id(&schema);
-        match Layout::of(&schema) {
-            Some(Layout::Traces) => {
-                let src = self.sources.entry(sid.clone()).or_default();
-                src.traces(&self.options, &sid, batch, out)
-            }
-            Some(Layout::Table) | None if schema.index_of(M2).is_ok() => {
-                let source = schema
-                    .metadata()
-                    .get(SOURCE_STREAM_KEY)
-                    .cloned()
-                    .ok_or_else(|| {
-                        err(
-                            &sid,
-                            format!("a moments table without `{SOURCE_STREAM_KEY}`"),
-                        )
-                    })?;
-                let src = self.sources.entry(source.clone()).or_default();
-                src.moments(&self.rule, &self.options, &source, &sid, &batch, out)
-            }
-            l => Err(err(
-                &sid,
-                format!(
-                    "predictability takes moments tables and traces, not this {} stream",
-                    l.map_or("unknown", Layout::as_str)
-                ),
-            )),
+        if input.role(&INPUT_LAYOUTS, &schema)? == Layout::Traces {
+            let src = self.sources.get_or_insert_with(&sid, SourceState::default);
+            return src.traces(&self.options, &sid, batch, out);
         }
+        let source = schema
+            .metadata()
+            .get(SOURCE_STREAM_KEY)
+            .cloned()
+            .ok_or_else(|| {
+                let why = format!("a moments table without `{SOURCE_STREAM_KEY}`");
+                err(&sid, format!("input `{}`: {why}", input.name))
+            })?;
+        let src = self
+            .sources
+            .get_or_insert_with(&source, SourceState::default);
+        src.moments(&self.rule, &self.options, &source, &sid, &batch, out)
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
-        let mut first_error = None;
-        for (source, s) in self.sources.iter_mut() {
-            let result = s
-                .release(&self.options, source, true, out)
-                .and_then(|_| s.emit_neurons(&self.options, source, None, out));
-            if let Err(e) = result {
-                tracing::error!(component = %self.id, stream = %source, error = %e, "flushing labels failed");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+    fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
+        let (id, options) = (&self.id, &self.options);
+        self.sources.finish_each(|source, s| {
+            s.release(options, source, true, out)
+                .and_then(|_| s.emit_neurons(options, source, None, out))
+                .inspect_err(|e| {
+                    tracing::error!(component = %id, stream = %source, error = %e, "flushing labels failed");
+                })
+        })
     }
 }
 
@@ -636,11 +644,20 @@ mod tests {
     use super::*;
     use crate::transforms::dff::tests::{python, suite2p_traces, traces_batches};
 
+    fn moments_input() -> Input {
+        Input::new(0, "moments")
+    }
+
+    fn traces_input() -> Input {
+        Input::new(1, "dff")
+    }
+
     fn build_with(options: &str) -> Box<dyn Transform> {
         build(
             &BuildContext {
                 id: "pred",
                 data_dir: "/tmp".as_ref(),
+                inputs: &["moments".into(), "dff".into()],
             },
             toml::from_str(options).unwrap(),
         )
@@ -767,7 +784,7 @@ mod tests {
     #[test]
     fn labels_wait_for_min_samples_then_change_only_past_the_margin() {
         let mut tr = build_with("min_samples = 100");
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         let steps: [(i64, u64, f64); 6] = [
             (10, 50, 5.0),  // too few samples: no label, even though clearly unpredictable
             (20, 100, 3.0), // labelled predictable
@@ -777,8 +794,12 @@ mod tests {
             (60, 300, 3.4), // below 3.51 but not below 3.3345: stays
         ];
         for (frame, n, skew) in steps {
-            tr.process(table("s", frame, &[("0", n, skew, 1.0)]), &mut out)
-                .unwrap();
+            tr.process(
+                &moments_input(),
+                table("s", frame, &[("0", n, skew, 1.0)]),
+                &mut out,
+            )
+            .unwrap();
         }
         assert_eq!(
             labels(&out),
@@ -800,22 +821,37 @@ mod tests {
         let f = ndarray::Array2::from_shape_fn((2, 6), |(r, t)| (r * 10 + t) as f32);
         let traces = traces_batches("s", &f, None, 5);
         let mut tr = build_with("min_samples = 3");
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
+        // Traces on the moments input, or a table on the traces input: errors naming the input.
+        let e = tr
+            .process(&moments_input(), traces[0].clone(), &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("input `moments`") && e.contains("traces stream"),
+            "{e}"
+        );
+        let moments = table("s", 0, &[("0", 2, 0.0, 0.0)]);
+        let e = tr.process(&traces_input(), moments, &mut out).unwrap_err();
+        assert!(e.to_string().contains("input `dff`"), "{e}");
         // Traces first: held, nothing is known of their units yet.
-        tr.process(traces[0].clone(), &mut out).unwrap();
+        tr.process(&traces_input(), traces[0].clone(), &mut out)
+            .unwrap();
         assert!(out.batches.is_empty());
         tr.process(
+            &moments_input(),
             table("s", 0, &[("0", 2, 0.0, 0.0), ("1", 2, 0.0, 0.0)]),
             &mut out,
         )
         .unwrap();
         tr.process(
+            &moments_input(),
             table("s", 2, &[("0", 3, 0.0, 0.0), ("1", 3, 9.0, 0.0)]),
             &mut out,
         )
         .unwrap();
         for b in &traces[1..] {
-            tr.process(b.clone(), &mut out).unwrap();
+            tr.process(&traces_input(), b.clone(), &mut out).unwrap();
         }
         tr.finish(&mut out).unwrap();
         assert_eq!(out.undeclared_ports(&tr.ports()), Vec::<String>::new());
@@ -862,28 +898,29 @@ mod tests {
             &BuildContext {
                 id: "m",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::from_str("value = 'fc'").unwrap(),
         )
         .unwrap();
         let mut pred = build_with(&groups);
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         for b in traces_batches("s2p", &f, Some(&fneu), 500) {
-            let mut a = Emitter::default();
-            dff.process(b, &mut a).unwrap();
-            let mut m = Emitter::default();
-            for (_, b) in a.batches {
-                pred.process(b.clone(), &mut out).unwrap();
-                mo.process(b, &mut m).unwrap();
+            let mut a = TransformContext::detached("t");
+            dff.process(&Input::new(0, "in"), b, &mut a).unwrap();
+            let mut m = TransformContext::detached("t");
+            for (_, b) in a.out.batches {
+                pred.process(&traces_input(), b.clone(), &mut out).unwrap();
+                mo.process(&Input::new(0, "in"), b, &mut m).unwrap();
             }
-            for (_, b) in m.batches {
-                pred.process(b, &mut out).unwrap();
+            for (_, b) in m.out.batches {
+                pred.process(&moments_input(), b, &mut out).unwrap();
             }
         }
-        let mut m = Emitter::default();
+        let mut m = TransformContext::detached("t");
         mo.finish(&mut m).unwrap();
-        for (_, b) in m.batches {
-            pred.process(b, &mut out).unwrap();
+        for (_, b) in m.out.batches {
+            pred.process(&moments_input(), b, &mut out).unwrap();
         }
         out.batches.clear();
         pred.finish(&mut out).unwrap();

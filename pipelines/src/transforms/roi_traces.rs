@@ -22,10 +22,11 @@
 //! `neuropil_min_pixels` (Suite2p's recipe, with Euclidean distances). A ROI whose annulus is
 //! empty gets NaN as Fneu.
 //!
-//! ROIs: from `labels` (read when the transform is built; a file that cannot be read is a
-//! configuration error), or from `rois` streams among the inputs (layout `rois`: one row per ROI
-//! pixel, `roi, y, x, weight`, height and width in the metadata), e.g. the simulated rig's
-//! `rois` port. Each ROI batch is a complete set and replaces the one before; it applies to the
+//! Inputs, by position: the frames, then (without `labels`) the ROI masks; a batch whose layout
+//! is not its input's is an error naming the input. ROIs: from `labels` (read when the
+//! transform is built; a file that cannot be read is a configuration error), or from the `rois`
+//! streams of the second input (layout `rois`: one row per ROI pixel, `roi, y, x, weight`,
+//! height and width in the metadata), e.g. the simulated rig's `rois` port. Each ROI batch is a complete set and replaces the one before; it applies to the
 //! frames stream named by its `neurod.source_stream` metadata, or, without it, to every frames
 //! stream of its size. Frames that arrive before their ROIs are held, at most `max_held_frames`
 //! per stream; beyond that the oldest are dropped, and each batch that drops is reported as an
@@ -62,7 +63,10 @@ use kernels::Backend;
 
 use super::backend::{self, Preference};
 use super::spike_detect::SOURCE_STREAM_KEY;
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::imaging::frames::{check_frames_schema, image_dims, Frames};
 use crate::imaging::labels;
 use crate::imaging::rois::{NeuropilParams, RoiSet};
@@ -157,6 +161,12 @@ enum Choice {
     Decided(Backend),
 }
 
+/// The layout of each input, by position: the frames, then (without `labels`) the ROI masks.
+const INPUT_LAYOUTS: [(Layout, Layout); 2] = [
+    (Layout::Frames, Layout::Frames),
+    (Layout::Rois, Layout::Rois),
+];
+
 pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transform>, Vec<String>> {
     let o: Options = parse_options(ctx.id, TYPE, options)?;
     let prefix = format!("transform `{}` (type `{TYPE}`)", ctx.id);
@@ -204,6 +214,18 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
             }
         }
     }
+    let wanted = if o.labels.is_some() { 1 } else { 2 };
+    if ctx.inputs.len() != wanted {
+        errors.push(format!(
+            "{prefix}: takes {wanted} input(s), the frames{}, and has {}",
+            if wanted == 2 {
+                " then the ROI masks (or set `labels`)"
+            } else {
+                " (`labels` gives the ROIs)"
+            },
+            ctx.inputs.len()
+        ));
+    }
     let plan = match backend::plan(&prefix, o.backend) {
         Ok(plan) => Some(plan),
         Err(e) => {
@@ -240,22 +262,24 @@ impl Transform for RoiTraces {
         vec![PortSpec::default_port(&[Layout::Traces])]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let schema = batch.schema();
         let sid = stream::stream_id_of(&schema)
             .unwrap_or("unnamed")
             .to_string();
-        match Layout::of(&schema) {
-            Some(Layout::Frames) => self.frames(sid, batch, out),
-            Some(Layout::Rois) => self.rois(sid, &batch, out),
-            other => Err(ComponentError::Other(format!(
-                "stream `{sid}`: roi_traces takes frames and rois streams, not {}",
-                other.map_or("unlabelled", Layout::as_str)
-            ))),
+        let role = input.role(&INPUT_LAYOUTS, &schema)?;
+        match role {
+            Layout::Rois => self.rois(sid, &batch, out),
+            _ => self.frames(sid, batch, out),
         }
     }
 
-    fn finish(&mut self, _out: &mut Emitter) -> Result<(), ComponentError> {
+    fn finish(&mut self, _out: &mut TransformContext) -> Result<(), ComponentError> {
         let lost: Vec<String> = self
             .frames
             .iter()

@@ -8,7 +8,9 @@ use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Input, PortSpec, Transform, TransformContext,
+};
 use crate::stream::{self, keys, ChannelKind, Layout};
 
 #[derive(Debug, Deserialize)]
@@ -99,7 +101,12 @@ impl Transform for SelectChannels {
     fn ports(&self) -> Vec<PortSpec> {
         vec![PortSpec::default_port(&[Layout::Continuous])]
     }
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let fresh = match &self.cached {
             Some((s, _, _)) => !Arc::ptr_eq(s, &batch.schema()) && **s != *batch.schema(),
             None => true,
@@ -155,6 +162,7 @@ mod tests {
             &BuildContext {
                 id: "sel",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             t,
         )
@@ -164,8 +172,8 @@ mod tests {
             .flat_map(|v| v.to_le_bytes())
             .collect();
         let b = batch_from_interleaved(&info().schema(), 10, &bytes).unwrap();
-        let mut out = Emitter::default();
-        tr.process(b, &mut out).unwrap();
+        let mut out = TransformContext::detached("t");
+        tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
         let o = &out.batches[0].1;
         let names: Vec<_> = o
             .schema()
@@ -189,6 +197,7 @@ mod tests {
             &BuildContext {
                 id: "sel",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             toml::Table::new(),
         )

@@ -86,7 +86,10 @@ use prometheus::{HistogramOpts, HistogramVec};
 use serde::Deserialize;
 
 use super::backend::{self, Preference};
-use crate::component::{parse_options, BuildContext, ComponentError, Emitter, PortSpec, Transform};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
+    TransformContext,
+};
 use crate::metrics::shared_registry;
 use crate::stream::{
     self, keys, sample_span, ChannelKind, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S,
@@ -291,7 +294,7 @@ pub struct SpikeDetect {
     options: Options,
     params_json: String,
     /// The checks of each input stream, by id; its detection runs on its worker.
-    streams: HashMap<String, Input>,
+    streams: HashMap<String, StreamCheck>,
     workers: Workers,
     /// Streams whose chain could not be built: reported once, then skipped.
     failed: HashSet<String>,
@@ -338,7 +341,12 @@ impl Transform for SpikeDetect {
         ]
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn process(
+        &mut self,
+        _input: &Input,
+        batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
         let arrived = Instant::now();
         let schema = batch.schema();
         let stream_id = stream::stream_id_of(&schema).unwrap_or("unnamed");
@@ -365,7 +373,7 @@ impl Transform for SpikeDetect {
         if !self.streams.contains_key(stream_id) {
             match StreamState::new(&self.id, &self.options, &self.params_json, &schema) {
                 Ok(s) => {
-                    let input = Input::of(&s);
+                    let input = StreamCheck::of(&s);
                     self.workers.start(stream_id, s, batch.num_rows())?;
                     self.streams.insert(stream_id.to_string(), input);
                 }
@@ -388,7 +396,7 @@ impl Transform for SpikeDetect {
         handed.and(drained)
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), ComponentError> {
+    fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
         let mut first_error = None;
         for id in self.workers.streams() {
             if let Err(e) = self.workers.finish(&id, out) {
@@ -410,7 +418,7 @@ impl SpikeDetect {
 
 /// What `spike_detect`'s own thread checks of a stream's batches before handing them to its
 /// worker: the schema, contiguous sample indices, and the channel columns.
-struct Input {
+struct StreamCheck {
     schema: SchemaRef,
     id: String,
     n_channels: usize,
@@ -418,9 +426,9 @@ struct Input {
     next_sample: Option<i64>,
 }
 
-impl Input {
+impl StreamCheck {
     fn of(s: &StreamState) -> Self {
-        Input {
+        StreamCheck {
             schema: s.input_schema.clone(),
             id: s.input_id.clone(),
             n_channels: s.n_channels,
@@ -543,7 +551,7 @@ impl StreamState {
         })
     }
 
-    /// A batch [`Input::check`] has passed, starting at sample `first`.
+    /// A batch [`StreamCheck::check`] has passed, starting at sample `first`.
     fn process(
         &mut self,
         batch: &RecordBatch,
@@ -889,6 +897,7 @@ pub(crate) mod tests {
         let ctx = BuildContext {
             id,
             data_dir: "/tmp".as_ref(),
+            inputs: &[],
         };
         Box::new(build_detect(&ctx, t).unwrap_or_else(|e| panic!("{e:?}")))
     }
@@ -904,7 +913,7 @@ pub(crate) mod tests {
     fn run(tr: &mut SpikeDetect, input: Vec<RecordBatch>) -> (Vec<Spike>, Vec<Progress>) {
         let mut spikes = Vec::new();
         let mut progress = Vec::new();
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         let mut seen = 0i64;
         let declared = tr.ports();
         let collect =
@@ -932,7 +941,7 @@ pub(crate) mod tests {
             };
         for b in input {
             seen += b.num_rows() as i64;
-            tr.process(b, &mut out).unwrap();
+            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
             tr.settle(&mut out).unwrap();
             collect(&mut out, seen, &mut spikes, &mut progress);
         }
@@ -1018,13 +1027,13 @@ pub(crate) mod tests {
             synthetic(12_000, &injected(), 12),
         );
         let mut tr = build_with("two_streams", CPU);
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         let pairs = batches(&info_a, &data_a, 300)
             .into_iter()
             .zip(batches(&info_b, &data_b, 300));
         for (a, b) in pairs {
-            tr.process(a, &mut out).unwrap();
-            tr.process(b, &mut out).unwrap();
+            tr.process(&Input::new(0, "in"), a, &mut out).unwrap();
+            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
         }
         // Every worker has run (a thread takes its name when it first runs).
         tr.settle(&mut out).unwrap();
@@ -1098,9 +1107,9 @@ pub(crate) mod tests {
         let info = probe_info("rig.imec0.ap");
         let data = synthetic(9_000, &injected(), 4);
         let mut tr = build_with("det", CPU);
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         for b in batches(&info, &data, 3000) {
-            tr.process(b, &mut out).unwrap();
+            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
         }
         tr.finish(&mut out).unwrap();
         let (_, b) = out.batches.iter().find(|(p, _)| p.is_empty()).unwrap();
@@ -1135,6 +1144,7 @@ pub(crate) mod tests {
         let ctx = BuildContext {
             id: "det",
             data_dir: "/tmp".as_ref(),
+            inputs: &[],
         };
         let e = build(&ctx, t).err().unwrap();
         assert!(e[0].contains("det") && e[0].contains("car"), "{e:?}");
@@ -1154,15 +1164,18 @@ pub(crate) mod tests {
         info.sampling_hz_text = "2500".into();
         let data = synthetic(600, &[], 5);
         let mut tr = build_with("det", CPU);
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         let mut bs = batches(&info, &data, 300).into_iter();
-        let e = tr.process(bs.next().unwrap(), &mut out).unwrap_err();
+        let e = tr
+            .process(&Input::new(0, "in"), bs.next().unwrap(), &mut out)
+            .unwrap_err();
         assert!(
             e.to_string().contains("slow") && e.to_string().contains("Nyquist"),
             "{e}"
         );
         assert!(
-            tr.process(bs.next().unwrap(), &mut out).is_ok(),
+            tr.process(&Input::new(0, "in"), bs.next().unwrap(), &mut out)
+                .is_ok(),
             "reported once"
         );
     }
@@ -1172,10 +1185,13 @@ pub(crate) mod tests {
         let info = probe_info("p");
         let data = synthetic(600, &[], 6);
         let mut tr = build_with("det", CPU);
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         let bs = batches(&info, &data, 300);
-        tr.process(bs[0].clone(), &mut out).unwrap();
-        let e = tr.process(bs[0].clone(), &mut out).unwrap_err();
+        tr.process(&Input::new(0, "in"), bs[0].clone(), &mut out)
+            .unwrap();
+        let e = tr
+            .process(&Input::new(0, "in"), bs[0].clone(), &mut out)
+            .unwrap_err();
         assert!(e.to_string().contains("already received"), "{e}");
         let events = Schema::new_with_metadata(
             vec![Field::new("sample_index", DataType::Int64, false)],
@@ -1190,7 +1206,7 @@ pub(crate) mod tests {
             vec![Arc::new(Int64Array::from(vec![1i64])) as ArrayRef],
         )
         .unwrap();
-        let e = tr.process(b, &mut out).unwrap_err();
+        let e = tr.process(&Input::new(0, "in"), b, &mut out).unwrap_err();
         assert!(e.to_string().contains("`gt`"), "{e}");
     }
 
@@ -1199,9 +1215,9 @@ pub(crate) mod tests {
         let info = probe_info("p");
         let data = synthetic(3_000, &[], 7);
         let mut tr = build_with("det_metrics", CPU);
-        let mut out = Emitter::default();
+        let mut out = TransformContext::detached("t");
         for b in batches(&info, &data, 30) {
-            tr.process(b, &mut out).unwrap();
+            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
         }
         tr.settle(&mut out).unwrap();
         let text = crate::metrics::Metrics::new().render();
@@ -1226,9 +1242,9 @@ pub(crate) mod tests {
             let info = probe_info("p");
             let data = synthetic(600, &[], 9);
             let mut tr = build_with(id, &format!("calibration_s = 0.2\nbackend = '{backend}'"));
-            let mut out = Emitter::default();
+            let mut out = TransformContext::detached("t");
             for b in batches(&info, &data, 300) {
-                tr.process(b, &mut out).unwrap();
+                tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
             }
             let text = crate::metrics::Metrics::new().render();
             ["gpu", "lavapipe", "cpu"]
@@ -1261,6 +1277,7 @@ pub(crate) mod tests {
             &BuildContext {
                 id: "det_gpu",
                 data_dir: "/tmp".as_ref(),
+                inputs: &[],
             },
             t,
         );

@@ -80,7 +80,11 @@ fn start(data_dir: &Path, options: &str) -> Running {
     let inbox = Inbox::new(8, metrics.clone());
     let tx = inbox.sender();
     let table: toml::Table = toml::from_str(options).unwrap();
-    let ctx = BuildContext { id: ID, data_dir };
+    let ctx = BuildContext {
+        id: ID,
+        data_dir,
+        inputs: &[],
+    };
     let sink = build(&ctx, table).unwrap();
     let sink_ctx = SinkContext {
         id: ID.into(),
@@ -497,6 +501,7 @@ fn options_are_checked_all_at_once() {
     let ctx = BuildContext {
         id: ID,
         data_dir: Path::new("/tmp"),
+        inputs: &[],
     };
     let t: toml::Table =
         toml::from_str("flush_interval_s = 0\nrotate_s = -1\nrotate_bytes = 0\nzstd_level = 30")

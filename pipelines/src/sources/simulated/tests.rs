@@ -23,6 +23,7 @@ fn source(toml_text: &str) -> Box<dyn Source> {
     let ctx = BuildContext {
         id: "sim",
         data_dir: Path::new("/nonexistent"),
+        inputs: &[],
     };
     match build(&ctx, table) {
         Ok(s) => s,
@@ -601,6 +602,7 @@ fn bad_options_are_all_reported_by_key() {
         let ctx = BuildContext {
             id: "sim",
             data_dir: Path::new("/nonexistent"),
+            inputs: &[],
         };
         match build(&ctx, table) {
             Ok(_) => panic!("{text} was accepted"),

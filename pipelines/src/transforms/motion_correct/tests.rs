@@ -7,6 +7,7 @@ fn build_with(options: &str) -> Box<dyn Transform> {
         &BuildContext {
             id: "mc",
             data_dir: "/tmp".as_ref(),
+            inputs: &[],
         },
         toml::from_str(options).unwrap(),
     )
@@ -20,16 +21,17 @@ fn run(
     movie: &[Vec<i16>],
     per_batch: usize,
 ) -> RecordBatch {
-    let mut out = Emitter::default();
+    let mut out = TransformContext::detached("t");
     for (k, chunk) in movie.chunks(per_batch).enumerate() {
         tr.process(
+            &Input::new(0, "in"),
             frames_batch(schema, (k * per_batch) as i64, chunk),
             &mut out,
         )
         .unwrap();
     }
     tr.finish(&mut out).unwrap();
-    let batches: Vec<RecordBatch> = out.batches.into_iter().map(|(_, b)| b).collect();
+    let batches: Vec<RecordBatch> = out.out.batches.into_iter().map(|(_, b)| b).collect();
     arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
 }
 
@@ -185,27 +187,43 @@ fn frames_are_held_until_the_reference_exists_then_all_leave() {
     };
     let movie: Vec<Vec<i16>> = (0..7).map(frame).collect();
     let mut tr = build_with("reference_frames = 5");
-    let mut out = Emitter::default();
-    tr.process(frames_batch(&schema, 0, &movie[..3]), &mut out)
-        .unwrap();
+    let mut out = TransformContext::detached("t");
+    tr.process(
+        &Input::new(0, "in"),
+        frames_batch(&schema, 0, &movie[..3]),
+        &mut out,
+    )
+    .unwrap();
     assert!(out.batches.is_empty(), "3 of 5 reference frames: held");
-    tr.process(frames_batch(&schema, 3, &movie[3..6]), &mut out)
-        .unwrap();
+    tr.process(
+        &Input::new(0, "in"),
+        frames_batch(&schema, 3, &movie[3..6]),
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out.batches.len(), 1);
     assert_eq!(
         out.batches[0].1.num_rows(),
         6,
         "the held frames and the batch that completed the reference"
     );
-    tr.process(frames_batch(&schema, 6, &movie[6..]), &mut out)
-        .unwrap();
+    tr.process(
+        &Input::new(0, "in"),
+        frames_batch(&schema, 6, &movie[6..]),
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out.batches[1].1.num_rows(), 1);
 
     // A stream that ends early is registered against what it had.
     let mut tr = build_with("reference_frames = 50");
-    let mut out = Emitter::default();
-    tr.process(frames_batch(&schema, 0, &movie), &mut out)
-        .unwrap();
+    let mut out = TransformContext::detached("t");
+    tr.process(
+        &Input::new(0, "in"),
+        frames_batch(&schema, 0, &movie),
+        &mut out,
+    )
+    .unwrap();
     assert!(out.batches.is_empty());
     tr.finish(&mut out).unwrap();
     assert_eq!(out.batches[0].1.num_rows(), 7);
@@ -216,7 +234,13 @@ fn bad_input_and_options_are_named() {
     let mut tr = build_with("");
     let not_frames = crate::stream::traces_schema("t", "30", &["f"]);
     let b = RecordBatch::new_empty(not_frames);
-    let e = tr.process(b, &mut Emitter::default()).unwrap_err();
+    let e = tr
+        .process(
+            &Input::new(0, "in"),
+            b,
+            &mut TransformContext::detached("t"),
+        )
+        .unwrap_err();
     assert!(
         e.to_string().contains("`t`") && e.to_string().contains("frames"),
         "{e}"
@@ -235,12 +259,19 @@ fn bad_input_and_options_are_named() {
     ));
     let b = frames_batch(&schema, 0, &[vec![0i16; 64]]);
     let b = RecordBatch::try_new(lying, b.columns().to_vec()).unwrap();
-    let e = tr.process(b, &mut Emitter::default()).unwrap_err();
+    let e = tr
+        .process(
+            &Input::new(0, "in"),
+            b,
+            &mut TransformContext::detached("t"),
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("9×8"), "{e}");
     let e = build(
         &BuildContext {
             id: "mc",
             data_dir: "/tmp".as_ref(),
+            inputs: &[],
         },
         toml::from_str("reference_frames = 0\nmax_shift_px = 0").unwrap(),
     )

@@ -2,11 +2,28 @@ use super::*;
 use crate::imaging::testdata::{frames_batch, python, run_python, thunder_movie, thunder_path};
 use crate::stream::{frames_schema, rois_schema, FRAME_INDEX};
 
+/// The inputs of a roi_traces without `labels`: frames, then ROI masks.
+const INPUTS: [&str; 2] = ["mc", "sim.rois"];
+
+fn frames_input() -> Input {
+    Input::new(0, INPUTS[0])
+}
+
+fn rois_input() -> Input {
+    Input::new(1, INPUTS[1])
+}
+
+fn inputs_for(options: &str) -> Vec<String> {
+    let n = if options.contains("labels") { 1 } else { 2 };
+    INPUTS[..n].iter().map(|s| s.to_string()).collect()
+}
+
 fn build_with(options: &str) -> Result<Box<dyn Transform>, Vec<String>> {
     build(
         &BuildContext {
             id: "traces",
             data_dir: "/tmp".as_ref(),
+            inputs: &inputs_for(options),
         },
         toml::from_str(options).unwrap(),
     )
@@ -20,8 +37,8 @@ fn col<T: Clone + 'static>(b: &RecordBatch, name: &str) -> T {
         .clone()
 }
 
-fn concat(out: Emitter) -> RecordBatch {
-    let batches: Vec<RecordBatch> = out.batches.into_iter().map(|(_, b)| b).collect();
+fn concat(out: TransformContext) -> RecordBatch {
+    let batches: Vec<RecordBatch> = out.out.batches.into_iter().map(|(_, b)| b).collect();
     arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
 }
 
@@ -118,10 +135,14 @@ fn traces_of_the_real_movie_equal_numpy_with_a_label_image() {
     ))
     .unwrap();
     let schema = frames_schema("thunder", "twophoton", h, w, "30");
-    let mut out = Emitter::default();
+    let mut out = TransformContext::detached("t");
     for (k, chunk) in movie.chunks(64).enumerate() {
-        tr.process(frames_batch(&schema, (k * 64) as i64, chunk), &mut out)
-            .unwrap();
+        tr.process(
+            &frames_input(),
+            frames_batch(&schema, (k * 64) as i64, chunk),
+            &mut out,
+        )
+        .unwrap();
     }
     tr.finish(&mut out).unwrap();
     let got = concat(out);
@@ -186,16 +207,25 @@ fn frames_wait_for_their_rois_within_a_bound() {
     let frame = |k: usize| -> Vec<i16> { (0..h * w).map(|p| (p + 10 * k) as i16).collect() };
     let movie: Vec<Vec<i16>> = (0..10).map(frame).collect();
     let mut tr = build_with("max_held_frames = 4\nneuropil_min_pixels = 8").unwrap();
-    let mut out = Emitter::default();
-    tr.process(frames_batch(&schema, 0, &movie[..3]), &mut out)
-        .unwrap();
+    let mut out = TransformContext::detached("t");
+    tr.process(
+        &frames_input(),
+        frames_batch(&schema, 0, &movie[..3]),
+        &mut out,
+    )
+    .unwrap();
     let e = tr
-        .process(frames_batch(&schema, 3, &movie[3..6]), &mut out)
+        .process(
+            &frames_input(),
+            frames_batch(&schema, 3, &movie[3..6]),
+            &mut out,
+        )
         .unwrap_err();
     assert!(e.to_string().contains("3 frames dropped"), "{e}");
     assert!(out.batches.is_empty());
     // ROIs for another stream do not release these frames.
     tr.process(
+        &rois_input(),
         roi_batch("other.rois", Some("other"), h, w, &[(0, 1, 1, 1.0)]),
         &mut out,
     )
@@ -203,6 +233,7 @@ fn frames_wait_for_their_rois_within_a_bound() {
     assert!(out.batches.is_empty());
     // Weighted: pixel (2, 3) = 35 + 10k with weight 3, (2, 4) = 36 + 10k with weight 1.
     tr.process(
+        &rois_input(),
         roi_batch(
             "cam.rois",
             Some("cam"),
@@ -213,8 +244,12 @@ fn frames_wait_for_their_rois_within_a_bound() {
         &mut out,
     )
     .unwrap();
-    tr.process(frames_batch(&schema, 6, &movie[6..]), &mut out)
-        .unwrap();
+    tr.process(
+        &frames_input(),
+        frames_batch(&schema, 6, &movie[6..]),
+        &mut out,
+    )
+    .unwrap();
     let got = concat(out);
     let frames: Int64Array = col(&got, FRAME_INDEX);
     assert_eq!(
@@ -229,7 +264,7 @@ fn frames_wait_for_their_rois_within_a_bound() {
             0.75 * (35 + 10 * k) as f32 + 0.25 * (36 + 10 * k) as f32
         );
     }
-    assert!(tr.finish(&mut Emitter::default()).is_ok());
+    assert!(tr.finish(&mut TransformContext::detached("t")).is_ok());
 }
 
 #[test]
@@ -248,8 +283,9 @@ fn bad_rois_and_options_are_named() {
     let mut tr = build_with("").unwrap();
     let e = tr
         .process(
+            &rois_input(),
             roi_batch("r", None, 8, 8, &[(0, 8, 0, 1.0)]),
-            &mut Emitter::default(),
+            &mut TransformContext::detached("t"),
         )
         .unwrap_err();
     assert!(
@@ -258,12 +294,40 @@ fn bad_rois_and_options_are_named() {
     );
     let schema = frames_schema("cam", "twophoton", 8, 8, "30");
     tr.process(
+        &frames_input(),
         frames_batch(&schema, 0, &[vec![0; 64]]),
-        &mut Emitter::default(),
+        &mut TransformContext::detached("t"),
     )
     .unwrap();
-    let e = tr.finish(&mut Emitter::default()).unwrap_err();
+    let e = tr.finish(&mut TransformContext::detached("t")).unwrap_err();
     assert!(e.to_string().contains("`cam`: 1"), "{e}");
+    // Frames on the ROI input are named as such; without `labels` the ROI input is required.
+    let e = tr
+        .process(
+            &rois_input(),
+            frames_batch(&schema, 1, &[vec![0; 64]]),
+            &mut TransformContext::detached("t"),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`sim.rois`") && e.contains("a frames stream"),
+        "{e}"
+    );
+    let e = build(
+        &BuildContext {
+            id: "traces",
+            data_dir: "/tmp".as_ref(),
+            inputs: &["mc".into()],
+        },
+        toml::Table::new(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e[0].contains("ROI masks") && e[0].contains("has 1"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -287,24 +351,27 @@ fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
         &BuildContext {
             id: "mc",
             data_dir: "/tmp".as_ref(),
+            inputs: &[],
         },
         toml::Table::new(),
     )
     .unwrap();
     let mut tr = build_with("").unwrap();
-    let mut registered = Emitter::default();
+    let mut registered = TransformContext::detached("t");
     while let Some(window) = rig.next_window(false).unwrap() {
         for (port, b) in window.batches {
             assert_eq!(port, "");
-            mc.process(b, &mut registered).unwrap();
+            mc.process(&Input::new(0, "in"), b, &mut registered)
+                .unwrap();
         }
     }
     mc.finish(&mut registered).unwrap();
-    let mut out = Emitter::default();
+    let mut out = TransformContext::detached("t");
     // The frames reach roi_traces first here: they wait for the masks.
     let (first, rest) = registered.batches.split_at(1);
-    tr.process(first[0].1.clone(), &mut out).unwrap();
-    tr.process(rois, &mut out).unwrap();
+    tr.process(&frames_input(), first[0].1.clone(), &mut out)
+        .unwrap();
+    tr.process(&rois_input(), rois, &mut out).unwrap();
     let mut n_frames = first[0].1.num_rows();
     for (_, b) in rest {
         // The rig does not move: registration finds (almost) nothing to correct.
@@ -317,7 +384,7 @@ fn simulated_rig_to_motion_correct_to_traces_with_the_rigs_rois() {
             );
         }
         n_frames += b.num_rows();
-        tr.process(b.clone(), &mut out).unwrap();
+        tr.process(&frames_input(), b.clone(), &mut out).unwrap();
     }
     tr.finish(&mut out).unwrap();
     assert_eq!(n_frames, 120, "4 s at 30 Hz");
@@ -353,6 +420,7 @@ fn gpu_backend_agrees_with_the_cpu_and_exports_its_backend() {
             &BuildContext {
                 id,
                 data_dir: "/tmp".as_ref(),
+                inputs: &inputs_for(""),
             },
             toml::from_str(&format!("backend = '{backend}'\nneuropil_min_pixels = 40")).unwrap(),
         )
@@ -380,10 +448,14 @@ fn gpu_backend_agrees_with_the_cpu_and_exports_its_backend() {
         .collect();
     let run = |id: &str, backend: &str| {
         let mut tr = build_as(id, backend).unwrap();
-        let mut out = Emitter::default();
-        tr.process(roi_batch("cam.rois", Some("cam"), h, w, &rows), &mut out)
-            .unwrap();
-        tr.process(frames_batch(&schema, 0, &movie), &mut out)
+        let mut out = TransformContext::detached("t");
+        tr.process(
+            &rois_input(),
+            roi_batch("cam.rois", Some("cam"), h, w, &rows),
+            &mut out,
+        )
+        .unwrap();
+        tr.process(&frames_input(), frames_batch(&schema, 0, &movie), &mut out)
             .unwrap();
         let got = concat(out);
         let text = crate::metrics::Metrics::new().render();
