@@ -90,6 +90,8 @@ fn spills_past_the_memory_budget_and_drains_in_order_without_loss_or_repeat() {
     let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
     let mut max_disk = 0.0f64;
     std::thread::scope(|s| {
+        // A failed assertion below must not leave the spiller waiting (and the scope with it).
+        let _close = super::super::CloseOnDrop(&buf);
         let spiller = Spiller::new(&buf, spool.clone(), 0, m.component("disk", "sink", "store"));
         s.spawn(|| spiller.run());
         // Everything arrives before the writer starts: the disk "stalled" for the whole input.

@@ -157,8 +157,10 @@ impl<'a> Spiller<'a> {
     }
 
     /// Picks what to spill: the stream holding the most memory, from its first in-memory batch
-    /// after its spooled ones (or its newest batch, if none is spooled), so a file's batches
-    /// are in the stream's order. Marks them `Spilling` with their file and index.
+    /// after its spooled ones (or, if none is spooled, from the batch after its head, which the
+    /// writer takes next), so the spool holds the stream's batches in order, file after file
+    /// (what recovery after a crash relies on), and a burst that arrived before this thread ran
+    /// is spilled too. Marks them `Spilling` with their file and index.
     fn select(&mut self, st: &mut State) -> Option<Run> {
         let budget = self.buffer.options.memory_bytes;
         if st.memory_bytes <= budget {
@@ -169,7 +171,7 @@ impl<'a> Spiller<'a> {
             .rposition(|e| !matches!(e.data, Data::Mem(_)))
         {
             Some(i) => i + 1,
-            None => entries.len().saturating_sub(1),
+            None => usize::from(entries.len() > 1),
         };
         let (stream, start) = st
             .streams
