@@ -37,6 +37,12 @@
 //! F_c − F0 and its size stays bounded. Every sample whose F0 is below `min_baseline` (zero or
 //! negative included) is counted in `neurod_dff_small_baseline_total{component_id}`.
 //!
+//! Per-stream state ([`PerStream`], the rule every transform follows): a stream's baselines
+//! start on its first batch. A batch whose schema differs from the one they started on (a new
+//! frame rate in the metadata above all, or other columns) is a new recording under the same id:
+//! every ROI's baseline window restarts from that batch. Nothing is held back (each batch is
+//! answered at once), so the retired state has nothing to flush.
+//!
 //! Rows of a ROI whose `frame_index` does not advance (a replayed or duplicated frame) are
 //! dropped from the output and reported as an error of the batch; the rest of it goes on.
 
@@ -49,6 +55,7 @@ use arrow::record_batch::RecordBatch;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use serde::Deserialize;
 
+use super::per_stream::PerStream;
 use super::traces::{self, err};
 use crate::component::{
     parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
@@ -56,7 +63,7 @@ use crate::component::{
 };
 use crate::metrics::shared_registry;
 use crate::stats::OrderWindow;
-use crate::stream::{self, keys, Layout};
+use crate::stream::{self, Layout};
 
 pub const TYPE: &str = "dff";
 pub const F: &str = "f";
@@ -165,7 +172,7 @@ fn small_baseline_series() -> &'static IntCounterVec {
 pub struct Dff {
     id: String,
     options: Options,
-    streams: HashMap<String, StreamState>,
+    streams: PerStream<StreamState>,
     small_baseline: IntCounter,
 }
 
@@ -183,7 +190,7 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
     Ok(Box::new(Dff {
         id: ctx.id.into(),
         options: o,
-        streams: HashMap::new(),
+        streams: PerStream::new(),
         small_baseline: small_baseline_series().with_label_values(&[ctx.id]),
     }))
 }
@@ -198,11 +205,12 @@ struct RoiState {
 }
 
 struct StreamState {
-    rate_text: String,
     window: usize,
     rois: HashMap<i32, RoiState>,
-    /// Output schema for the input schema last seen, and which input columns it keeps.
-    cached: Option<(SchemaRef, Vec<usize>, SchemaRef)>,
+    /// The input columns the output keeps, and the output schema (the input schema is fixed
+    /// for a state: a new one restarts it).
+    keep: Vec<usize>,
+    out_schema: SchemaRef,
 }
 
 impl Transform for Dff {
@@ -226,11 +234,6 @@ impl Transform for Dff {
             return Err(err(&sid, format!("dff takes traces, not {}", l.as_str())));
         }
         let rate = traces::rate(&schema, &sid)?;
-        let rate_text = schema
-            .metadata()
-            .get(keys::SAMPLING_HZ)
-            .cloned()
-            .unwrap_or_default();
         let frames = (self.options.window_s() * rate).round();
         // The window is allocated per ROI: a frame rate no rig has must not exhaust memory.
         if frames > MAX_WINDOW_FRAMES as f64 {
@@ -243,38 +246,18 @@ impl Transform for Dff {
             ));
         }
         let window = (frames as usize).max(1);
-        let fresh = self
-            .streams
-            .get(&sid)
-            .is_none_or(|s| s.rate_text != rate_text);
-        if fresh {
-            if self.streams.contains_key(&sid) {
-                tracing::warn!(component = %self.id, stream = %sid, "frame rate changed: baselines restart");
-            }
-            self.streams.insert(
-                sid.clone(),
-                StreamState {
-                    rate_text,
-                    window,
-                    rois: HashMap::new(),
-                    cached: None,
-                },
-            );
+        let (state, retired) = self.streams.for_schema(&sid, &schema, || {
+            Ok::<_, ComponentError>(StreamState::new(&schema, &sid, window))
+        })?;
+        if retired.is_some() {
+            tracing::warn!(component = %self.id, stream = %sid, "traces schema changed (frame rate or columns): baselines restart");
         }
-        let Some(state) = self.streams.get_mut(&sid) else {
-            return Ok(());
-        };
         state.process(&self.options, &sid, &batch, &self.small_baseline, out)
     }
 }
 
 impl StreamState {
-    fn output_schema(&mut self, schema: &SchemaRef, sid: &str) -> (Vec<usize>, SchemaRef) {
-        if let Some((s, keep, o)) = &self.cached {
-            if Arc::ptr_eq(s, schema) || **s == **schema {
-                return (keep.clone(), o.clone());
-            }
-        }
+    fn new(schema: &SchemaRef, sid: &str, window: usize) -> Self {
         let keep: Vec<usize> = schema
             .fields()
             .iter()
@@ -286,9 +269,12 @@ impl StreamState {
         fields.push(Field::new(FC, DataType::Float32, true));
         fields.push(Field::new(DFF, DataType::Float32, true));
         let out = Schema::new_with_metadata(fields, schema.metadata().clone());
-        let out = stream::with_stream_id(&out, &format!("{sid}{STREAM_SUFFIX}"));
-        self.cached = Some((schema.clone(), keep.clone(), out.clone()));
-        (keep, out)
+        StreamState {
+            window,
+            rois: HashMap::new(),
+            keep,
+            out_schema: stream::with_stream_id(&out, &format!("{sid}{STREAM_SUFFIX}")),
+        }
     }
 
     fn process(
@@ -358,13 +344,13 @@ impl StreamState {
             dff_out.push(dff as f32);
         }
         small_baseline.inc_by(small);
-        let (cols, schema) = self.output_schema(&batch.schema(), sid);
+        let cols = &self.keep;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(cols.len() + 2);
         if stale == 0 {
             columns.extend(cols.iter().map(|&c| batch.column(c).clone()));
         } else {
             let mask = BooleanArray::from(keep);
-            for &c in &cols {
+            for &c in cols {
                 columns.push(
                     arrow::compute::filter(batch.column(c), &mask)
                         .map_err(|e| ComponentError::arrow("dropping stale rows", e))?,
@@ -374,7 +360,7 @@ impl StreamState {
         columns.push(Arc::new(Float32Array::from(fc_out)));
         columns.push(Arc::new(Float32Array::from(dff_out)));
         if !columns[0].is_empty() {
-            let b = RecordBatch::try_new(schema, columns)
+            let b = RecordBatch::try_new(self.out_schema.clone(), columns)
                 .map_err(|e| ComponentError::arrow("building the dff batch", e))?;
             out.emit(b);
         }
@@ -391,7 +377,7 @@ impl StreamState {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::stream::traces_schema;
+    use crate::stream::{keys, traces_schema};
     use arrow::array::{Float64Array, Int32Array, Int64Array};
     use std::path::PathBuf;
 
@@ -620,6 +606,30 @@ np.save(out, np.stack([fc, dff]))
         assert_eq!(dff[39], 0.0);
         assert_eq!(dff[40], 0.5);
         assert_eq!(dff[41], 0.0);
+    }
+
+    /// The per-stream rule: the same schema (even a new `Arc` of it) goes on with the baseline;
+    /// a new frame rate is a new recording, and the baseline restarts from its first batch.
+    #[test]
+    fn a_frame_rate_change_restarts_the_baseline() {
+        let f = ndarray::Array2::from_shape_vec((1, 4), vec![10.0f32, 10.0, 20.0, 20.0]).unwrap();
+        let batches = traces_batches("rc", &f, None, 1);
+        let at_rate = |b: &RecordBatch, rate: &str| {
+            let schema = traces_schema("rc", rate, &[F]);
+            RecordBatch::try_new(schema, b.columns().to_vec()).unwrap()
+        };
+        let mut tr = build_with("dff_rate", "percentile = 0");
+        let input = vec![
+            batches[0].clone(),
+            batches[1].clone(),
+            at_rate(&batches[2], &RATE.to_string()),
+            at_rate(&batches[3], "15"),
+        ];
+        let out = run(tr.as_mut(), input);
+        let dff: Vec<f32> = out.iter().flat_map(|(_, b)| column(b, DFF)).collect();
+        // F0 = running minimum: 10 over the first three frames (20 → 1.0); at 15 Hz it starts
+        // again from the 20 of frame 3 (→ 0.0).
+        assert_eq!(dff, vec![0.0, 0.0, 1.0, 0.0]);
     }
 
     #[test]

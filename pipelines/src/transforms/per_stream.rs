@@ -66,6 +66,16 @@ impl<S> PerStream<S> {
         }
     }
 
+    /// Sets the state of `stream`, replacing any (the stream keeps its place in the order).
+    pub fn insert(&mut self, stream: &str, state: S) {
+        match self.get_mut(stream) {
+            Some(s) => *s = state,
+            None => {
+                self.get_or_insert_with(stream, || state);
+            }
+        }
+    }
+
     /// Like [`PerStream::get_or_insert_with`], for a `make` that can fail (then no state is
     /// kept, and the next batch tries again).
     pub fn try_get_or_insert_with<E>(
@@ -117,6 +127,13 @@ impl<S> PerStream<S> {
                 Ok(&mut entry.state)
             }
         }
+    }
+
+    /// Every stream's state, in the order first seen.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &S)> {
+        self.order
+            .iter()
+            .filter_map(|id| self.states.get(id).map(|e| (id.as_str(), &e.state)))
     }
 
     /// Every stream's state, in the order first seen.
@@ -201,6 +218,11 @@ mod tests {
         assert_eq!(old.unwrap(), [1, 2], "the retired state, to flush");
         let order: Vec<&str> = p.iter_mut().map(|(id, _)| id).collect();
         assert_eq!(order, ["s", "t"], "the stream keeps its place");
+        // Replacing a state keeps its place too; a new one goes last.
+        p.insert("s", vec![5]);
+        p.insert("v", vec![6]);
+        let all: Vec<(&str, &Vec<i32>)> = p.iter().collect();
+        assert_eq!(all, [("s", &vec![5]), ("t", &vec![9]), ("v", &vec![6])]);
         // A failed make leaves nothing behind.
         assert!(p
             .for_schema("u", &s1, || Err::<Vec<i32>, _>("bad"))

@@ -47,7 +47,7 @@
 //! `neurod.sampling_hz`): per frame, one row per ROI in ascending ROI number: `frame_index`,
 //! `time_s`, `roi: Int32`, `f: Float32`, `fneu: Float32`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -62,6 +62,7 @@ use kernels::gpu::GpuContext;
 use kernels::Backend;
 
 use super::backend::{self, Preference};
+use super::per_stream::PerStream;
 use super::spike_detect::SOURCE_STREAM_KEY;
 use crate::component::{
     parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
@@ -130,8 +131,11 @@ pub struct RoiTraces {
     neuropil: NeuropilParams,
     /// From `labels`, or by ROI stream id.
     fixed: Option<Arc<RoiSet>>,
-    streamed: HashMap<String, Rois>,
-    frames: HashMap<String, FramesState>,
+    /// The latest ROI set of each ROI stream, looked up in first-seen order.
+    streamed: PerStream<Rois>,
+    /// Per frames stream ([`PerStream`], no schema tracked: a new frame size or rate goes on
+    /// with the same state, held frames included; the output schema follows the rate).
+    frames: PerStream<FramesState>,
     /// Where the sums run: the CPU twin, a GPU, or both measured per stream.
     plan: Plan,
 }
@@ -247,8 +251,8 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Transfo
         options: o,
         neuropil,
         fixed,
-        streamed: HashMap::new(),
-        frames: HashMap::new(),
+        streamed: PerStream::new(),
+        frames: PerStream::new(),
         plan,
     }))
 }
@@ -280,12 +284,14 @@ impl Transform for RoiTraces {
     }
 
     fn finish(&mut self, _out: &mut TransformContext) -> Result<(), ComponentError> {
-        let lost: Vec<String> = self
-            .frames
-            .iter()
-            .filter(|(_, s)| s.held_frames > 0)
-            .map(|(id, s)| format!("`{id}`: {}", s.held_frames))
-            .collect();
+        // One error naming every stream's lost frames, in the order the streams came.
+        let mut lost = Vec::new();
+        self.frames.finish_each(|id, s| {
+            if s.held_frames > 0 {
+                lost.push(format!("`{id}`: {}", s.held_frames));
+            }
+            Ok(())
+        })?;
         if lost.is_empty() {
             Ok(())
         } else {
@@ -304,16 +310,10 @@ impl RoiTraces {
             return Some(f.clone());
         }
         let fits = |r: &&Rois| r.set.height == h && r.set.width == w;
-        self.streamed
-            .values()
-            .filter(fits)
+        let sets = || self.streamed.iter().map(|(_, r)| r).filter(fits);
+        sets()
             .find(|r| r.stream.as_deref() == Some(sid))
-            .or_else(|| {
-                self.streamed
-                    .values()
-                    .filter(fits)
-                    .find(|r| r.stream.is_none())
-            })
+            .or_else(|| sets().find(|r| r.stream.is_none()))
             .map(|r| r.set.clone())
     }
 
@@ -343,7 +343,7 @@ impl RoiTraces {
             strict: self.options.backend == Preference::Gpu,
             component: &self.id,
         };
-        let state = self.frames.entry(sid.clone()).or_default();
+        let state = self.frames.get_or_insert_with(&sid, FramesState::default);
         // ROIs known now: what was held goes first.
         let mut first_error = None;
         while let Some(held) = state.held.pop_front() {
@@ -358,7 +358,7 @@ impl RoiTraces {
 
     fn hold(&mut self, sid: String, batch: RecordBatch) -> Result<(), ComponentError> {
         let max = self.options.max_held_frames;
-        let state = self.frames.entry(sid.clone()).or_default();
+        let state = self.frames.get_or_insert_with(&sid, FramesState::default);
         state.held_frames += batch.num_rows();
         state.held.push_back(batch);
         let mut dropped = 0;
@@ -415,19 +415,18 @@ impl RoiTraces {
         let set =
             RoiSet::from_pixels(h, w, rows, self.options.weighted, self.neuropil).map_err(bad)?;
         tracing::info!(component = %self.id, stream = %sid, rois = set.len(), "ROIs received");
-        self.streamed.insert(
-            sid,
-            Rois {
-                stream: schema.metadata().get(SOURCE_STREAM_KEY).cloned(),
-                set: Arc::new(set),
-            },
-        );
+        let rois = Rois {
+            stream: schema.metadata().get(SOURCE_STREAM_KEY).cloned(),
+            set: Arc::new(set),
+        };
+        // A new set from the same ROI stream replaces the one before.
+        self.streamed.insert(&sid, rois);
         // Frames that waited for these ROIs go now.
         let waiting: Vec<String> = self
             .frames
             .iter()
             .filter(|(_, s)| !s.held.is_empty())
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.to_string())
             .collect();
         let mut first_error = None;
         for id in waiting {

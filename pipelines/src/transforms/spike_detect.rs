@@ -97,6 +97,7 @@ use crate::stream::{
 
 mod workers;
 
+use super::per_stream::PerStream;
 use workers::Workers;
 
 pub const TYPE: &str = "spike_detect";
@@ -293,8 +294,11 @@ pub struct SpikeDetect {
     id: String,
     options: Options,
     params_json: String,
-    /// The checks of each input stream, by id; its detection runs on its worker.
-    streams: HashMap<String, StreamCheck>,
+    /// The checks of each input stream ([`PerStream`]), by id; its detection runs on its
+    /// worker. A schema change finishes the old worker before the new one starts under the
+    /// same id, so the check is replaced by hand rather than through `for_schema` (which makes
+    /// the new state before handing back the old).
+    streams: PerStream<StreamCheck>,
     workers: Workers,
     /// Streams whose chain could not be built: reported once, then skipped.
     failed: HashSet<String>,
@@ -323,7 +327,7 @@ pub fn build_detect(ctx: &BuildContext, options: toml::Table) -> Result<SpikeDet
         id: ctx.id.into(),
         params_json: o.params_json(),
         options: o,
-        streams: HashMap::new(),
+        streams: PerStream::new(),
         workers: Workers::new(ctx.id, series().latency.with_label_values(&[ctx.id])),
         failed: HashSet::new(),
     })
@@ -361,21 +365,21 @@ impl Transform for SpikeDetect {
         }
         let stale = self
             .streams
-            .get(stream_id)
+            .get_mut(stream_id)
             .is_some_and(|s| !s.accepts_schema(&schema));
         if stale {
             // Channels or rate changed (a new recording under the same id): finish the old
-            // chain so nothing it holds is lost, then start afresh.
-            self.streams.remove(stream_id);
+            // chain so nothing it holds is lost, then start afresh (the stale check is replaced
+            // below; until then it is never used: a finished worker takes no batch).
             tracing::warn!(component = %self.id, stream = %stream_id, "stream schema changed: restarting spike detection");
             self.workers.finish(stream_id, out)?;
         }
-        if !self.streams.contains_key(stream_id) {
+        if stale || !self.streams.contains(stream_id) {
             match StreamState::new(&self.id, &self.options, &self.params_json, &schema) {
                 Ok(s) => {
                     let input = StreamCheck::of(&s);
                     self.workers.start(stream_id, s, batch.num_rows())?;
-                    self.streams.insert(stream_id.to_string(), input);
+                    self.streams.insert(stream_id, input);
                 }
                 Err(e) => {
                     self.failed.insert(stream_id.to_string());
@@ -397,14 +401,12 @@ impl Transform for SpikeDetect {
     }
 
     fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
-        let mut first_error = None;
-        for id in self.workers.streams() {
-            if let Err(e) = self.workers.finish(&id, out) {
-                tracing::error!(component = %self.id, stream = %id, error = %e, "flushing spike detection failed");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        let (id, workers) = (&self.id, &mut self.workers);
+        self.streams.finish_each(|stream, _| {
+            workers.finish(stream, out).inspect_err(|e| {
+                tracing::error!(component = %id, %stream, error = %e, "flushing spike detection failed");
+            })
+        })
     }
 }
 

@@ -267,6 +267,32 @@ fn frames_wait_for_their_rois_within_a_bound() {
     assert!(tr.finish(&mut TransformContext::detached("t")).is_ok());
 }
 
+/// Frames still held at the end are lost: one error names every stream and its count, in the
+/// order the streams came.
+#[test]
+fn frames_never_given_rois_are_named_per_stream_at_the_end() {
+    let (h, w) = (8, 8);
+    let movie: Vec<Vec<i16>> = (0..3).map(|_| vec![1i16; h * w]).collect();
+    let mut tr = build_with("max_held_frames = 10").unwrap();
+    let mut out = TransformContext::detached("t");
+    for (id, n) in [("zeta", 3), ("alpha", 2), ("zeta", 1)] {
+        let schema = frames_schema(id, "twophoton", h, w, "30");
+        let first = if id == "zeta" && n == 1 { 3 } else { 0 };
+        tr.process(
+            &frames_input(),
+            frames_batch(&schema, first, &movie[..n]),
+            &mut out,
+        )
+        .unwrap();
+    }
+    let e = tr.finish(&mut out).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "frames that never got ROIs, not traced: `zeta`: 4, `alpha`: 2"
+    );
+    assert!(out.batches.is_empty());
+}
+
 #[test]
 fn bad_rois_and_options_are_named() {
     let e = build_with("labels = \"/nonexistent/labels.tif\"")

@@ -196,13 +196,6 @@ impl Workers {
         settled
     }
 
-    /// The ids of the running workers, sorted.
-    pub(super) fn streams(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.by_stream.keys().cloned().collect();
-        ids.sort();
-        ids
-    }
-
     fn take(&mut self, done: Done, out: &mut Emitter, first_error: &mut Option<ComponentError>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         out.batches.extend(done.batches);
