@@ -141,7 +141,11 @@ async fn reload(
     hub: &Arc<Hub>,
 ) -> Topology {
     tracing::info!(config = %config_path.display(), "SIGHUP: reloading");
-    notify(&[NotifyState::Reloading]);
+    // systemd >= 253 (Type=notify-reload) matches a reload to its start by MONOTONIC_USEC.
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
     let plan = match config::load(config_path, overrides) {
         Ok(p) => p,
         Err(e) => {
