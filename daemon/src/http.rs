@@ -62,17 +62,28 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// 200 while no component has failed; 503 naming the failed ones otherwise.
+/// 503 naming the failed components if any has failed. Otherwise 200: `ok`, or `degraded`
+/// naming each part that does not work while its component runs on (a store's stream on a full
+/// disk). Degraded stays 200 because restarting the daemon would not help and would stop every
+/// stream that still works; `/status` lists the same under each component's `degraded`.
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    let failed: Vec<String> = s
-        .metrics
-        .statuses()
-        .into_iter()
+    let statuses = s.metrics.statuses();
+    let failed: Vec<&str> = statuses
+        .iter()
         .filter(|c| c.state == ComponentState::Failed)
-        .map(|c| c.id)
+        .map(|c| c.id.as_str())
         .collect();
-    if failed.is_empty() {
+    let degraded: Vec<String> = statuses
+        .iter()
+        .flat_map(|c| c.degraded.iter().map(move |d| format!("{} {d}", c.id)))
+        .collect();
+    if failed.is_empty() && degraded.is_empty() {
         (StatusCode::OK, "ok\n".to_string())
+    } else if failed.is_empty() {
+        (
+            StatusCode::OK,
+            format!("degraded: {}\n", degraded.join("; ")),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -35,6 +35,9 @@ pub struct ComponentStatus {
     pub type_name: String,
     pub state: ComponentState,
     pub last_error: Option<String>,
+    /// Parts that do not work while the component runs on (a store's stream on a full disk),
+    /// each with its reason; `/healthz` names them.
+    pub degraded: Vec<String>,
     pub received_rows: u64,
     pub sent_rows: u64,
     pub dropped_rows: u64,
@@ -223,6 +226,7 @@ impl Metrics {
                 last_error: None,
                 errors: 0,
                 started: Instant::now(),
+                degraded: BTreeMap::new(),
             })),
             metrics: self.clone(),
         };
@@ -345,6 +349,8 @@ struct StatusCell {
     last_error: Option<String>,
     errors: u64,
     started: Instant,
+    /// What works only in part, by what (a store's stream), with the reason.
+    degraded: BTreeMap<String, String>,
 }
 
 /// One component's series, labels resolved.
@@ -426,6 +432,17 @@ impl ComponentMetrics {
             s.last_error = Some(message.into());
         });
     }
+    /// Marks `what` as not working (`Some(reason)`) or working again (`None`).
+    pub fn set_degraded(&self, what: &str, reason: Option<String>) {
+        self.with_status(|s| match reason {
+            Some(r) => {
+                s.degraded.insert(what.to_string(), r);
+            }
+            None => {
+                s.degraded.remove(what);
+            }
+        });
+    }
     pub fn errors_total(&self) -> u64 {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).errors
     }
@@ -449,6 +466,11 @@ impl ComponentMetrics {
             type_name: self.type_name.clone(),
             state: s.state,
             last_error: s.last_error.clone(),
+            degraded: s
+                .degraded
+                .iter()
+                .map(|(what, why)| format!("{what}: {why}"))
+                .collect(),
             received_rows: self.received_rows.get(),
             sent_rows: self.sent_rows.get(),
             dropped_rows: self.dropped_rows.get(),
@@ -479,6 +501,22 @@ pub struct StoreMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn degraded_parts_are_listed_until_they_work_again() {
+        let m = Metrics::new();
+        let c = m.component("disk", "sink", "store");
+        c.set_degraded("a", Some("disk_full: no space".into()));
+        c.set_degraded("b", Some("io: broken".into()));
+        c.set_degraded("a", None);
+        assert_eq!(c.status().degraded, vec!["b: io: broken".to_string()]);
+        let full = crate::storage::StoreError::io(
+            std::path::Path::new("/x"),
+            "writing",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        assert_eq!(full.error_type(), "disk_full");
+    }
 
     #[test]
     fn exposition_has_conventional_names_and_labels() {

@@ -94,6 +94,10 @@ impl StoreError {
     /// The `error_type` label for the metrics.
     pub fn error_type(&self) -> &'static str {
         match self {
+            // A full disk is told apart: it needs space, not repair, and storing resumes by itself.
+            StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                "disk_full"
+            }
             StoreError::Io { .. } => "io",
             StoreError::Arrow { .. } => "arrow",
             StoreError::Parquet { .. } => "parquet",

@@ -41,6 +41,8 @@ pub struct StreamWriter {
     pending_bytes: u64,
     /// Failures since the last success; only the first is logged as an error.
     failures: u64,
+    /// Whether batches have been dropped since the last success (logged once).
+    dropping: bool,
     /// Largest index this stream holds (see [`StreamWriter::new_rows`]); `None` until the first
     /// batch with an index has looked at the disk.
     held: Option<Option<i64>>,
@@ -68,6 +70,7 @@ impl StreamWriter {
             pending: VecDeque::new(),
             pending_bytes: 0,
             failures: 0,
+            dropping: false,
             held: None,
             duplicates: 0,
         }
@@ -97,7 +100,11 @@ impl StreamWriter {
                 old.num_rows()
             );
             sh.metrics.error("io", "writing", msg.clone());
-            tracing::error!(component = sh.metrics.id(), stream = %self.stream_id, "{msg}");
+            // Once per failure episode: a disk full for hours must not flood the log.
+            if !self.dropping {
+                self.dropping = true;
+                tracing::error!(component = sh.metrics.id(), stream = %self.stream_id, "{msg} (further drops until writing works again are counted, not logged)");
+            }
         }
     }
 
@@ -325,6 +332,8 @@ impl StreamWriter {
     fn failed(&mut self, e: &StoreError, sh: &Shared) {
         self.failures += 1;
         sh.metrics.error(e.error_type(), "writing", e.to_string());
+        sh.metrics
+            .set_degraded(&self.stream_id, Some(format!("{}: {e}", e.error_type())));
         if self.failures == 1 {
             tracing::error!(
                 component = sh.metrics.id(),
@@ -345,6 +354,8 @@ impl StreamWriter {
                 "writing works again"
             );
             self.failures = 0;
+            self.dropping = false;
+            sh.metrics.set_degraded(&self.stream_id, None);
         }
     }
 }

@@ -137,7 +137,9 @@ fn convert(
             Ok(())
         }
         Ok(Finished::Empty { discarded_bytes }) => {
-            tracing::warn!(
+            // Only a write that failed before the first batch leaves one, and the stream writer
+            // has logged that failure; a disk full retries (and leaves one) with every batch.
+            tracing::debug!(
                 segment = %job.segment.display(),
                 discarded_bytes,
                 "removed a segment without one complete batch"
