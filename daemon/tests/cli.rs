@@ -60,14 +60,7 @@ fn validate_lists_every_problem_of_a_broken_config() {
         "#,
     )
     .unwrap();
-    let out = neurod()
-        .arg("validate")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "a broken config must exit 1");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::validate_errors(&cfg);
     for needle in [
         "colour",                 // unknown key in [daemon]
         "/nonexistent/run_g0_t0", // missing file
@@ -232,14 +225,7 @@ fn validate_names_missing_suite2p_and_tiff_paths() {
         "#,
     )
     .unwrap();
-    let out = neurod()
-        .arg("validate")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::validate_errors(&cfg);
     assert!(
         err.contains("s2p") && err.contains("/nonexistent/suite2p/plane0"),
         "{err}"

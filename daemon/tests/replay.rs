@@ -343,14 +343,7 @@ inputs = ["a", "b", "c", "d"]
         ),
     )
     .unwrap();
-    let out = neurod()
-        .arg("validate")
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::validate_errors(&cfg);
     for want in [
         "source `a`",
         "untimed.parquet: no numeric `time_s` column",

@@ -466,3 +466,15 @@ pub fn assert_exactly_once(idx: &[i64], n: usize) {
     }
     assert_eq!(idx.len(), n, "rows stored");
 }
+
+/// Runs `neurod validate` on a config that must be refused: asserts exit 1 and returns stderr.
+pub fn validate_errors(cfg: &Path) -> String {
+    let out = neurod()
+        .arg("validate")
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a broken config must exit 1");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
