@@ -16,4 +16,5 @@ pub mod sources;
 pub mod stats;
 pub mod storage;
 pub mod stream;
+pub mod teb;
 pub mod transforms;

@@ -1,0 +1,6 @@
+//! Transfer-entropy-bottleneck models (docs/teb.md) on the pipeline's side: binning shared by
+//! training and live decoding ([`bins`]) and the aligned training data ([`data`]). The model
+//! files and the per-bin step are in `kernels::teb`.
+
+pub mod bins;
+pub mod data;
