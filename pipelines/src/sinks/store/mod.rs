@@ -67,6 +67,7 @@ use serde::Deserialize;
 use crate::component::{parse_options, BuildContext, ComponentError, Sink, SinkContext};
 use crate::edge::Recv;
 use crate::metrics::ComponentMetrics;
+use crate::sources::replay::glob_match;
 use crate::storage::layout::{stream_dir_name, stream_id_from_dir_name};
 pub use crate::storage::{
     convert_segment, convert_segment_with, recover, recover_with, writer_properties, ConvertStats,
@@ -122,6 +123,9 @@ struct StoreOptions {
     buffer_s: f64,
     #[serde(default = "default_buffer_memory_bytes")]
     buffer_memory_bytes: u64,
+    /// Stream ids or globs (`*`, `?`) to store; the others on the inputs are passed over.
+    #[serde(default)]
+    streams: Option<Vec<String>>,
 }
 
 pub struct StoreSink {
@@ -131,6 +135,8 @@ pub struct StoreSink {
     rotate_bytes: u64,
     parquet: ParquetOptions,
     buffer: BufferOptions,
+    /// Empty: every stream.
+    streams: Vec<String>,
 }
 
 fn seconds(id: &str, key: &str, value: f64, errors: &mut Vec<String>) -> Duration {
@@ -180,10 +186,16 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Sink>, 
             budget_s: buffer_s.as_secs_f64(),
             memory_bytes: o.buffer_memory_bytes,
         },
+        streams: o.streams.unwrap_or_default(),
     }))
 }
 
 impl StoreSink {
+    /// Whether the `streams` option keeps this stream.
+    fn keeps(&self, stream_id: &str) -> bool {
+        self.streams.is_empty() || self.streams.iter().any(|g| glob_match(g, stream_id))
+    }
+
     /// Converts what a previous run left behind, counting the files it finishes.
     fn recover_at_start(&self, metrics: &ComponentMetrics, totals: &mut FinishedTotals) {
         let report = match recover_with(&self.dir, &self.parquet) {
@@ -293,7 +305,9 @@ impl Sink for StoreSink {
                         let id = stream_id_of(batch.schema_ref())
                             .unwrap_or(UNNAMED_STREAM)
                             .to_string();
-                        buffer.push(&id, batch);
+                        if self.keeps(&id) {
+                            buffer.push(&id, batch);
+                        }
                     }
                     Recv::Timeout if writer.is_finished() => break,
                     Recv::Timeout => {}

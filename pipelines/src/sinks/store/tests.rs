@@ -236,6 +236,22 @@ fn two_streams_land_in_two_directories() {
 }
 
 #[test]
+fn the_streams_option_stores_only_the_matching_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = info("rig.imec0.ap", 2).schema();
+    let b = info("rig.behaviour", 1).schema();
+    let mut input = batches(&a, 3, 100);
+    input.extend(batches(&b, 3, 10));
+    run_sink(dir.path(), r#"streams = ["*.behaviour"]"#, &input);
+    let store = dir.path().join(ID);
+    assert_eq!(file_names(&store), ["rig.behaviour"]);
+    assert_eq!(
+        stored_rows(&store.join("rig.behaviour"), &b),
+        concat(&b, &input[3..])
+    );
+}
+
+#[test]
 fn rotation_by_size_makes_several_files_that_concatenate_to_the_input() {
     let dir = tempfile::tempdir().unwrap();
     let schema = info("p", 8).schema();
