@@ -517,12 +517,20 @@ fn run_transform(
     // A rig's port carries several layouts (probes, frames, tables); a transform sees only the
     // ones it takes, and each stream passed by is said once.
     let accepts = tr.accepts();
+    let input_layouts: Vec<Option<Layout>> =
+        (0..inputs.len()).map(|i| tr.input_layout(i)).collect();
+    let takes = |tag: usize, layout: Layout| match input_layouts.get(tag).copied().flatten() {
+        Some(one) => one == layout,
+        None => accepts.contains(&layout),
+    };
     let mut passed_by = HashSet::new();
     loop {
         match inbox.recv_input_timeout(Duration::from_millis(200)) {
             (tag, Recv::Data(batch)) => {
                 metrics.received(&batch);
-                if let Some(layout) = Layout::of(&batch.schema()).filter(|l| !accepts.contains(l)) {
+                if let Some(layout) =
+                    Layout::of(&batch.schema()).filter(|l| !takes(tag as usize, *l))
+                {
                     let stream = stream_id_of(&batch.schema())
                         .unwrap_or("unnamed")
                         .to_string();

@@ -398,6 +398,12 @@ impl std::ops::DerefMut for TransformContext {
 pub trait Transform: Send + 'static {
     /// Layouts accepted on input (checked by `neurod validate`).
     fn accepts(&self) -> Vec<Layout>;
+    /// For a transform whose inputs have roles by position: the one layout input `index` takes.
+    /// Other layouts arriving there (a rig's port carries probes, frames and tables together)
+    /// are passed by, as layouts outside [`Transform::accepts`] are.
+    fn input_layout(&self, _index: usize) -> Option<Layout> {
+        None
+    }
     fn ports(&self) -> Vec<PortSpec>;
     /// Handles one batch from `input`. An `Err` is counted and logged; the transform keeps
     /// running.

@@ -165,6 +165,10 @@ impl Transform for BinFeatures {
         vec![Layout::Continuous, Layout::Events, Layout::Table]
     }
 
+    fn input_layout(&self, index: usize) -> Option<Layout> {
+        ROLES.get(index).map(|(_, layout)| *layout)
+    }
+
     fn ports(&self) -> Vec<PortSpec> {
         vec![PortSpec::default_port(&[Layout::Table])]
     }

@@ -256,6 +256,10 @@ impl Transform for Predictability {
         vec![Layout::Table, Layout::Traces]
     }
 
+    fn input_layout(&self, index: usize) -> Option<Layout> {
+        INPUT_LAYOUTS.get(index).map(|(_, layout)| *layout)
+    }
+
     fn ports(&self) -> Vec<PortSpec> {
         vec![
             PortSpec::default_port(&[Layout::Table]),

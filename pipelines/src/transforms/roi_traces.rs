@@ -262,6 +262,10 @@ impl Transform for RoiTraces {
         vec![Layout::Frames, Layout::Rois]
     }
 
+    fn input_layout(&self, index: usize) -> Option<Layout> {
+        INPUT_LAYOUTS.get(index).map(|(_, layout)| *layout)
+    }
+
     fn ports(&self) -> Vec<PortSpec> {
         vec![PortSpec::default_port(&[Layout::Traces])]
     }
