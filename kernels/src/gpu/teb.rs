@@ -111,6 +111,35 @@ struct StateLayout {
     len: usize,
 }
 
+/// The entry points of teb.wgsl, in the order of `GpuTeb::pipelines`.
+#[derive(Clone, Copy)]
+enum Entry {
+    Matvec = 0,
+    Cell = 1,
+    Finish = 2,
+}
+
+impl Entry {
+    const ALL: [Entry; 3] = [Entry::Matvec, Entry::Cell, Entry::Finish];
+
+    fn name(self) -> &'static str {
+        match self {
+            Entry::Matvec => "matvec",
+            Entry::Cell => "cell",
+            Entry::Finish => "finish",
+        }
+    }
+
+    /// The binding of its uniform parameters in teb.wgsl.
+    fn params_binding(self) -> u32 {
+        match self {
+            Entry::Matvec => 2,
+            Entry::Cell => 3,
+            Entry::Finish => 4,
+        }
+    }
+}
+
 /// One dispatch of the step: pipeline, bind group, grid.
 struct Pass {
     pipeline: usize,
@@ -292,13 +321,13 @@ impl GpuTeb {
             let module = ctx
                 .device
                 .create_shader_module(wgpu::include_wgsl!("../shaders/teb.wgsl"));
-            let pipelines = ["matvec", "cell", "finish"].map(|entry| {
+            let pipelines = Entry::ALL.map(|entry| {
                 ctx.device
                     .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                         label: Some(STAGE),
                         layout: None,
                         module: &module,
-                        entry_point: Some(entry),
+                        entry_point: Some(entry.name()),
                         compilation_options: Default::default(),
                         cache: None,
                     })
@@ -322,56 +351,52 @@ impl GpuTeb {
             let mut params = Vec::new();
             let mut passes = Vec::new();
             let max_x = ctx.device.limits().max_compute_workgroups_per_dimension;
-            // (pipeline, binding of its parameters, parameters, grid)
             let matvec_grid = |jobs: &[&Job]| {
                 let rows = jobs.iter().map(|j| j.rows).max().unwrap_or(1);
                 (rows.clamp(1, max_x), jobs.len() as u32)
             };
             let cell_grid = grid(&ctx, STAGE, ((hy + hx) as u64).div_ceil(WG))?;
-            let single_matvec = |job: Job| Matvec {
+            let single = |job: Job| Matvec {
                 jobs: [job, Job::default()],
             };
-            let plan: [(usize, u32, Vec<u8>, (u32, u32)); 6] = [
+            let bytes = |b: &[u8]| b.to_vec();
+            let plan = [
                 (
-                    0,
-                    2,
-                    bytemuck::bytes_of(&gates_job).to_vec(),
+                    Entry::Matvec,
+                    bytes(bytemuck::bytes_of(&gates_job)),
                     matvec_grid(&[&gates_job.jobs[0], &gates_job.jobs[1]]),
                 ),
-                (1, 3, bytemuck::bytes_of(&cell).to_vec(), cell_grid),
+                (Entry::Cell, bytes(bytemuck::bytes_of(&cell)), cell_grid),
                 (
-                    0,
-                    2,
-                    bytemuck::bytes_of(&single_matvec(enc_job)).to_vec(),
+                    Entry::Matvec,
+                    bytes(bytemuck::bytes_of(&single(enc_job))),
                     matvec_grid(&[&enc_job]),
                 ),
                 (
-                    0,
-                    2,
-                    bytemuck::bytes_of(&single_matvec(mlp1_job)).to_vec(),
+                    Entry::Matvec,
+                    bytes(bytemuck::bytes_of(&single(mlp1_job))),
                     matvec_grid(&[&mlp1_job]),
                 ),
                 (
-                    0,
-                    2,
-                    bytemuck::bytes_of(&single_matvec(mlp2_job)).to_vec(),
+                    Entry::Matvec,
+                    bytes(bytemuck::bytes_of(&single(mlp2_job))),
                     matvec_grid(&[&mlp2_job]),
                 ),
-                (2, 4, bytemuck::bytes_of(&finish).to_vec(), (1, 1)),
+                (Entry::Finish, bytes(bytemuck::bytes_of(&finish)), (1, 1)),
             ];
-            for (pipeline, binding, bytes, grid) in plan {
+            for (entry, bytes, grid) in plan {
                 let uniform = uniform_buffer(&ctx, "teb params", bytes.len() as u64);
                 ctx.queue.write_buffer(&uniform, 0, &bytes);
-                let p = &pipelines[pipeline];
+                let pipeline = &pipelines[entry as usize];
                 // Auto layouts hold only the bindings an entry point uses: `cell` never reads
                 // the weights.
-                let mut entries = vec![(1, &state), (binding, &uniform)];
-                if pipeline != 1 {
+                let mut entries = vec![(1, &state), (entry.params_binding(), &uniform)];
+                if !matches!(entry, Entry::Cell) {
                     entries.push((0, &weights));
                 }
                 let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(STAGE),
-                    layout: &p.get_bind_group_layout(0),
+                    layout: &pipeline.get_bind_group_layout(0),
                     entries: &entries
                         .iter()
                         .map(|(binding, b)| wgpu::BindGroupEntry {
@@ -381,7 +406,7 @@ impl GpuTeb {
                         .collect::<Vec<_>>(),
                 });
                 passes.push(Pass {
-                    pipeline,
+                    pipeline: entry as usize,
                     group,
                     grid,
                 });
@@ -489,7 +514,7 @@ impl GpuTeb {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gpu::test_context;
     use crate::teb::{Dims, Hidden, TebCpu};
@@ -520,7 +545,7 @@ mod tests {
     }
 
     /// A random model with non-trivial normalisation (so both normalisations are exercised).
-    fn model(dims: Dims, seed: u64) -> TebModel {
+    pub(crate) fn model(dims: Dims, seed: u64) -> TebModel {
         let mut m = TebModel::random(dims, seed);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed + 1);
         let n = &mut m.config.normalisation;
@@ -534,7 +559,7 @@ mod tests {
     }
 
     /// Raw inputs around the model's statistics (±2 std).
-    fn inputs(m: &TebModel, rng: &mut rand::rngs::StdRng) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn inputs(m: &TebModel, rng: &mut rand::rngs::StdRng) -> (Vec<f32>, Vec<f32>) {
         let n = &m.config.normalisation;
         let mut draw = |mean: &[f32], std: &[f32]| -> Vec<f32> {
             mean.iter()
@@ -548,7 +573,12 @@ mod tests {
         )
     }
 
-    fn dims(dx: usize, dy: usize, l: usize, (hy, hx, hm): (usize, usize, usize)) -> Dims {
+    pub(crate) fn dims(
+        dx: usize,
+        dy: usize,
+        l: usize,
+        (hy, hx, hm): (usize, usize, usize),
+    ) -> Dims {
         Dims {
             source: dx,
             target: dy,

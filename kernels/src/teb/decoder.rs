@@ -38,6 +38,8 @@ pub struct Choice {
 }
 
 /// A TEB model with its recurrent state on one backend.
+// The CPU twin is larger than the GPU handle; one decoder per stream, built once: not worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum TebDecoder {
     Cpu(TebCpu),
     Gpu(GpuTeb),
@@ -90,59 +92,7 @@ impl TebDecoder {
                         ))
                     }
                 };
-                let (mut cpu_dec, mut gpu_dec) =
-                    (TebDecoder::Cpu(TebCpu::new(model)), TebDecoder::Gpu(gpu));
-                let bin_s = model.config.bin_s;
-                let cpu_s = trial(&mut cpu_dec, model)?;
-                let gpu_s = match trial(&mut gpu_dec, model) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        return Ok(cpu(
-                            format!("the GPU failed during the trial: {e}"),
-                            Vec::new(),
-                        ))
-                    }
-                };
-                let data_s = TRIAL_STEPS as f64 * bin_s;
-                let figure = |backend, compute_s| Figure {
-                    backend,
-                    compute_s,
-                    data_s,
-                };
-                let chosen = backend::decide(&[
-                    figure(Backend::Cpu, cpu_s),
-                    figure(gpu_dec.backend(), gpu_s),
-                ]);
-                let per_step = |s: f64| s / TRIAL_STEPS as f64;
-                let measured = vec![
-                    StepCost {
-                        backend: Backend::Cpu,
-                        seconds_per_step: per_step(cpu_s),
-                    },
-                    StepCost {
-                        backend: gpu_dec.backend(),
-                        seconds_per_step: per_step(gpu_s),
-                    },
-                ];
-                let reason = format!(
-                    "fastest over {TRIAL_STEPS} steps on synthetic inputs (µs per step: cpu {:.1}, \
-                     {name} {:.1})",
-                    per_step(cpu_s) * 1e6,
-                    per_step(gpu_s) * 1e6
-                );
-                let kept = if chosen == Backend::Cpu {
-                    cpu_dec
-                } else {
-                    gpu_dec
-                };
-                (
-                    kept,
-                    Choice {
-                        backend: chosen,
-                        reason,
-                        measured,
-                    },
-                )
+                measure(model, gpu, &name)?
             }
         })
     }
@@ -187,6 +137,65 @@ impl TebDecoder {
     }
 }
 
+/// The `auto` trial: the CPU twin and `gpu` each step the model, the faster is kept (reset).
+/// A GPU that fails during the trial leaves the choice to the CPU.
+fn measure(
+    model: &TebModel,
+    gpu: GpuTeb,
+    adapter: &str,
+) -> Result<(TebDecoder, Choice), KernelError> {
+    let gpu_backend = gpu.backend();
+    let (mut cpu, mut gpu) = (TebDecoder::Cpu(TebCpu::new(model)), TebDecoder::Gpu(gpu));
+    let cpu_s = trial(&mut cpu, model)?;
+    let gpu_s = match trial(&mut gpu, model) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok((
+                cpu,
+                Choice {
+                    backend: Backend::Cpu,
+                    reason: format!("the GPU failed during the trial: {e}"),
+                    measured: Vec::new(),
+                },
+            ))
+        }
+    };
+    // `decide` compares cost per second of data; both ran the same steps of `bin_s`.
+    let data_s = TRIAL_STEPS as f64 * model.config.bin_s;
+    let figure = |backend, compute_s| Figure {
+        backend,
+        compute_s,
+        data_s,
+    };
+    let chosen = backend::decide(&[figure(Backend::Cpu, cpu_s), figure(gpu_backend, gpu_s)]);
+    let per_step = |s: f64| s / TRIAL_STEPS as f64;
+    let reason = format!(
+        "fastest over {TRIAL_STEPS} steps on synthetic inputs (µs per step: cpu {:.1}, {adapter} \
+         {:.1})",
+        per_step(cpu_s) * 1e6,
+        per_step(gpu_s) * 1e6
+    );
+    let measured = vec![
+        StepCost {
+            backend: Backend::Cpu,
+            seconds_per_step: per_step(cpu_s),
+        },
+        StepCost {
+            backend: gpu_backend,
+            seconds_per_step: per_step(gpu_s),
+        },
+    ];
+    let kept = if chosen == Backend::Cpu { cpu } else { gpu };
+    Ok((
+        kept,
+        Choice {
+            backend: chosen,
+            reason,
+            measured,
+        },
+    ))
+}
+
 /// Seconds for [`TRIAL_STEPS`] steps of `decoder` on synthetic inputs (after a warm-up), then
 /// resets it. Inputs are the training statistics' mean ± 1.5 std, varying per column and step,
 /// so the networks see values of the size they will see.
@@ -221,4 +230,127 @@ fn trial(decoder: &mut TebDecoder, model: &TebModel) -> Result<f64, KernelError>
     let elapsed = start.elapsed().as_secs_f64();
     decoder.reset();
     Ok(elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::teb::tests::{assert_close, dims, inputs, model};
+    use crate::gpu::test_context;
+    use rand::SeedableRng;
+
+    fn small() -> TebModel {
+        model(dims(6, 2, 4, (5, 8, 3)), 41)
+    }
+
+    /// Steps `a` and `b` on the same random inputs and checks they agree (the GPU contract).
+    fn agree(a: &mut TebDecoder, b: &mut TebDecoder, m: &TebModel, steps: usize, what: &str) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let (mut oa, mut ob) = (StepOutput::default(), StepOutput::default());
+        for t in 0..steps {
+            let (x, y) = inputs(m, &mut rng);
+            a.step(&x, &y, &mut oa).unwrap();
+            b.step(&x, &y, &mut ob).unwrap();
+            assert_close(&oa, &ob, &format!("{what}, step {t}"));
+        }
+    }
+
+    #[test]
+    fn auto_never_takes_lavapipe() {
+        // A missing adapter is a failure with NEUROD_REQUIRE_GPU=1 (test_context), else the
+        // "no adapter" case of the rule is checked instead.
+        let adapter = test_context().map(|c| c.backend);
+        let m = small();
+        let (dec, choice) = TebDecoder::new(Preference::Auto, &m).unwrap();
+        assert_eq!(dec.backend(), choice.backend);
+        match adapter {
+            Some(Backend::Lavapipe) => {
+                assert_eq!(choice.backend, Backend::Cpu);
+                assert!(choice.reason.contains("software"), "{}", choice.reason);
+                assert!(choice.measured.is_empty(), "{choice:?}");
+            }
+            None => {
+                assert_eq!(choice.backend, Backend::Cpu);
+                assert!(choice.reason.contains("no usable"), "{}", choice.reason);
+            }
+            Some(hardware) => {
+                // Measured (the trial's own test checks the figures).
+                assert_eq!(choice.measured.len(), 2, "{choice:?}");
+                assert!([Backend::Cpu, hardware].contains(&choice.backend));
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_and_gpu_preferences_give_those_backends_and_agree() {
+        let m = small();
+        let (mut cpu, choice) = TebDecoder::new(Preference::Cpu, &m).unwrap();
+        assert_eq!(
+            (cpu.backend(), choice.backend),
+            (Backend::Cpu, Backend::Cpu)
+        );
+        let Some(ctx) = test_context() else { return };
+        let (mut gpu, choice) = TebDecoder::new(Preference::Gpu, &m).unwrap();
+        assert_eq!((gpu.backend(), choice.backend), (ctx.backend, ctx.backend));
+        assert!(matches!(gpu, TebDecoder::Gpu(_)));
+        agree(&mut gpu, &mut cpu, &m, 50, "gpu vs cpu decoder");
+        // reset() zeroes both: they agree with fresh decoders from the first step on.
+        gpu.reset();
+        let (mut fresh, _) = TebDecoder::new(Preference::Cpu, &m).unwrap();
+        agree(&mut gpu, &mut fresh, &m, 5, "after reset");
+    }
+
+    #[test]
+    fn the_trial_keeps_the_faster_and_resets_what_it_keeps() {
+        // `auto` only measures with a hardware adapter; the trial itself runs on any.
+        let Some(ctx) = test_context() else { return };
+        let m = small();
+        let name = ctx.adapter_name.clone();
+        let gpu = GpuTeb::new(ctx, &m).unwrap();
+        let (mut kept, choice) = measure(&m, gpu, &name).unwrap();
+        assert_eq!(kept.backend(), choice.backend);
+        let [cpu_cost, gpu_cost] = choice.measured.as_slice() else {
+            panic!("two costs: {choice:?}")
+        };
+        assert_eq!(cpu_cost.backend, Backend::Cpu);
+        assert!(cpu_cost.seconds_per_step > 0.0 && gpu_cost.seconds_per_step > 0.0);
+        let (faster, slower) = if choice.backend == Backend::Cpu {
+            (cpu_cost, gpu_cost)
+        } else {
+            (gpu_cost, cpu_cost)
+        };
+        assert!(
+            faster.seconds_per_step <= slower.seconds_per_step,
+            "{choice:?}"
+        );
+        assert!(choice.reason.contains("µs per step"), "{}", choice.reason);
+        eprintln!("trial: {}", choice.reason);
+        let (mut fresh, _) = TebDecoder::new(Preference::Cpu, &m).unwrap();
+        agree(
+            &mut kept,
+            &mut fresh,
+            &m,
+            5,
+            "the kept decoder starts from zero state",
+        );
+    }
+
+    #[test]
+    fn bad_inputs_and_models_are_errors_not_panics() {
+        let m = small();
+        let (mut dec, _) = TebDecoder::new(Preference::Cpu, &m).unwrap();
+        let mut out = StepOutput::default();
+        let err = dec.step(&[0.0; 5], &[0.0; 2], &mut out).unwrap_err();
+        assert!(err.to_string().contains("5 source values"), "{err}");
+        assert!(dec.step(&[0.0; 6], &[0.0; 3], &mut out).is_err());
+        // An empty output is sized by the step.
+        dec.step(&[0.0; 6], &[0.0; 2], &mut out).unwrap();
+        assert_eq!(out.prediction.len(), 2);
+        let mut bad = m.clone();
+        bad.weights.decoder.bias.push(0.0);
+        let err = TebDecoder::new(Preference::Cpu, &bad)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("decoder.bias"), "{err}");
+    }
 }
