@@ -60,6 +60,18 @@ fn tanh_safe(x: f32) -> f32 {
     return tanh(clamp(x, -15.0, 15.0));
 }
 
+// Sums `partial` over the workgroup into partial[0] (a tree: 6 rounds for 64). Called from
+// workgroup-uniform control flow, after each invocation wrote its own entry.
+fn reduce_partial(lid: u32) {
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half >>= 1u) {
+        if lid < half {
+            partial[lid] += partial[lid + half];
+        }
+        workgroupBarrier();
+    }
+}
+
 fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
 }
@@ -81,13 +93,7 @@ fn matvec(
             }
         }
         partial[lid] = acc;
-        workgroupBarrier();
-        for (var half = WG / 2u; half > 0u; half >>= 1u) {
-            if lid < half {
-                partial[lid] += partial[lid + half];
-            }
-            workgroupBarrier();
-        }
+        reduce_partial(lid);
         if lid == 0u {
             var v = partial[0] + w[job.bias_a + r];
             if job.bias_b != NONE {
@@ -182,13 +188,7 @@ fn finish(@builtin(local_invocation_index) lid: u32) {
         kl += 0.5 * (exp(delta) + mu_x * mu_x * exp(-logvar_c) - 1.0 - delta);
     }
     partial[lid] = kl;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half >>= 1u) {
-        if lid < half {
-            partial[lid] += partial[lid + half];
-        }
-        workgroupBarrier();
-    }
+    reduce_partial(lid);
     let dy = fin.target_dim;
     if lid == 0u {
         s[fin.out + 2u * dy] = partial[0];
