@@ -46,23 +46,24 @@ pub enum TebDecoder {
 }
 
 impl TebDecoder {
-    /// The decoder for `pref` (see the module docs). A GPU that fails to build or to run the
-    /// trial is an error with `gpu`, else the CPU runs (and the reason says why).
+    /// The decoder for `pref` (see the module docs). A GPU decoder that fails to build is an
+    /// error with `gpu`; otherwise that, or a GPU failing during the `auto` trial, leaves the
+    /// CPU (and the reason says why). Logs the choice.
     pub fn new(pref: Preference, model: &TebModel) -> Result<(TebDecoder, Choice), KernelError> {
         model.check_shapes().map_err(KernelError::Teb)?;
-        let cpu = |reason: String, measured| {
+        let cpu = |reason: String| {
             (
                 TebDecoder::Cpu(TebCpu::new(model)),
                 Choice {
                     backend: Backend::Cpu,
                     reason,
-                    measured,
+                    measured: Vec::new(),
                 },
             )
         };
         let build = |ctx: std::sync::Arc<GpuContext>| GpuTeb::new(ctx, model);
-        Ok(match backend::plan(pref)? {
-            Plan::Cpu(why) => cpu(why.to_string(), Vec::new()),
+        let (decoder, choice) = match backend::plan(pref)? {
+            Plan::Cpu(why) => cpu(why.to_string()),
             Plan::Gpu(ctx) => {
                 let name = ctx.adapter_name.clone();
                 match build(ctx) {
@@ -78,23 +79,23 @@ impl TebDecoder {
                         )
                     }
                     Err(e) if pref == Preference::Gpu => return Err(e.into()),
-                    Err(e) => cpu(format!("the GPU decoder failed to build: {e}"), Vec::new()),
+                    Err(e) => cpu(format!("the GPU decoder failed to build: {e}")),
                 }
             }
             Plan::Measure(ctx) => {
                 let name = ctx.adapter_name.clone();
-                let gpu = match build(ctx) {
-                    Ok(gpu) => gpu,
-                    Err(e) => {
-                        return Ok(cpu(
-                            format!("the GPU decoder failed to build: {e}"),
-                            Vec::new(),
-                        ))
-                    }
-                };
-                measure(model, gpu, &name)?
+                match build(ctx) {
+                    Ok(gpu) => measure(model, gpu, &name)?,
+                    Err(e) => cpu(format!("the GPU decoder failed to build: {e}")),
+                }
             }
-        })
+        };
+        tracing::info!(
+            backend = choice.backend.as_str(),
+            reason = %choice.reason,
+            "TEB decoder backend"
+        );
+        Ok((decoder, choice))
     }
 
     /// One bin: see [`TebCpu::step`]. `x` must have the model's Dx values and `y` its Dy.
@@ -238,6 +239,12 @@ mod tests {
     use crate::gpu::teb::tests::{assert_close, dims, inputs, model};
     use crate::gpu::test_context;
     use rand::SeedableRng;
+
+    /// Transforms run decoders on their own tasks.
+    const _SEND: fn() = || {
+        fn send<T: Send + 'static>() {}
+        send::<TebDecoder>();
+    };
 
     fn small() -> TebModel {
         model(dims(6, 2, 4, (5, 8, 3)), 41)
