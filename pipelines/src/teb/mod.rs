@@ -4,3 +4,4 @@
 
 pub mod bins;
 pub mod data;
+pub mod train;
