@@ -235,6 +235,9 @@ fn chunks(n: usize, sizes: &[usize]) -> Vec<Vec<usize>> {
     out
 }
 
+/// Source and target batches put in one order.
+type Interleave = fn(Vec<RecordBatch>, Vec<RecordBatch>) -> Vec<(Input, RecordBatch)>;
+
 #[test]
 fn rows_are_the_model_stepped_on_the_bins_however_the_inputs_are_chunked() {
     let (_d, dir) = model_dir(1);
@@ -272,7 +275,7 @@ fn rows_are_the_model_stepped_on_the_bins_however_the_inputs_are_chunked() {
         assert_eq!(row.actual, actual, "bin {k}");
     }
     // Irregular chunks, interleaved three ways: the same rows.
-    let interleavings: [fn(Vec<RecordBatch>, Vec<RecordBatch>) -> Vec<(Input, RecordBatch)>; 3] = [
+    let interleavings: [Interleave; 3] = [
         |s, t| {
             s.into_iter()
                 .map(|b| (src(), b))
