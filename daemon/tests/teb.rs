@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::{Array, Float32Array, Int64Array};
-use common::{header, validate_errors, wait_for, Daemon};
+use common::{header, stored_batches, validate_errors, wait_for, Daemon};
 use kernels::teb::{Dims, Hidden, TebModel};
 use pipelines::sources::simulated::{ap_stream_info, RUNNING_SPEED_COLUMN};
 
@@ -86,39 +86,28 @@ flush_interval_s = 0.5
 
 /// Every row of the stored stream: (bin_index, predicted speed, rate_bits_per_s, actual speed).
 fn stored(stream_dir: &Path) -> Vec<(i64, f32, f32, Option<f32>)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(stream_dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", stream_dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-        .collect();
-    files.sort();
     let mut out = Vec::new();
-    for f in files {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            std::fs::File::open(&f).unwrap(),
-        )
-        .unwrap()
-        .build()
-        .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let col = |n: &str| {
-                b.column_by_name(n)
-                    .unwrap_or_else(|| panic!("no {n}"))
-                    .clone()
-            };
-            let bins = col("bin_index");
-            let bins = bins.as_any().downcast_ref::<Int64Array>().unwrap();
-            let pred = col(&format!("predicted_{RUNNING_SPEED_COLUMN}"));
-            let pred = pred.as_any().downcast_ref::<Float32Array>().unwrap();
-            let rate = col("rate_bits_per_s");
-            let rate = rate.as_any().downcast_ref::<Float32Array>().unwrap();
-            let actual = col(&format!("actual_{RUNNING_SPEED_COLUMN}"));
-            let actual = actual.as_any().downcast_ref::<Float32Array>().unwrap();
-            for i in 0..b.num_rows() {
-                let a = actual.is_valid(i).then(|| actual.value(i));
-                out.push((bins.value(i), pred.value(i), rate.value(i), a));
-            }
+    for b in stored_batches(stream_dir) {
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .unwrap_or_else(|| panic!("no {n}"))
+                .clone()
+        };
+        let bins = col("bin_index");
+        let bins = bins.as_any().downcast_ref::<Int64Array>().unwrap();
+        let f32s = |n: &str| {
+            col(n)
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .unwrap()
+                .clone()
+        };
+        let pred = f32s(&format!("predicted_{RUNNING_SPEED_COLUMN}"));
+        let rate = f32s("rate_bits_per_s");
+        let actual = f32s(&format!("actual_{RUNNING_SPEED_COLUMN}"));
+        for i in 0..b.num_rows() {
+            let a = actual.is_valid(i).then(|| actual.value(i));
+            out.push((bins.value(i), pred.value(i), rate.value(i), a));
         }
     }
     out
