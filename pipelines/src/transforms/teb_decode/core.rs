@@ -375,7 +375,7 @@ impl Core {
                     // Once per failing episode: a reader that is away must not flood the log.
                     if !self.send_failing {
                         self.send_failing = true;
-                        tracing::warn!(error = %e, "teb_decode: per-bin record not sent (further failures are counted in neurod_teb_records_total{{outcome=\"failed\"}} until one goes)");
+                        tracing::warn!(component = %self.handles.id, error = %e, "per-bin record not sent (further failures are counted in neurod_teb_records_total{{outcome=\"failed\"}} until one goes)");
                     }
                 }
             }

@@ -154,6 +154,12 @@ pub(super) fn list(names: &[&str]) -> String {
     s
 }
 
+/// Whether `sid` is passed by for the first time (a rig's 30 kHz probe on the target input comes
+/// with every batch: no allocation once it is known).
+fn first_pass_by(passed_by: &mut HashSet<String>, sid: &str) -> bool {
+    !passed_by.contains(sid) && passed_by.insert(sid.into())
+}
+
 /// One of the two inputs, by position.
 pub(super) struct Side {
     /// The input as configured (for errors).
@@ -208,7 +214,7 @@ impl Side {
                 return Ok(Take::Switch);
             }
             Some(l) => {
-                if self.passed_by.insert(sid.into()) {
+                if first_pass_by(&mut self.passed_by, sid) {
                     tracing::info!(component, input = %self.input, stream = sid, decoding = l, "stream passed by: another is decoded on this input");
                 }
                 return Ok(Take::No);
@@ -224,7 +230,7 @@ impl Side {
                     list(&missing)
                 ));
             }
-            if self.passed_by.insert(sid.into()) {
+            if first_pass_by(&mut self.passed_by, sid) {
                 tracing::info!(component, input = %self.input, stream = sid, model_stream = %self.model_stream, "stream passed by: it is not the model's {} stream and lacks its columns {}", self.role, list(&missing));
             }
             return Ok(Take::No);

@@ -145,8 +145,8 @@ pub(super) struct Reloader {
 pub(super) type Outcome = Result<Ready, String>;
 
 impl Reloader {
-    /// Watching `dir`, whose files are those of the model just loaded if `signature` of them
-    /// was taken before loading it.
+    /// Watching `dir`. Made before the model is first loaded: the files' stamps are taken
+    /// now, so a change while that load reads them is seen at the first poll.
     pub fn new(dir: &Path, pref: Preference) -> Self {
         let sig = signature(dir);
         Reloader {

@@ -98,7 +98,7 @@ fn series() -> &'static Series {
 
 /// One transform's series, labels resolved once.
 pub(super) struct Handles {
-    id: String,
+    pub id: String,
     pub latency: Histogram,
     pub gaps: IntCounter,
     pub gap_bins: IntCounter,
