@@ -51,6 +51,9 @@ pub enum KernelError {
         "chunk of {columns} columns (or columns shorter than the first) for {n_channels} channels"
     )]
     ColumnShape { columns: usize, n_channels: usize },
+    /// A TEB model or step input that does not fit (see `teb::decoder`).
+    #[error("TEB decoder: {0}")]
+    Teb(String),
     #[error("a GPU was required but none is usable")]
     NoGpu,
     #[error("gpu: {0}")]

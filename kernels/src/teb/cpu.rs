@@ -139,7 +139,8 @@ impl TebCpu {
     }
 }
 
-fn normalise(raw: &[f32], mean: &[f32], std: &[f32], out: &mut [f32]) {
+/// `(v − mean) / std`, the inputs' normalisation (also the GPU path's, on the host).
+pub(crate) fn normalise(raw: &[f32], mean: &[f32], std: &[f32], out: &mut [f32]) {
     for (((o, v), m), s) in out.iter_mut().zip(raw).zip(mean).zip(std) {
         *o = (v - m) / s;
     }

@@ -303,6 +303,66 @@ impl TebModel {
         dims_of(&self.config)
     }
 
+    /// Checks that every tensor has the length its shape needs, each layer's recorded sizes
+    /// match `model.json`'s and the normalisation has one value per column. [`TebModel::load`]
+    /// guarantees this; a model assembled in code is checked before a decoder indexes into it.
+    pub fn check_shapes(&self) -> Result<(), String> {
+        self.config.check()?;
+        let d = self.dims();
+        let w = &self.weights;
+        let (hy, hx, hm, l) = (
+            d.hidden.target_lstm,
+            d.hidden.source_lstm,
+            d.hidden.source_mlp,
+            d.latent,
+        );
+        let sizes = [
+            (
+                "target.lstm",
+                (w.target_lstm.input, w.target_lstm.hidden),
+                (d.target, hy),
+            ),
+            (
+                "source.lstm",
+                (w.source_lstm.input, w.source_lstm.hidden),
+                (d.source, hx),
+            ),
+            (
+                "target.enc",
+                (w.target_enc.rows, w.target_enc.cols),
+                (3 * l, hy),
+            ),
+            (
+                "source.mlp.0",
+                (w.source_mlp1.rows, w.source_mlp1.cols),
+                (hm, hx + l),
+            ),
+            (
+                "source.mlp.2",
+                (w.source_mlp2.rows, w.source_mlp2.cols),
+                (2 * l, hm),
+            ),
+            ("decoder", (w.decoder.rows, w.decoder.cols), (d.target, l)),
+        ];
+        for (name, got, want) in sizes {
+            if got != want {
+                return Err(format!(
+                    "`{name}` has sizes {got:?}, model.json needs {want:?}"
+                ));
+            }
+        }
+        for ((name, values), (_, shape)) in w.named().into_iter().zip(d.tensor_shapes()) {
+            let n: usize = shape.iter().product();
+            if values.len() != n {
+                return Err(format!(
+                    "tensor `{name}` has {} values, its shape {shape:?} needs {n}",
+                    values.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads `dir/model.json` and `dir/weights.safetensors`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let config_path = dir.join(CONFIG_FILE);
