@@ -76,9 +76,12 @@
 //! and as an error of the component) and not tried again until its files change; the running
 //! model goes on.
 //!
-//! **Backend**: `backend` is the rule of every kernel-backed transform ([`super::backend`]). This
-//! build has the CPU twin only (`kernels::teb::TebCpu`): any other choice runs on it and the log
-//! says why; `neurod_kernel_backend{component_id}` shows it.
+//! **Backend**: `backend` is the rule of every kernel-backed transform ([`super::backend`]), as
+//! `kernels::teb::TebDecoder` applies it when the model is loaded (at start and at each reload):
+//! `auto` never takes a software adapter, and with a hardware one times both on the model's own
+//! size and keeps the faster; `gpu` without an adapter is a configuration error. The choice is
+//! logged and exported as `neurod_kernel_backend{component_id}` (with `auto`'s figures in
+//! `neurod_kernel_compute_seconds_per_data_second`).
 //!
 //! **Metrics** (in [`crate::metrics::shared_registry`]):
 //! `neurod_teb_decode_latency_seconds{component_id}` (histogram: from the bin being complete on
@@ -90,7 +93,6 @@
 //! `neurod_teb_refused_rows_total{input,reason}` (rows the binner refused: `late`, `not_finite`).
 
 mod core;
-mod decoder;
 mod input;
 pub mod record;
 mod reload;
@@ -104,11 +106,11 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, Float32Array, Float64Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use kernels::teb::TebModel;
+use kernels::backend::{Figure, Verdict};
+use kernels::teb::{Choice, TebDecoder, TebModel};
 use serde::Deserialize;
 
 use self::core::{Core, Row};
-use self::decoder::Decoder;
 use self::input::{Reader, Side, Take};
 use self::reload::{Fit, Reloader};
 use self::series::Handles;
@@ -203,11 +205,15 @@ pub fn build_decode(ctx: &BuildContext, options: toml::Table) -> Result<TebDecod
         ));
         None
     };
-    let decoder = model.as_ref().map(|m| Decoder::new(o.backend, m));
-    let (Some(model), Some(Ok((decoder, why))), true) = (model, decoder, errors.is_empty()) else {
+    let decoder = model.as_ref().and_then(|m| {
+        TebDecoder::new(o.backend, m)
+            .map_err(|e| errors.push(format!("{prefix}: `backend`: {e}")))
+            .ok()
+    });
+    let (Some(model), Some((decoder, choice)), true) = (model, decoder, errors.is_empty()) else {
         return Err(errors);
     };
-    backend::report(ctx.id, decoder.backend(), why);
+    report_choice(ctx.id, &model, &choice);
     let input = |i: usize| ctx.inputs.get(i).map_or("", String::as_str);
     let c = &model.config;
     let sides = [
@@ -250,14 +256,10 @@ impl TebDecode {
 
     fn apply(&mut self, outcome: reload::Outcome, ctx: &TransformContext) {
         let dir = self.reloader.dir().display().to_string();
-        let result = outcome.and_then(|ready| {
-            let why = ready.why;
-            self.core.swap(ready).map(|()| why)
-        });
-        match result {
-            Ok(why) => {
+        match outcome.and_then(|ready| self.core.swap(ready)) {
+            Ok(choice) => {
                 self.core.handles.reload_ok.inc();
-                backend::report(&self.id, self.core.backend(), why);
+                report_choice(&self.id, self.core.model(), &choice);
                 tracing::info!(component = %self.id, model = %dir, generation = self.core.generation, "model reloaded");
             }
             Err(e) => {
@@ -403,6 +405,30 @@ impl TebDecode {
         ctx.emit(batch);
         Ok(())
     }
+}
+
+/// Reports the backend a decoder runs on, with the trial's figures when `auto` measured them
+/// (as seconds of compute per second of data, like every kernel-backed transform).
+fn report_choice(id: &str, model: &TebModel, choice: &Choice) {
+    if choice.measured.is_empty() {
+        backend::report(id, choice.backend, &choice.reason);
+        return;
+    }
+    let steps = kernels::teb::decoder::TRIAL_STEPS as f64;
+    let verdict = Verdict {
+        chosen: choice.backend,
+        figures: choice
+            .measured
+            .iter()
+            .map(|c| Figure {
+                backend: c.backend,
+                compute_s: c.seconds_per_step * steps,
+                data_s: model.config.bin_s * steps,
+            })
+            .collect(),
+        reason: choice.reason.clone(),
+    };
+    backend::report_verdict(id, &model.config.source.stream_id, &verdict);
 }
 
 fn add(core: &mut Core, target: bool, index: i64, values: Vec<f32>) {

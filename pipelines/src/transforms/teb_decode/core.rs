@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use kernels::teb::{StepOutput, TebModel};
+use kernels::teb::{Choice, StepOutput, TebDecoder, TebModel};
 
-use super::decoder::Decoder;
 use super::record::{self, Record, Sender};
 use super::reload::{Ready, RingBin};
 use super::series::Handles;
@@ -150,7 +149,7 @@ impl ErrorWindow {
 pub(super) struct Core {
     pub x: SideBins,
     pub y: SideBins,
-    decoder: Decoder,
+    decoder: TebDecoder,
     model: TebModel,
     model_label: String,
     out: StepOutput,
@@ -182,7 +181,7 @@ pub(super) struct Core {
 impl Core {
     pub fn new(
         model: TebModel,
-        decoder: Decoder,
+        decoder: TebDecoder,
         model_label: String,
         rate_smoothing_s: f64,
         sender: Option<Sender>,
@@ -217,6 +216,11 @@ impl Core {
         }
     }
 
+    #[cfg(test)]
+    pub fn decoder_backend(&self) -> kernels::Backend {
+        self.decoder.backend()
+    }
+
     pub fn model(&self) -> &TebModel {
         &self.model
     }
@@ -231,14 +235,15 @@ impl Core {
     }
 
     /// Swaps in a reloaded model, first stepping it through the bins decoded since it was
-    /// warmed (or, after a reset since, through the whole current run).
-    pub fn swap(&mut self, ready: Ready) -> Result<(), String> {
+    /// warmed (or, after a reset since, through the whole current run); its backend choice
+    /// comes back.
+    pub fn swap(&mut self, ready: Ready) -> Result<Choice, String> {
         let Ready {
             model,
             mut decoder,
+            choice,
             run_id,
             warmed_through,
-            ..
         } = ready;
         let mut out = StepOutput::for_model(&model);
         let from = if run_id == self.run_id {
@@ -261,11 +266,7 @@ impl Core {
         self.model = model;
         self.generation = self.generation.wrapping_add(1);
         self.next_flags |= record::FLAG_NEW_MODEL;
-        Ok(())
-    }
-
-    pub fn backend(&self) -> kernels::Backend {
-        self.decoder.backend()
+        Ok(choice)
     }
 
     /// Target bins arrived: rows waiting for their actual value may leave.

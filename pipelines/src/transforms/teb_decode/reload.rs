@@ -11,9 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kernels::backend::Preference;
 use kernels::teb::model::{CONFIG_FILE, WEIGHTS_FILE};
-use kernels::teb::{StepOutput, TebModel};
-
-use super::decoder::Decoder;
+use kernels::teb::{Choice, StepOutput, TebDecoder, TebModel};
 
 pub(super) const POLL_EVERY: Duration = Duration::from_secs(1);
 
@@ -56,8 +54,8 @@ fn signature(dir: &Path) -> Signature {
 /// A new model, loaded and warmed, ready to swap in.
 pub(super) struct Ready {
     pub model: TebModel,
-    pub decoder: Decoder,
-    pub why: &'static str,
+    pub decoder: TebDecoder,
+    pub choice: Choice,
     /// The decoder run (see `Core::run_id`) whose bins warmed it, and the last of them.
     pub run_id: u64,
     pub warmed_through: Option<i64>,
@@ -111,7 +109,7 @@ fn load_and_warm(
 ) -> Result<Ready, String> {
     let model = TebModel::load(dir).map_err(|e| e.to_string())?;
     fit.check(&model)?;
-    let (mut decoder, why) = Decoder::new(pref, &model).map_err(|e| e.to_string())?;
+    let (mut decoder, choice) = TebDecoder::new(pref, &model).map_err(|e| e.to_string())?;
     let mut out = StepOutput::for_model(&model);
     for b in bins {
         decoder
@@ -122,7 +120,7 @@ fn load_and_warm(
         warmed_through: bins.last().map(|b| b.index),
         model,
         decoder,
-        why,
+        choice,
         run_id,
     })
 }

@@ -756,5 +756,41 @@ fn build_checks_the_model_the_inputs_and_the_options() {
     );
     let e = errors(&two, &format!("{m}\nbackend = 'quantum'"));
     assert!(e.contains("quantum"), "{e}");
-    assert!(errors(&two, &format!("{m}\nbackend = 'gpu'")).is_empty());
+    assert!(errors(&two, &format!("{m}\nbackend = 'cpu'")).is_empty());
+    // `gpu` without an adapter is a configuration error naming the option.
+    let e = errors(&two, &format!("{m}\nbackend = 'gpu'"));
+    match kernels::gpu::test_context() {
+        Some(_) => assert!(e.is_empty(), "{e}"),
+        None => assert!(e.contains("`backend`") && e.contains("GPU"), "{e}"),
+    }
+}
+
+#[test]
+fn on_the_gpu_the_rows_are_the_cpus_within_1e_4() {
+    let Some(ctx) = kernels::gpu::test_context() else {
+        return;
+    };
+    let (_d, dir) = model_dir(13);
+    let data = || {
+        vec![
+            (src(), source_rows(&(0..400).collect::<Vec<_>>())),
+            (tgt(), target_rows(&(0..200).collect::<Vec<_>>())),
+        ]
+    };
+    let mut gpu = build_with("gpu", &dir, "backend = 'gpu'");
+    assert_eq!(gpu.core.decoder_backend(), ctx.backend);
+    let on_gpu = run(&mut gpu, data());
+    let on_cpu = run(&mut build_with("cpu", &dir, "backend = 'cpu'"), data());
+    assert_eq!(on_gpu.len(), on_cpu.len());
+    let close = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs()))
+    };
+    for (g, c) in on_gpu.iter().zip(&on_cpu) {
+        assert_eq!((g.bin, &g.actual), (c.bin, &c.actual));
+        assert!(close(&g.predicted, &c.predicted), "{g:?} vs {c:?}");
+        assert!(close(&g.target_only, &c.target_only), "{g:?} vs {c:?}");
+        assert!(close(&[g.rate_nats], &[c.rate_nats]), "{g:?} vs {c:?}");
+    }
 }
