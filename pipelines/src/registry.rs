@@ -24,6 +24,7 @@ pub const TRANSFORMS: &[(&str, Builder<dyn Transform>)] = &[
     ("dff", transforms::dff::build),
     ("moments", transforms::moments::build),
     ("predictability", transforms::predictability::build),
+    ("teb_decode", transforms::teb_decode::build),
 ];
 
 pub const SINKS: &[(&str, Builder<dyn Sink>)] = &[("store", sinks::store::build)];
@@ -120,6 +121,7 @@ mod tests {
         "hysteresis",
         "max_hold_s",
         "bin_ms",
+        "rate_smoothing_s",
         "flush_interval_s",
         "rotate_s",
         "rotate_bytes",

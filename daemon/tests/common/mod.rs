@@ -426,8 +426,8 @@ pub fn live_stream(
     arrow::ipc::reader::StreamReader::try_new(Chunked::new(body), None).unwrap()
 }
 
-/// The `sample_index` column of every Parquet file of a stored stream, file by file.
-pub fn stored_sample_index(stream_dir: &Path) -> Vec<i64> {
+/// Every batch of every Parquet file of a stored stream, file by file.
+pub fn stored_batches(stream_dir: &Path) -> Vec<arrow::record_batch::RecordBatch> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(stream_dir)
         .unwrap_or_else(|e| panic!("{}: {e}", stream_dir.display()))
         .map(|e| e.unwrap().path())
@@ -441,15 +441,21 @@ pub fn stored_sample_index(stream_dir: &Path) -> Vec<i64> {
             .unwrap()
             .build()
             .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            let col = b.column_by_name("sample_index").unwrap();
-            let col = col
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .unwrap();
-            out.extend(col.values().iter().copied());
-        }
+        out.extend(reader.map(|b| b.unwrap()));
+    }
+    out
+}
+
+/// The `sample_index` column of every Parquet file of a stored stream, file by file.
+pub fn stored_sample_index(stream_dir: &Path) -> Vec<i64> {
+    let mut out = Vec::new();
+    for b in stored_batches(stream_dir) {
+        let col = b.column_by_name("sample_index").unwrap();
+        let col = col
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        out.extend(col.values().iter().copied());
     }
     out
 }

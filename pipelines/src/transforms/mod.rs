@@ -10,4 +10,5 @@ pub mod predictability;
 pub mod roi_traces;
 pub mod select_channels;
 pub mod spike_detect;
+pub mod teb_decode;
 mod traces;
