@@ -6,3 +6,4 @@
 pub mod bins;
 pub mod data;
 pub mod load;
+pub mod train;
