@@ -186,6 +186,7 @@ fn train_on(drive: Drive, seed: u64) -> serde_json::Value {
         .args(["--out".as_ref(), out.as_os_str()])
         .args(["--report".as_ref(), report.as_os_str()])
         .args(["--seed", "1"])
+        .args(std::env::var("TEB_TEST_ARGS").unwrap_or_default().split_whitespace())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
