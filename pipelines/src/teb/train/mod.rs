@@ -130,7 +130,7 @@ pub fn train(
     let mut init = TebModel::random(dims, opts.seed).weights;
     init.source_mlp2.weight.fill(0.0);
     init.source_mlp2.bias.fill(0.0);
-    let net = model::Net::new(dims, &init)?;
+    let net = model::Net::new(dims, &init)?.with_decoder_mask()?;
 
     let train_w = batches::windows(&xn, dx, &yn, dy, &split.train, opts.batch, opts.tbptt)?;
     let val_w = batches::windows(&xn, dx, &yn, dy, &split.validation, opts.batch, opts.tbptt)?;

@@ -153,3 +153,108 @@ fn linear_baseline_finds_the_documented_transfer_entropy_within_5_percent() {
     // The full model's residual is η (variance 1, ×3² in raw units): mse ≈ 9.
     assert!((b.full.mse - 9.0).abs() < 0.5, "mse {}", b.full.mse);
 }
+
+/// Small model, sized for a test on a loaded 2-core box (each run well under a minute).
+fn test_options() -> TrainOptions {
+    TrainOptions {
+        latent: 4,
+        hidden: 16,
+        max_epochs: 100,
+        lags: 30,
+        ..Default::default()
+    }
+}
+
+fn trained(data: &Aligned) -> super::Trained {
+    let mut epochs = 0;
+    let t = train(data, &test_options(), &mut |_| epochs += 1).unwrap();
+    assert_eq!(
+        epochs,
+        t.report.epochs_target_only + t.report.epochs_source,
+        "on_epoch is called once per epoch"
+    );
+    eprintln!("{}", serde_json::to_string_pretty(&t.report).unwrap());
+    t
+}
+
+#[test]
+fn teb_rate_is_within_25_percent_of_the_documented_transfer_entropy() {
+    let t = trained(&process(30_000, Drive::Linear(0.5), 2, 10_000));
+    let r = &t.report;
+    let err = (r.rate_nats_per_step - DOCUMENTED_TE).abs() / DOCUMENTED_TE;
+    assert!(err < 0.25, "rate {} vs {DOCUMENTED_TE}", r.rate_nats_per_step);
+    assert!(r.full.r2 > r.target_only.r2 + 0.1, "{r:?}");
+    let bits = r.rate_nats_per_step / 0.01 / std::f64::consts::LN_2;
+    assert!((r.rate_bits_per_s - bits).abs() < 1e-9);
+    assert_eq!((r.bins_train, r.bins_validation), (24_000, 6_000));
+    assert_eq!((r.segments_train, r.segments_validation), (3, 1));
+}
+
+#[test]
+fn without_coupling_the_teb_rate_stays_under_a_hundredth_of_a_nat() {
+    let t = trained(&process(20_000, Drive::Linear(0.0), 3, 10_000));
+    assert!(t.report.rate_nats_per_step < 0.01, "{:?}", t.report);
+    assert!(t.report.linear_gaussian_te_nats_per_step.abs() < 0.01);
+}
+
+#[test]
+fn a_squared_drive_gives_a_rate_the_linear_baseline_misses_and_the_saved_model_reproduces_it() {
+    let data = process(20_000, Drive::Square(0.5), 4, 10_000);
+    let t = trained(&data);
+    let r = &t.report;
+    assert!(r.rate_nats_per_step > 0.1, "{r:?}");
+    assert!(r.linear_gaussian_te_nats_per_step.abs() < 0.02, "{r:?}");
+    assert!(r.full.r2 > r.baseline.r2 + 0.1, "{r:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    t.model.save(dir.path()).unwrap();
+    let loaded = TebModel::load(dir.path()).unwrap();
+    assert!(loaded.weights == t.model.weights, "weights differ after a reload");
+    let rate_in_file = loaded.config.report["rate_nats_per_step"].as_f64().unwrap();
+    assert!((rate_in_file - r.rate_nats_per_step).abs() < 1e-12);
+    assert_eq!(loaded.config.training["beta"], 50.0);
+    let split = super::Split::of(&data, 0.2).unwrap();
+    let v = validate(&loaded, &data, &split.validation);
+    assert_eq!(v.rate_nats_per_step, r.rate_nats_per_step);
+    assert_eq!((v.full, v.target_only), (r.full, r.target_only));
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+#[ignore = "exploration: TEB_* environment variables set the run"]
+fn explore() {
+    let n = env_or("TEB_N", 30_000usize);
+    let c = env_or("TEB_C", 0.5f64);
+    let drive = if env_or("TEB_SQUARE", 0u8) == 1 {
+        Drive::Square(c)
+    } else {
+        Drive::Linear(c)
+    };
+    let data = process(n, drive, env_or("TEB_SEED", 2u64), 10_000);
+    let opts = TrainOptions {
+        latent: env_or("TEB_L", 4),
+        hidden: env_or("TEB_H", 16),
+        beta: env_or("TEB_BETA", 50.0),
+        max_epochs: env_or("TEB_EPOCHS", 60),
+        patience: env_or("TEB_PATIENCE", 8),
+        tbptt: env_or("TEB_T", 32),
+        batch: env_or("TEB_B", 32),
+        learning_rate: env_or("TEB_LR", 3e-3),
+        lags: 30,
+        ..Default::default()
+    };
+    let t = train(&data, &opts, &mut |p| {
+        eprintln!(
+            "{:?} {} train {:.4} val {:.4}",
+            p.stage, p.epoch, p.train_loss, p.validation_loss
+        )
+    })
+    .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&t.report).unwrap());
+}
