@@ -62,7 +62,7 @@ enum Command {
     },
     /// Train a transfer-entropy-bottleneck model predicting a target stream from its past and a
     /// source stream's (docs/teb.md); print its validation report.
-    TrainTeb(train_teb::Args),
+    TrainTeb(Box<train_teb::Args>),
 }
 
 fn main() -> ExitCode {
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Inspect { json, path } => inspect(&path, json),
         Command::Ls { json, data_dir } => ls::ls(&data_dir, json),
-        Command::TrainTeb(args) => train_teb::train_teb(args),
+        Command::TrainTeb(args) => train_teb::train_teb(*args),
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Args {
     /// Epochs without a better validation loss before a stage stops [default: 8].
     #[arg(long)]
     patience: Option<usize>,
+    /// Lags of the linear-Gaussian baseline [default: 20].
+    #[arg(long)]
+    lags: Option<usize>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -66,6 +69,7 @@ impl Args {
             beta: self.beta.unwrap_or(d.beta),
             max_epochs: self.epochs.unwrap_or(d.max_epochs),
             patience: self.patience.unwrap_or(d.patience),
+            lags: self.lags.unwrap_or(d.lags),
             ..d
         }
     }
@@ -193,7 +197,10 @@ fn render(r: &Report, l: &Loaded) -> String {
         "  linear-Gaussian transfer entropy   {:>10.4} nats/bin  ({} lags)\n",
         r.linear_gaussian_te_nats_per_step, r.baseline_lags
     ));
-    out.push_str(&format!("  {:<34} {:>10} {:>10}\n", "prediction of the next bin", "mse", "r2"));
+    out.push_str(&format!(
+        "  {:<34} {:>10} {:>10}\n",
+        "prediction of the next bin", "mse", "r2"
+    ));
     for (name, fit) in [
         ("target-only model", r.target_only),
         ("full model (target + source)", r.full),

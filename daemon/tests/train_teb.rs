@@ -99,6 +99,40 @@ fn stored_bins_and_behaviour_load_as_aligned_bins() {
     assert_eq!(loaded.aligned.source.columns.len(), 10, "AP10..AP19");
     assert_eq!(loaded.source.rows, 4 * 30_000);
     assert_eq!(loaded.aligned.len(), a.len());
+
+    // `neurod train-teb` on the stored ids (a few epochs: this checks the path, not the fit).
+    let out = dir.path().join("model");
+    let run = common::neurod()
+        .args(["train-teb", "--source", "rig.imec0.ap.probe.bins"])
+        .args([
+            "--source-columns",
+            "count_AP1?,count_AP2?",
+            "--target",
+            "rig.behaviour",
+        ])
+        .args(["--data-dir".as_ref(), data.as_os_str()])
+        .args(["--out".as_ref(), out.as_os_str()])
+        .args([
+            "--epochs", "2", "--hidden", "8", "--latent", "2", "--lags", "2",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(model["source"]["stream_id"], "rig.imec0.ap.probe.bins");
+    assert_eq!(
+        model["source"]["columns"].as_array().map(Vec::len),
+        Some(20)
+    );
+    assert_eq!(model["source"]["columns"][0], "count_AP10");
+    assert_eq!(model["target"]["columns"][0], "running_speed_cm_s");
+    assert!((model["bin_s"].as_f64().unwrap() - 0.02).abs() < 1e-9);
 }
 
 // ---- `neurod train-teb` on Parquet files the test writes: known answers (ALGORITHMS.md §6) ----
@@ -186,7 +220,11 @@ fn train_on(drive: Drive, seed: u64) -> serde_json::Value {
         .args(["--out".as_ref(), out.as_os_str()])
         .args(["--report".as_ref(), report.as_os_str()])
         .args(["--seed", "1"])
-        .args(std::env::var("TEB_TEST_ARGS").unwrap_or_default().split_whitespace())
+        .args(
+            std::env::var("TEB_TEST_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -194,7 +232,10 @@ fn train_on(drive: Drive, seed: u64) -> serde_json::Value {
     assert!(run.status.success(), "{stdout}\n{stderr}");
     eprintln!("{stdout}train-teb: {:.1} s", t.elapsed().as_secs_f64());
     assert!(out.join("model.json").is_file() && out.join("weights.safetensors").is_file());
-    assert!(stdout.contains("rate (transfer entropy estimate)"), "{stdout}");
+    assert!(
+        stdout.contains("rate (transfer entropy estimate)"),
+        "{stdout}"
+    );
     serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
 }
 
@@ -219,7 +260,8 @@ fn coupled_linear_gaussian_processes_give_the_analytic_transfer_entropy() {
         "TEB rate {rate} vs {DOCUMENTED_TE}"
     );
     assert!(
-        (figure(&r, "rate_bits_per_s") - rate / 0.01 / std::f64::consts::LN_2).abs() < 1e-6 * rate.max(1.0) / 0.01
+        (figure(&r, "rate_bits_per_s") - rate / 0.01 / std::f64::consts::LN_2).abs()
+            < 1e-6 * rate.max(1.0) / 0.01
     );
 }
 
@@ -227,7 +269,10 @@ fn coupled_linear_gaussian_processes_give_the_analytic_transfer_entropy() {
 fn uncoupled_processes_give_a_rate_near_zero() {
     let r = train_on(Drive::Linear(0.0), 12);
     let rate = figure(&r, "rate_nats_per_step");
-    eprintln!("TEB rate {rate:.4}, linear-Gaussian TE {:.4}", figure(&r, "linear_gaussian_te_nats_per_step"));
+    eprintln!(
+        "TEB rate {rate:.4}, linear-Gaussian TE {:.4}",
+        figure(&r, "linear_gaussian_te_nats_per_step")
+    );
     assert!(rate < 0.01, "TEB rate {rate} with no coupling");
 }
 
@@ -253,7 +298,12 @@ fn bad_inputs_exit_1_with_one_line_naming_the_input() {
     let missing = dir.path().join("nothing.parquet");
     let cases: Vec<(Vec<&std::ffi::OsStr>, &str)> = vec![
         (
-            vec!["--source".as_ref(), missing.as_os_str(), "--target".as_ref(), yp.as_os_str()],
+            vec![
+                "--source".as_ref(),
+                missing.as_os_str(),
+                "--target".as_ref(),
+                yp.as_os_str(),
+            ],
             "nothing.parquet: no such file",
         ),
         (

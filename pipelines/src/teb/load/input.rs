@@ -271,7 +271,7 @@ impl Input {
         };
         let period_s = match row_s {
             Some(r) => Some(r),
-            None if shape == Shape::Table => estimate_period(&first.path),
+            None if shape == Shape::Table => estimate_period(&first.path).map_err(err)?,
             None => None,
         };
         let files: Vec<PathBuf> = stream.files.iter().map(|f| f.path.clone()).collect();
@@ -437,11 +437,16 @@ fn scan_rois(files: &[PathBuf]) -> Result<Vec<i32>, String> {
     Ok(rois.into_iter().collect())
 }
 
-/// The median step of the first rows' `time_s` (a table without a stated rate).
-fn estimate_period(path: &Path) -> Option<f64> {
-    let (_, mut reader) = open_columns(path, &[TIME_S]).ok()?;
-    let batch = reader.next()?.ok()?;
-    let t = cast(batch.column(0), &DataType::Float64).ok()?;
+/// The median step of the first rows' `time_s` (a table without a stated rate); `None` when
+/// fewer than two rows have one.
+fn estimate_period(path: &Path) -> Result<Option<f64>, String> {
+    let (_, mut reader) = open_columns(path, &[TIME_S])?;
+    let Some(batch) = reader.next() else {
+        return Ok(None);
+    };
+    let batch = batch.map_err(|e| format!("{}: reading: {e}", path.display()))?;
+    let t = cast(batch.column(0), &DataType::Float64)
+        .map_err(|e| format!("{}: `{TIME_S}`: {e}", path.display()))?;
     let t = t.as_primitive::<Float64Type>();
     let mut steps: Vec<f64> = t
         .iter()
@@ -451,11 +456,9 @@ fn estimate_period(path: &Path) -> Option<f64> {
         .filter_map(|w| Some(w[1]? - w[0]?))
         .filter(|d| d.is_finite() && *d > 0.0)
         .collect();
-    if steps.is_empty() {
-        return None;
-    }
     steps.sort_by(f64::total_cmp);
     // To the nanosecond: differences of rounded times are off in their last bits.
-    let median = steps.get(steps.len() / 2)?;
-    Some(((median * 1e9).round() / 1e9).max(1e-9))
+    Ok(steps
+        .get(steps.len() / 2)
+        .map(|m| ((m * 1e9).round() / 1e9).max(1e-9)))
 }

@@ -13,12 +13,16 @@ use parquet::arrow::ArrowWriter;
 use super::*;
 use crate::stream::keys;
 
+/// Written as pyarrow and pandas write by default: Snappy.
 fn write(path: &Path, batch: &RecordBatch) {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).unwrap();
     }
     let file = std::fs::File::create(path).unwrap();
-    let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
     w.write(batch).unwrap();
     w.close().unwrap();
 }

@@ -86,7 +86,11 @@ pub fn fit(
         for (i, &t) in chunk.iter().enumerate() {
             design_row(d, t, lags, &mut row);
             design.row_mut(i).copy_from_slice(&row);
-            for (j, &v) in data_rows(d.y, d.dy, t).unwrap_or_default().iter().enumerate() {
+            for (j, &v) in data_rows(d.y, d.dy, t)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 targets[(i, j)] = v as f64;
             }
         }
@@ -149,5 +153,11 @@ fn log_det(m: DMatrix<f64>) -> Result<f64, String> {
     let chol = m
         .cholesky()
         .ok_or("linear baseline: the validation residuals are degenerate")?;
-    Ok(2.0 * chol.l_dirty().diagonal().iter().map(|v| v.ln()).sum::<f64>())
+    Ok(2.0
+        * chol
+            .l_dirty()
+            .diagonal()
+            .iter()
+            .map(|v| v.ln())
+            .sum::<f64>())
 }

@@ -135,7 +135,12 @@ mod tests {
         let mask: Vec<f32> = w.windows[1].mask.to_vec1().unwrap();
         // bin 3 ends its segment, bin 9 ends the data: no next bin.
         assert_eq!(mask, vec![0., 1., 1., 0., 0., 0.]);
-        let next: Vec<f32> = w.windows[1].y_next.flatten_all().unwrap().to_vec1().unwrap();
+        let next: Vec<f32> = w.windows[1]
+            .y_next
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(next, vec![0., 9., 5., 0., 0., 0.]);
         assert_eq!(w.windows[1].count, 2);
         assert_eq!(clip(&[0..4, 4..10], 3..8), vec![3..4, 4..8]);

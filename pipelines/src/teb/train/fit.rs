@@ -52,7 +52,9 @@ fn window_loss(
             params.stage1_losses(&prior, &win.y_next)?
         }
     };
-    ((losses.nll * kappa)? + losses.kl)?.mul(&win.mask)?.sum_all()
+    ((losses.nll * kappa)? + losses.kl)?
+        .mul(&win.mask)?
+        .sum_all()
 }
 
 /// Mean per-step loss over a split, without gradients.

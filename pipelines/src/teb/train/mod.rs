@@ -112,8 +112,16 @@ pub fn train(
     let split = Split::of(data, opts.validation_fraction)?;
     let (dx, dy) = (data.source_dim(), data.target_dim());
     let normalisation = normalisation(data, split.train_bins.clone());
-    let xn = normalised(&data.x, &normalisation.source_mean, &normalisation.source_std);
-    let yn = normalised(&data.y, &normalisation.target_mean, &normalisation.target_std);
+    let xn = normalised(
+        &data.x,
+        &normalisation.source_mean,
+        &normalisation.source_std,
+    );
+    let yn = normalised(
+        &data.y,
+        &normalisation.target_mean,
+        &normalisation.target_std,
+    );
     let dims = Dims {
         source: dx,
         target: dy,
@@ -210,7 +218,10 @@ fn check_options(o: &TrainOptions) -> Result<(), TrainError> {
         }
     }
     if !(o.beta.is_finite() && o.beta > 0.0) {
-        return Err(TrainError::Options(format!("`beta` is {}: must be > 0", o.beta)));
+        return Err(TrainError::Options(format!(
+            "`beta` is {}: must be > 0",
+            o.beta
+        )));
     }
     if !(o.learning_rate.is_finite() && o.learning_rate > 0.0) {
         return Err(TrainError::Options(format!(
@@ -244,7 +255,9 @@ impl Split {
         let n = data.len();
         let (dx, dy) = (data.source_dim(), data.target_dim());
         if dx == 0 || dy == 0 {
-            return Err(TrainError::Data("source and target need a column each".into()));
+            return Err(TrainError::Data(
+                "source and target need a column each".into(),
+            ));
         }
         if data.x.len() != n * dx || data.y.len() != n * dy {
             return Err(TrainError::Data(format!(
@@ -256,7 +269,10 @@ impl Split {
         if data.bin_index.windows(2).any(|w| w[1] <= w[0]) {
             return Err(TrainError::Data("bin numbers are not increasing".into()));
         }
-        for (side, v, cols) in [("source", &data.x, &data.source), ("target", &data.y, &data.target)] {
+        for (side, v, cols) in [
+            ("source", &data.x, &data.source),
+            ("target", &data.y, &data.target),
+        ] {
             let d = cols.columns.len();
             if let Some(i) = v.iter().position(|v| !v.is_finite()) {
                 let col = cols.columns.get(i % d).map(String::as_str).unwrap_or("?");
@@ -274,7 +290,10 @@ impl Split {
             train: batches::clip(&segments, 0..n_train),
             validation: batches::clip(&segments, n_train..n),
         };
-        for (side, segs) in [("training", &split.train), ("validation", &split.validation)] {
+        for (side, segs) in [
+            ("training", &split.train),
+            ("validation", &split.validation),
+        ] {
             let steps: usize = segs.iter().map(|s| s.len().saturating_sub(1)).sum();
             if steps < MIN_STEPS {
                 return Err(TrainError::Data(format!(

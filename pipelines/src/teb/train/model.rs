@@ -150,7 +150,8 @@ impl Net {
 
     /// The current values as [`TebWeights`] (what `weights.safetensors` holds).
     pub fn export(&self) -> CResult<TebWeights> {
-        let v = |n: &str| -> CResult<Vec<f32>> { self.var(n)?.as_tensor().flatten_all()?.to_vec1() };
+        let v =
+            |n: &str| -> CResult<Vec<f32>> { self.var(n)?.as_tensor().flatten_all()?.to_vec1() };
         let d = self.dims;
         let (dx, dy, l) = (d.source, d.target, d.latent);
         let lstm = |p: &str, input, hidden| -> CResult<Lstm> {

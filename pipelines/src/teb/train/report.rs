@@ -40,9 +40,11 @@ impl FitSums {
     pub fn add(&mut self, actual: impl Iterator<Item = f64>, predicted: impl Iterator<Item = f64>) {
         self.n += 1;
         for (j, (a, p)) in actual.zip(predicted).enumerate() {
-            if let (Some(e), Some(s), Some(q)) =
-                (self.sse.get_mut(j), self.sum.get_mut(j), self.sum_sq.get_mut(j))
-            {
+            if let (Some(e), Some(s), Some(q)) = (
+                self.sse.get_mut(j),
+                self.sum.get_mut(j),
+                self.sum_sq.get_mut(j),
+            ) {
                 *e += (a - p).powi(2);
                 *s += a;
                 *q += a * a;

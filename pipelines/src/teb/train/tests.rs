@@ -65,7 +65,10 @@ fn candle_forward_matches_the_cpu_twin_over_1000_steps() {
         }
     }
     assert!(worst < 1e-4, "largest difference {worst}");
-    assert!(rate.iter().any(|r| *r > 1e-3), "random weights carry a rate");
+    assert!(
+        rate.iter().any(|r| *r > 1e-3),
+        "random weights carry a rate"
+    );
 }
 
 // ---- known answers (ALGORITHMS.md §6) ----
@@ -149,7 +152,11 @@ fn linear_baseline_finds_the_documented_transfer_entropy_within_5_percent() {
     let b = baseline_of(&data, 30);
     assert_eq!(b.lags, 30);
     let err = (b.te_nats_per_step - DOCUMENTED_TE).abs() / DOCUMENTED_TE;
-    assert!(err < 0.05, "baseline TE {} vs {DOCUMENTED_TE}", b.te_nats_per_step);
+    assert!(
+        err < 0.05,
+        "baseline TE {} vs {DOCUMENTED_TE}",
+        b.te_nats_per_step
+    );
     // The full model's residual is η (variance 1, ×3² in raw units): mse ≈ 9.
     assert!((b.full.mse - 9.0).abs() < 0.5, "mse {}", b.full.mse);
 }
@@ -182,7 +189,11 @@ fn teb_rate_is_within_25_percent_of_the_documented_transfer_entropy() {
     let t = trained(&process(30_000, Drive::Linear(0.5), 2, 10_000));
     let r = &t.report;
     let err = (r.rate_nats_per_step - DOCUMENTED_TE).abs() / DOCUMENTED_TE;
-    assert!(err < 0.25, "rate {} vs {DOCUMENTED_TE}", r.rate_nats_per_step);
+    assert!(
+        err < 0.25,
+        "rate {} vs {DOCUMENTED_TE}",
+        r.rate_nats_per_step
+    );
     assert!(r.full.r2 > r.target_only.r2 + 0.1, "{r:?}");
     let bits = r.rate_nats_per_step / 0.01 / std::f64::consts::LN_2;
     assert!((r.rate_bits_per_s - bits).abs() < 1e-9);
@@ -209,7 +220,10 @@ fn a_squared_drive_gives_a_rate_the_linear_baseline_misses_and_the_saved_model_r
     let dir = tempfile::tempdir().unwrap();
     t.model.save(dir.path()).unwrap();
     let loaded = TebModel::load(dir.path()).unwrap();
-    assert!(loaded.weights == t.model.weights, "weights differ after a reload");
+    assert!(
+        loaded.weights == t.model.weights,
+        "weights differ after a reload"
+    );
     let rate_in_file = loaded.config.report["rate_nats_per_step"].as_f64().unwrap();
     assert!((rate_in_file - r.rate_nats_per_step).abs() < 1e-12);
     assert_eq!(loaded.config.training["beta"], 50.0);
