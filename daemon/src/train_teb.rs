@@ -139,9 +139,7 @@ fn progress_bar() -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} epochs  {msg}")
-    {
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} {msg}") {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
@@ -149,19 +147,19 @@ fn progress_bar() -> ProgressBar {
 
 fn show(bar: &ProgressBar, p: &Progress) {
     let prefix = match p.stage {
-        Stage::TargetOnly => "stage 1 (target only)",
-        Stage::Source => "stage 2 (source)",
+        Stage::TargetOnly => "stage 1, target only",
+        Stage::Source => "stage 2, source",
     };
+    bar.set_message(format!(
+        "loss {:.4} (validation {:.4})",
+        p.train_loss, p.validation_loss
+    ));
     if bar.prefix() != prefix {
         bar.set_prefix(prefix);
         bar.reset();
     }
     bar.set_length(p.max_epochs as u64);
     bar.set_position(p.epoch as u64);
-    bar.set_message(format!(
-        "train loss {:.4}  validation loss {:.4}",
-        p.train_loss, p.validation_loss
-    ));
 }
 
 fn describe(l: &Loaded) -> String {

@@ -13,7 +13,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use parquet::arrow::ProjectionMask;
 
 use super::LoadError;
-use crate::sources::replay::glob_match;
+use crate::sources::replay::{glob_match, is_parquet, name_of};
 use crate::storage::{foreign_stream, list_data_dir, list_path, StoredStream};
 use crate::stream::{
     keys, parse_rate, ChannelKind, Layout, FRAME_INDEX, ROI, SAMPLE_INDEX, TIME_S,
@@ -77,22 +77,6 @@ pub fn traces_column(value: &str, roi: i32) -> String {
 pub fn parse_traces_column(name: &str) -> Option<(&str, i32)> {
     let (value, roi) = name.rsplit_once('_')?;
     Some((value, roi.parse().ok()?))
-}
-
-fn is_parquet(p: &Path) -> bool {
-    p.is_file()
-        && p.extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-}
-
-fn name_of(p: &Path, strip_ext: bool) -> String {
-    let n = if strip_ext {
-        p.file_stem()
-    } else {
-        p.file_name()
-    };
-    n.map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 fn ids(streams: &[&StoredStream]) -> String {
