@@ -8,6 +8,7 @@ mod resume;
 mod run;
 mod supervise;
 mod topology;
+mod train_teb;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,9 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Train a transfer-entropy-bottleneck model predicting a target stream from its past and a
+    /// source stream's (docs/teb.md); print its validation report.
+    TrainTeb(Box<train_teb::Args>),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Inspect { json, path } => inspect(&path, json),
         Command::Ls { json, data_dir } => ls::ls(&data_dir, json),
+        Command::TrainTeb(args) => train_teb::train_teb(*args),
     }
 }
 

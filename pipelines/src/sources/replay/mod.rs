@@ -57,6 +57,7 @@ use merge::Merge;
 use plan::Planned;
 
 pub use plan::glob_match;
+pub(crate) use plan::{is_parquet, name_of};
 
 pub const TYPE: &str = "replay";
 

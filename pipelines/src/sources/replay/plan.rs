@@ -18,7 +18,7 @@ pub struct Planned {
     pub foreign: bool,
 }
 
-fn is_parquet(p: &Path) -> bool {
+pub(crate) fn is_parquet(p: &Path) -> bool {
     p.is_file()
         && p.extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
@@ -61,7 +61,7 @@ fn foreign(id: &str, files: &[PathBuf]) -> Result<Planned, String> {
     })
 }
 
-fn name_of(p: &Path, strip_ext: bool) -> String {
+pub(crate) fn name_of(p: &Path, strip_ext: bool) -> String {
     let n = if strip_ext {
         p.file_stem()
     } else {
