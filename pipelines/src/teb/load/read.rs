@@ -251,18 +251,21 @@ fn read_traces(input: &Input, columns: &[String], collect: &mut Collect) -> Resu
                 .iter()
                 .map(|v| get(v).and_then(|c| to_f32(c).map_err(ctx)))
                 .collect::<Result<Vec<_>, _>>()?;
-            for r in 0..batch.num_rows() {
-                let t = time[r];
+            // Every column of a batch has its row count: `get` never misses.
+            for (r, &t) in time.iter().enumerate() {
                 // A frame is its frame_index; without one, its time.
-                let key = frame.as_ref().map_or(t.to_bits() as i64, |f| f[r]);
+                let key = frame
+                    .as_ref()
+                    .map_or(Some(t.to_bits() as i64), |f| f.get(r).copied())
+                    .unwrap_or(i64::MIN);
                 pivot.row(key, t, collect);
-                if roi.is_null(r) {
+                if r >= roi.len() || roi.is_null(r) {
                     continue;
                 }
                 let id = roi.value(r);
                 for (vi, v) in vals.iter().enumerate() {
-                    if let Some(&k) = position.get(&(vi, id)) {
-                        pivot.set(k, v[r]);
+                    if let (Some(&k), Some(&value)) = (position.get(&(vi, id)), v.get(r)) {
+                        pivot.set(k, value);
                     }
                 }
             }

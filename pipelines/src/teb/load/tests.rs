@@ -441,3 +441,31 @@ fn aligning_keeps_only_common_bins() {
     .unwrap_err();
     assert!(e.contains("a larger --bin-ms"), "{e}");
 }
+
+#[test]
+fn stream_ids_held_twice_or_not_yet_finished_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    continuous(&data.join("a/probe/part-000000.parquet"), 0, 10);
+    continuous(&data.join("b/probe/part-000000.parquet"), 0, 10);
+    let e = resolve("probe", Some(data)).unwrap_err();
+    assert!(e.message.contains("held by several stores"), "{e}");
+    // A stream whose store is still writing its first segment.
+    let live = data.join("a/live");
+    std::fs::create_dir_all(&live).unwrap();
+    let s = schema(
+        vec![
+            Field::new("time_s", DataType::Float64, false),
+            Field::new("v", DataType::Float32, false),
+        ],
+        &[(keys::STREAM_ID, "live"), (keys::LAYOUT, "table")],
+    );
+    let batch = RecordBatch::try_new(s.clone(), vec![f64s([0.0]), f32s([1.0])]).unwrap();
+    let mut w =
+        crate::storage::SegmentWriter::create(&crate::storage::layout::segment_path(&live, 0), s)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.sync().unwrap();
+    let e = resolve(&live.display().to_string(), None).unwrap_err();
+    assert!(e.message.contains("no finished file yet"), "{e}");
+}
