@@ -107,10 +107,7 @@ fn model() -> TebModel {
 }
 
 fn schema(fields: Vec<Field>, md: &[(&str, String)]) -> SchemaRef {
-    let md: HashMap<String, String> = md
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
+    let md: HashMap<String, String> = md.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     Arc::new(Schema::new_with_metadata(fields, md))
 }
 
