@@ -22,8 +22,8 @@ duration_s = 4
 pace = "max"
 twophoton = false
 
-# The rig's port also carries the behaviour table, which bin_features refuses on its
-# continuous input: select_channels takes the probe alone (its AP channels).
+# select_channels takes the probe's AP channels (bin_features would pass the rig's
+# behaviour table by on its own): the stored bins are `rig.imec0.ap.probe.bins`.
 [transforms.probe]
 type = "select_channels"
 inputs = ["rig"]

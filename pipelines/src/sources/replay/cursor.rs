@@ -122,6 +122,8 @@ pub struct StreamCursor {
     window: Window,
     skip: Skip,
     open: Option<OpenFile>,
+    /// The rest of the batch last read, cut in time slices ([`SLICE_S`]).
+    slices: VecDeque<Keyed>,
 }
 
 struct OpenFile {
@@ -161,6 +163,7 @@ impl StreamCursor {
             window,
             skip,
             open: None,
+            slices: VecDeque::new(),
         }
     }
 
@@ -197,7 +200,11 @@ impl StreamCursor {
     }
 
     /// The rows of `batch` to send and the time of the first of them.
-    fn select(&self, file: &OpenFile, batch: RecordBatch) -> Result<Option<Keyed>, ReadError> {
+    fn select(
+        &self,
+        file: &OpenFile,
+        batch: RecordBatch,
+    ) -> Result<Option<VecDeque<Keyed>>, ReadError> {
         let fail = |m: String| ReadError {
             path: file.path.clone(),
             error_type: "arrow",
@@ -246,22 +253,67 @@ impl StreamCursor {
         if kept == 0 {
             return Ok(None);
         }
-        let time_s = times
-            .as_ref()
-            .and_then(|t| {
-                (0..t.len())
-                    .filter(|&r| keep.value(r) && t.is_valid(r))
-                    .map(|r| t.value(r))
-                    .reduce(f64::min)
-            })
-            .unwrap_or(f64::NEG_INFINITY);
+        // Times of the kept rows (NaN where a row has none).
+        let kept_times: Option<Vec<f64>> = times.as_ref().map(|t| {
+            (0..t.len())
+                .filter(|&r| keep.value(r))
+                .map(|r| if t.is_valid(r) { t.value(r) } else { f64::NAN })
+                .collect()
+        });
         let batch = if kept == batch.num_rows() {
             batch
         } else {
             filter_record_batch(&batch, &keep).map_err(|e| fail(e.to_string()))?
         };
-        Ok(Some(Keyed { time_s, batch }))
+        Ok(Some(time_slices(batch, kept_times.as_deref())))
     }
+}
+
+/// Longest span of data in one replayed batch. A file is read in batches of about
+/// [`BATCH_BYTES`], which is seconds of a probe but minutes of a behaviour table; handed out
+/// whole, a table's batch would run minutes ahead of the probe's, and consumers that pair
+/// streams by time (`teb_decode`, `bin_features`) would see them far apart. Slices (zero-copy)
+/// keep the merge within this span of true time order.
+pub const SLICE_S: f64 = 0.1;
+
+/// `batch` cut into slices of at most [`SLICE_S`] of data, each keyed by its earliest time;
+/// untimed batches stay whole.
+fn time_slices(batch: RecordBatch, times: Option<&[f64]>) -> VecDeque<Keyed> {
+    let Some(times) = times else {
+        return VecDeque::from([Keyed {
+            time_s: f64::NEG_INFINITY,
+            batch,
+        }]);
+    };
+    let key = |rows: &[f64]| {
+        rows.iter()
+            .copied()
+            .filter(|t| !t.is_nan())
+            .reduce(f64::min)
+            .unwrap_or(f64::NEG_INFINITY)
+    };
+    let mut out = VecDeque::new();
+    let mut start = 0;
+    let mut start_time = f64::NAN;
+    for (r, &t) in times.iter().enumerate() {
+        if start_time.is_nan() {
+            start_time = t;
+        } else if t - start_time >= SLICE_S {
+            out.push_back(Keyed {
+                time_s: key(&times[start..r]),
+                batch: batch.slice(start, r - start),
+            });
+            start = r;
+            start_time = t;
+        }
+    }
+    if start < times.len() {
+        out.push_back(Keyed {
+            time_s: key(&times[start..]),
+            batch: batch.slice(start, times.len() - start),
+        });
+    }
+    out
 }
 
 impl Iterator for StreamCursor {
@@ -269,6 +321,9 @@ impl Iterator for StreamCursor {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if let Some(k) = self.slices.pop_front() {
+                return Some(Ok(k));
+            }
             let Some(file) = self.open.take() else {
                 if let Err(e) = self.open_next()? {
                     return Some(Err(e));
@@ -290,7 +345,7 @@ impl Iterator for StreamCursor {
                     let selected = self.select(&file, batch);
                     self.open = Some(file);
                     match selected {
-                        Ok(Some(k)) => return Some(Ok(k)),
+                        Ok(Some(slices)) => self.slices = slices,
                         Ok(None) => {}
                         Err(e) => return Some(Err(e)),
                     }
@@ -364,4 +419,33 @@ fn restamp(
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(schema.clone(), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int32Array};
+    use arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_slices_of_at_most_slice_s_keyed_by_their_first_time() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int32, false)]));
+        let rows = 25;
+        let column: ArrayRef = Arc::new(Int32Array::from_iter_values(0..rows));
+        let batch = RecordBatch::try_new(schema, vec![column]).unwrap();
+        // 100 Hz rows: 10 per slice of 0.1 s.
+        let times: Vec<f64> = (0..rows).map(|r| r as f64 * 0.01).collect();
+        let slices = time_slices(batch.clone(), Some(&times));
+        let lens: Vec<usize> = slices.iter().map(|k| k.batch.num_rows()).collect();
+        assert_eq!(lens, [10, 10, 5]);
+        assert_eq!(slices[1].time_s, 0.1);
+        assert_eq!(
+            time_slices(batch, None).len(),
+            1,
+            "untimed batches stay whole"
+        );
+    }
 }

@@ -23,8 +23,9 @@
 //! metadata.
 //!
 //! Order: every stream is read batch by batch (about [`cursor::BATCH_BYTES`] each: memory stays
-//! bounded whatever the store's size) and the batch whose first row is earliest goes out next
-//! ([`merge`]). A row's time is `sample_index / neurod.sampling_hz` for continuous streams and
+//! bounded whatever the store's size), each batch is cut into slices of at most
+//! [`cursor::SLICE_S`] of data, and the slice whose first row is earliest goes out next
+//! ([`merge`]): streams stay within that span of true time order. A row's time is `sample_index / neurod.sampling_hz` for continuous streams and
 //! `time_s` for the others; streams without either (ROI masks, tables without `time_s`) go out
 //! whole at the start, and `from_s`/`to_s` do not apply to them. `realtime` spaces batches as
 //! their times are spaced (from the first one sent); `max` sends as fast as consumers take.
