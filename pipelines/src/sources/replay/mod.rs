@@ -58,7 +58,7 @@ use merge::Merge;
 use plan::Planned;
 
 pub use plan::glob_match;
-pub(crate) use plan::{is_parquet, name_of};
+pub(crate) use plan::{is_parquet, name_of, parquet_files_in};
 
 pub const TYPE: &str = "replay";
 

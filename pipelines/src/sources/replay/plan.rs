@@ -98,13 +98,7 @@ pub fn streams_at(path: &Path) -> Result<Vec<Planned>, String> {
             })
             .collect());
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| format!("{}: listing: {e}", path.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| is_parquet(p) && !name_of(p, false).starts_with(['.', '_']))
-        .collect();
-    files.sort();
+    let files = parquet_files_in(path).map_err(|e| format!("{}: listing: {e}", path.display()))?;
     if files.is_empty() {
         return Err(format!(
             "{}: holds no stored stream and no Parquet file",
@@ -112,6 +106,17 @@ pub fn streams_at(path: &Path) -> Result<Vec<Planned>, String> {
         ));
     }
     Ok(vec![foreign(&name_of(path, false), &files)?])
+}
+
+/// The Parquet files of a folder in name order, hidden ones (`.`, `_`) left out.
+pub(crate) fn parquet_files_in(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| is_parquet(p) && !name_of(p, false).starts_with(['.', '_']))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// `*` any run of characters (dots and slashes too), `?` any one character.

@@ -13,7 +13,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use parquet::arrow::ProjectionMask;
 
 use super::LoadError;
-use crate::sources::replay::{glob_match, is_parquet, name_of};
+use crate::sources::replay::{glob_match, is_parquet, name_of, parquet_files_in};
 use crate::storage::{foreign_stream, list_data_dir, list_path, StoredStream};
 use crate::stream::{
     keys, parse_rate, ChannelKind, Layout, FRAME_INDEX, ROI, SAMPLE_INDEX, TIME_S,
@@ -163,13 +163,7 @@ fn stream_at(path: &Path) -> Result<StoredStream, String> {
             ));
         }
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| format!("listing: {e}"))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| is_parquet(p) && !name_of(p, false).starts_with(['.', '_']))
-        .collect();
-    files.sort();
+    let files = parquet_files_in(path).map_err(|e| format!("listing: {e}"))?;
     if files.is_empty() {
         return Err("holds no stored stream and no Parquet file".into());
     }
