@@ -1,13 +1,11 @@
 //! One input of `teb_decode`: which of its streams is the model's, its columns found by name,
 //! its rows' times, and its bins ([`crate::teb::bins::Binner`], the rule training uses).
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
-use arrow::array::{Array, Float32Array, Int64Array};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Float32Type, Schema, SchemaRef, UInt16Type};
 use arrow::record_batch::RecordBatch;
+use std::collections::HashSet;
 
 use super::super::bin_features::BIN_SAMPLES_KEY;
 use super::super::traces;
@@ -30,6 +28,8 @@ pub(super) struct Reader {
     pub binner: Binner,
     /// `binner.refused` already counted.
     pub counted: Refused,
+    /// Each model column of the last batch as f32, reused.
+    scratch: Vec<Vec<f32>>,
 }
 
 fn same_schema(a: &SchemaRef, b: &Schema) -> bool {
@@ -88,6 +88,7 @@ impl Reader {
             clock,
             binner: Binner::new(bin_s, row_period(schema, layout)?, columns.len()),
             counted: Refused::default(),
+            scratch: Vec::new(),
         })
     }
 
@@ -111,25 +112,45 @@ impl Reader {
                 s.values().iter().map(|&i| i as f64 / rate).collect()
             }
         };
-        let mut values: Vec<Arc<Float32Array>> = Vec::with_capacity(self.columns.len());
-        for &i in &self.columns {
-            let c = cast(batch.column(i), &DataType::Float32)
+        self.scratch.resize_with(self.columns.len(), Vec::new);
+        for (&i, buf) in self.columns.iter().zip(self.scratch.iter_mut()) {
+            as_f32(batch.column(i), buf)
                 .map_err(|e| format!("`{}` as Float32: {e}", self.schema.field(i).name()))?;
-            let a = c
-                .as_any()
-                .downcast_ref::<Float32Array>()
-                .ok_or_else(|| format!("`{}` as Float32", self.schema.field(i).name()))?;
-            // Nulls are missing values: NaN, which the binner refuses and counts.
-            values.push(Arc::new(if a.null_count() == 0 {
-                a.clone()
-            } else {
-                Float32Array::from_iter_values(a.iter().map(|v| v.unwrap_or(f32::NAN)))
-            }));
         }
-        let slices: Vec<&[f32]> = values.iter().map(|a| a.values().as_ref()).collect();
+        let slices: Vec<&[f32]> = self.scratch.iter().map(Vec::as_slice).collect();
         self.binner.push(&times, &slices, out);
         Ok(())
     }
+}
+
+/// `column` as f32 into `out` (reused: a 384-column source row costs no allocation per
+/// column). Nulls are missing values: NaN, which the binner refuses and counts. The common
+/// types are read directly; others go through Arrow's cast.
+fn as_f32(column: &ArrayRef, out: &mut Vec<f32>) -> Result<(), arrow::error::ArrowError> {
+    out.clear();
+    let nulls = column.null_count() > 0;
+    let valid = |r: usize| !nulls || column.is_valid(r);
+    if let Some(a) = column.as_primitive_opt::<UInt16Type>() {
+        out.extend(a.values().iter().enumerate().map(|(r, v)| {
+            if valid(r) {
+                f32::from(*v)
+            } else {
+                f32::NAN
+            }
+        }));
+    } else if let Some(a) = column.as_primitive_opt::<Float32Type>() {
+        out.extend(
+            a.values()
+                .iter()
+                .enumerate()
+                .map(|(r, v)| if valid(r) { *v } else { f32::NAN }),
+        );
+    } else {
+        let c = cast(column, &DataType::Float32)?;
+        let a = c.as_primitive::<Float32Type>();
+        out.extend(a.iter().map(|v| v.unwrap_or(f32::NAN)));
+    }
+    Ok(())
 }
 
 pub(super) fn missing_columns<'a>(schema: &Schema, columns: &'a [String]) -> Vec<&'a str> {
@@ -240,5 +261,28 @@ impl Side {
         }
         self.locked = Some(sid.into());
         Ok(Take::Yes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, UInt16Array};
+
+    use super::*;
+
+    #[test]
+    fn columns_of_every_numeric_type_read_as_f32_with_nulls_as_nan() {
+        let mut out = vec![9.0; 7];
+        let counts: ArrayRef = Arc::new(UInt16Array::from(vec![Some(3), None, Some(65535)]));
+        as_f32(&counts, &mut out).unwrap();
+        assert_eq!(out[0], 3.0);
+        assert!(out[1].is_nan());
+        assert_eq!(out[2], 65535.0);
+        assert_eq!(out.len(), 3, "the buffer is refilled, not appended to");
+        let wide: ArrayRef = Arc::new(Float64Array::from(vec![0.5, -2.25]));
+        as_f32(&wide, &mut out).unwrap();
+        assert_eq!(out, [0.5, -2.25]);
     }
 }
