@@ -9,21 +9,28 @@
 //! `~imroTbl`, which names its electrode; [`geometry`] places the electrode.
 
 mod geometry;
+mod imec;
+mod meta_map;
+mod nidq;
+mod saved_channels;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use crate::stream::{parse_rate, ChannelInfo, ChannelKind, ContinuousInfo};
+use crate::stream::{parse_rate, ChannelInfo, ContinuousInfo};
 
-use geometry::{Contact, ImroTable, ProbePart};
+use imec::{imec_channels, imec_kind};
+use meta_map::{lookup, Ctx};
+use nidq::nidq_channels;
+use saved_channels::saved_channels;
+
+pub(crate) use meta_map::short;
+pub use saved_channels::parse_save_chan_subset;
 
 /// More saved channels than any SpikeGLX stream has; larger counts are treated as corrupt.
 const MAX_CHANNELS: usize = 100_000;
 /// A `.meta` is a few hundred kB at most; refuse to slurp e.g. a `.bin` passed by mistake.
 const MAX_META_BYTES: u64 = 16 << 20;
-/// NI-DAQ int16 full scale.
-const NI_MAX_INT: f64 = 32768.0;
 
 /// Why a `.meta` could not be understood. Every message starts with the file's name.
 #[derive(Debug, thiserror::Error)]
@@ -289,583 +296,16 @@ pub fn pair_paths(path: &Path) -> (PathBuf, PathBuf) {
     (with("meta"), with("bin"))
 }
 
-/// Parses `snsSaveChanSubset`: `all` (channels `0..n_saved`) or comma-separated acquired-channel
-/// indices and inclusive ranges (`0:5,8,12:150`). Returns them ascending without repeats, the
-/// order SpikeGLX writes them in the `.bin`.
-pub fn parse_save_chan_subset(text: &str, n_saved: usize) -> Result<Vec<usize>, String> {
-    let text = text.trim();
-    if text.eq_ignore_ascii_case("all") {
-        return Ok((0..n_saved.min(MAX_CHANNELS)).collect());
-    }
-    let index = |s: &str| {
-        s.trim()
-            .parse::<usize>()
-            .map_err(|_| format!("{:?} is not a channel index", short(s.trim())))
-    };
-    let mut out = Vec::new();
-    for part in text.split(',') {
-        let part = part.trim();
-        if part.is_empty() {
-            return Err("empty element".into());
-        }
-        let (lo, hi) = match part.split_once(':') {
-            Some((a, b)) => (index(a)?, index(b)?),
-            None => {
-                let i = index(part)?;
-                (i, i)
-            }
-        };
-        if hi < lo {
-            return Err(format!("range {part} runs backwards"));
-        }
-        if hi - lo >= MAX_CHANNELS || out.len() + (hi - lo) >= MAX_CHANNELS {
-            return Err(format!("more than {MAX_CHANNELS} channels"));
-        }
-        out.extend(lo..=hi);
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
-}
-
-// ---------------------------------------------------------------------------------------------
-
-/// Lookup and error helpers over the raw map.
-struct Ctx<'a> {
-    name: &'a str,
-    values: &'a HashMap<String, String>,
-}
-
-fn lookup<'m>(values: &'m HashMap<String, String>, key: &str) -> Option<&'m str> {
-    let other = match key.strip_prefix('~') {
-        Some(bare) => bare.to_string(),
-        None => format!("~{key}"),
-    };
-    values
-        .get(key)
-        .or_else(|| values.get(&other))
-        .map(String::as_str)
-}
-
-impl Ctx<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        lookup(self.values, key)
-    }
-
-    fn require(&self, key: &str) -> Result<&str, MetaError> {
-        self.get(key).ok_or_else(|| self.missing(key))
-    }
-
-    fn missing(&self, key: &str) -> MetaError {
-        MetaError::Missing {
-            file: self.name.into(),
-            key: key.into(),
-        }
-    }
-
-    fn invalid(&self, key: &str, value: &str, why: String) -> MetaError {
-        MetaError::Invalid {
-            file: self.name.into(),
-            key: key.into(),
-            value: short(value).into_owned(),
-            why,
-        }
-    }
-
-    fn inconsistent(&self, why: String) -> MetaError {
-        MetaError::Inconsistent {
-            file: self.name.into(),
-            why,
-        }
-    }
-
-    /// An optional number; present but unparsable is an error.
-    fn num<T: FromStr>(&self, key: &str) -> Result<Option<T>, MetaError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .parse::<T>()
-                .map(Some)
-                .map_err(|_| self.invalid(key, v, "not a number of the expected kind".into())),
-        }
-    }
-
-    /// An optional finite number.
-    fn float(&self, key: &str) -> Result<Option<f64>, MetaError> {
-        match self.num::<f64>(key)? {
-            Some(v) if !v.is_finite() => {
-                Err(self.invalid(key, &v.to_string(), "not finite".into()))
-            }
-            v => Ok(v),
-        }
-    }
-
-    /// An optional list of `n` channel counts such as `acqApLfSy=384,384,1`.
-    fn counts<const N: usize>(&self, key: &str) -> Result<Option<[usize; N]>, MetaError> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        let bad = || {
-            self.invalid(
-                key,
-                v,
-                format!("expected {N} comma-separated channel counts"),
-            )
-        };
-        let mut out = [0usize; N];
-        let mut fields = v.split(',');
-        for slot in out.iter_mut() {
-            *slot = fields
-                .next()
-                .and_then(|f| f.trim().parse().ok())
-                .filter(|c| *c <= MAX_CHANNELS)
-                .ok_or_else(bad)?;
-        }
-        if fields.next().is_some() {
-            return Err(bad());
-        }
-        Ok(Some(out))
-    }
-}
-
-/// Shortens long values (tables) for messages.
-pub(crate) fn short(s: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 60;
-    match s.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &s[..i]).into(),
-        None => s.into(),
-    }
-}
-
-/// `ap` or `lf`: from the saved counts `snsApLfSy`, else from the file name.
-fn imec_kind(cx: &Ctx) -> Result<StreamKind, MetaError> {
-    if let Some([ap, lf, _]) = cx.counts::<3>("snsApLfSy")? {
-        if ap > 0 {
-            return Ok(StreamKind::Ap);
-        }
-        if lf > 0 {
-            return Ok(StreamKind::Lf);
-        }
-    }
-    let name = cx.name.to_ascii_lowercase();
-    if name.contains(".lf.") || name.ends_with(".lf") {
-        Ok(StreamKind::Lf)
-    } else {
-        Ok(StreamKind::Ap)
-    }
-}
-
-/// One saved channel: its acquired-channel index and, from `~snsChanMap`, its name.
-struct Saved {
-    acquired: usize,
-    name: Option<String>,
-}
-
-/// The saved channels in file order: from `~snsChanMap` when it lists exactly `nSavedChans`
-/// channels, else from `snsSaveChanSubset` (absent = all).
-fn saved_channels(cx: &Ctx, n_saved: usize) -> Result<Vec<Saved>, MetaError> {
-    if let Some(map) = cx.get("~snsChanMap") {
-        match parse_chan_map(map) {
-            Ok(list) if list.len() == n_saved => {
-                return Ok(list
-                    .into_iter()
-                    .map(|(name, acquired)| Saved {
-                        acquired,
-                        name: Some(name),
-                    })
-                    .collect())
-            }
-            Ok(list) => tracing::debug!(
-                "{}: `~snsChanMap` lists {} channels, nSavedChans = {n_saved}; using snsSaveChanSubset",
-                cx.name,
-                list.len()
-            ),
-            Err(why) => tracing::warn!(
-                "{}: ignoring unreadable `~snsChanMap` ({why}); using snsSaveChanSubset",
-                cx.name
-            ),
-        }
-    }
-    let subset = cx.get("snsSaveChanSubset").unwrap_or("all");
-    let list = parse_save_chan_subset(subset, n_saved)
-        .map_err(|why| cx.invalid("snsSaveChanSubset", subset, why))?;
-    if list.len() != n_saved {
-        return Err(cx.inconsistent(format!(
-            "`snsSaveChanSubset` = {:?} lists {} channels but `nSavedChans` = {n_saved}",
-            short(subset),
-            list.len()
-        )));
-    }
-    Ok(list
-        .into_iter()
-        .map(|acquired| Saved {
-            acquired,
-            name: None,
-        })
-        .collect())
-}
-
-/// `(384,384,1)(AP0;0:0)(AP1;1:1)…(SY0;768:768)` → `[("AP0", 0), …]` (header skipped).
-fn parse_chan_map(text: &str) -> Result<Vec<(String, usize)>, String> {
-    let groups = geometry::parenthesised(text)?;
-    let mut out = Vec::with_capacity(groups.len().saturating_sub(1));
-    for g in groups.iter().skip(1) {
-        let parsed = g.split_once(';').and_then(|(name, rest)| {
-            let chan = rest.split(':').next()?.trim().parse::<usize>().ok()?;
-            let name = name.trim();
-            (!name.is_empty()).then(|| (name.to_string(), chan))
-        });
-        match parsed {
-            Some(entry) => out.push(entry),
-            None => return Err(format!("entry {:?} is not `NAME;channel:order`", short(g))),
-        }
-    }
-    Ok(out)
-}
-
-/// Channel groups of both stream types, in acquisition order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Group {
-    Ap,
-    Lf,
-    Sy,
-    Mn,
-    Ma,
-    Xa,
-    Xd,
-}
-
-impl Group {
-    fn prefix(self) -> &'static str {
-        match self {
-            Group::Ap => "AP",
-            Group::Lf => "LF",
-            Group::Sy => "SY",
-            Group::Mn => "MN",
-            Group::Ma => "MA",
-            Group::Xa => "XA",
-            Group::Xd => "XD",
-        }
-    }
-
-    fn kind(self) -> ChannelKind {
-        match self {
-            Group::Ap => ChannelKind::Ap,
-            Group::Lf => ChannelKind::Lf,
-            Group::Sy => ChannelKind::Sync,
-            Group::Mn | Group::Ma | Group::Xa => ChannelKind::Analog,
-            Group::Xd => ChannelKind::Digital,
-        }
-    }
-
-    /// From a `~snsChanMap` name such as `AP12` or `XD0`.
-    fn from_name(name: &str, groups: &[Group]) -> Option<(Group, usize)> {
-        groups.iter().find_map(|g| {
-            let index = name.strip_prefix(g.prefix())?.parse().ok()?;
-            Some((*g, index))
-        })
-    }
-}
-
-/// Assigns each saved channel its group and index within the group: by the acquired counts
-/// (`acqApLfSy` / `acqMnMaXaDw`; the saved counts stand in when everything was saved), else by
-/// the `~snsChanMap` names.
-fn classify(
-    cx: &Ctx,
-    saved: &[Saved],
-    groups: &[Group],
-    counts_key: &str,
-    counts: Option<&[usize]>,
-) -> Result<Vec<(Group, usize)>, MetaError> {
-    let mut out = Vec::with_capacity(saved.len());
-    for s in saved {
-        let by_count = counts.map(|counts| {
-            let mut base = 0usize;
-            for (g, n) in groups.iter().zip(counts) {
-                if s.acquired < base + n {
-                    return Some((*g, s.acquired - base));
-                }
-                base += n;
-            }
-            None
-        });
-        let by_name = || s.name.as_deref().and_then(|n| Group::from_name(n, groups));
-        match (by_count, by_name()) {
-            (Some(Some(c)), _) => out.push(c),
-            (Some(None), _) => {
-                let total: usize = counts.map(|c| c.iter().sum()).unwrap_or(0);
-                return Err(cx.inconsistent(format!(
-                    "saved channel {} is beyond the {total} acquired channels (`{counts_key}` = {})",
-                    s.acquired,
-                    cx.get(counts_key).unwrap_or_default()
-                )));
-            }
-            (None, Some(c)) => out.push(c),
-            (None, None) => return Err(cx.missing(counts_key)),
-        }
-    }
-    Ok(out)
-}
-
-fn nidq_channels(cx: &Ctx, saved: &[Saved]) -> Result<Vec<ChannelInfo>, MetaError> {
-    const GROUPS: [Group; 4] = [Group::Mn, Group::Ma, Group::Xa, Group::Xd];
-    let all_saved = cx
-        .get("snsSaveChanSubset")
-        .is_none_or(|s| s.trim() == "all");
-    let counts = match cx.counts::<4>("acqMnMaXaDw")? {
-        Some(c) => Some(c),
-        None if all_saved => cx.counts::<4>("snsMnMaXaDw")?,
-        None => None,
-    };
-    let classes = classify(
-        cx,
-        saved,
-        &GROUPS,
-        "acqMnMaXaDw",
-        counts.as_ref().map(|c| &c[..]),
-    )?;
-    let range = cx.float("niAiRangeMax")?;
-    // Newer metas state `niMaxInt`; it has always been the int16 full scale.
-    let max_int = cx.float("niMaxInt")?.unwrap_or(NI_MAX_INT);
-    let mn_gain = cx.float("niMNGain")?;
-    let ma_gain = cx.float("niMAGain")?;
-    Ok(saved
-        .iter()
-        .zip(classes)
-        .map(|(s, (group, index))| {
-            let gain = match group {
-                Group::Mn => mn_gain,
-                Group::Ma => ma_gain,
-                Group::Xa => Some(1.0),
-                _ => None,
-            };
-            ChannelInfo {
-                name: channel_name(s, group, index),
-                kind: group.kind(),
-                uv_per_bit: uv_per_bit(range, Some(max_int), gain),
-                x_um: None,
-                y_um: None,
-                shank: None,
-            }
-        })
-        .collect())
-}
-
-fn channel_name(s: &Saved, group: Group, index: usize) -> String {
-    s.name
-        .clone()
-        .unwrap_or_else(|| format!("{}{index}", group.prefix()))
-}
-
-fn uv_per_bit(range_v: Option<f64>, max_int: Option<f64>, gain: Option<f64>) -> Option<f64> {
-    let (r, m, g) = (range_v?, max_int?, gain?);
-    let uv = r / m / g * 1e6;
-    (r > 0.0 && m > 0.0 && g > 0.0 && uv.is_finite()).then_some(uv)
-}
-
-/// Where the contacts of the saved probe channels come from.
-enum Layout {
-    /// Catalogue layout, one contact per IMRO entry (readout channel).
-    PerReadout(Vec<Contact>),
-    /// `~snsGeomMap`, one contact per saved AP/LF channel in saved order.
-    PerSaved(Vec<Contact>),
-    None,
-}
-
-fn imec_channels(
-    cx: &Ctx,
-    saved: &[Saved],
-) -> Result<(Option<String>, Vec<ChannelInfo>), MetaError> {
-    const GROUPS: [Group; 3] = [Group::Ap, Group::Lf, Group::Sy];
-    let all_saved = cx
-        .get("snsSaveChanSubset")
-        .is_none_or(|s| s.trim() == "all");
-    let counts = match cx.counts::<3>("acqApLfSy")? {
-        Some(c) => Some(c),
-        None if all_saved => cx.counts::<3>("snsApLfSy")?,
-        None => None,
-    };
-    let classes = classify(
-        cx,
-        saved,
-        &GROUPS,
-        "acqApLfSy",
-        counts.as_ref().map(|c| &c[..]),
-    )?;
-    let n_probe_saved = classes
-        .iter()
-        .filter(|(g, _)| matches!(g, Group::Ap | Group::Lf))
-        .count();
-
-    let imro = match cx.get("~imroTbl") {
-        Some(t) => Some(geometry::parse_imro(t).map_err(|why| cx.invalid("~imroTbl", t, why))?),
-        None => None,
-    };
-    let meta_pn = cx.get("imDatPrb_pn").filter(|p| !p.is_empty());
-    let type_part = imro
-        .as_ref()
-        .and_then(|t| t.type_part)
-        .and_then(geometry::part);
-    // probeinterface: phase 3A (the only meta with `imProbeOpt`) is built as NP1010; otherwise
-    // the meta's part number. Older metas without one: the part the IMRO type stands for.
-    let exact_part: Option<&ProbePart> = if cx.get("imProbeOpt").is_some() {
-        geometry::part("NP1010")
-    } else {
-        match meta_pn {
-            Some(pn) => geometry::part(pn),
-            None => type_part,
-        }
-    };
-    let (layout, layout_part) = choose_layout(
-        cx,
-        imro.as_ref(),
-        exact_part,
-        type_part,
-        n_probe_saved,
-        meta_pn,
-    );
-    let gain_part = exact_part.or(type_part);
-
-    let range = match cx.float("imAiRangeMax")? {
-        Some(v) => Some(v),
-        None => gain_part.map(ProbePart::ai_range_max),
-    };
-    // NP1.0-style (10-bit) probe or not, where known.
-    let family_np1: Option<bool> = if cx.get("imProbeOpt").is_some() {
-        Some(true)
-    } else {
-        imro.as_ref()
-            .and_then(|t| t.format)
-            .map(|f| f.is_np1_family())
-    };
-    let max_int = match cx.float("imMaxInt")? {
-        Some(v) => Some(v),
-        None => gain_part.map(ProbePart::max_int).or(match family_np1 {
-            Some(true) => Some(512.0),
-            Some(false) => Some(8192.0),
-            None => None,
-        }),
-    };
-    let meta_ap_gain = cx.float("imChan0apGain")?;
-    let meta_lf_gain = cx.float("imChan0lfGain")?;
-    // NP2.x and later have one fixed gain (80, or 100 for the commercial 2013+ parts).
-    let fixed_gain = gain_part
-        .and_then(|p| p.fixed_ap_gain)
-        .or((family_np1 == Some(false)).then_some(80.0));
-    let readout = |i: usize| imro.as_ref().and_then(|t| t.channels.get(i));
-
-    let mut probe_ordinal = 0usize;
-    let mut channels = Vec::with_capacity(saved.len());
-    for (s, (group, index)) in saved.iter().zip(classes) {
-        let (gain, contact) = match group {
-            Group::Ap | Group::Lf => {
-                let gain = match group {
-                    Group::Ap => readout(index)
-                        .and_then(|r| r.ap_gain)
-                        .or(meta_ap_gain)
-                        .or(fixed_gain),
-                    _ => readout(index)
-                        .and_then(|r| r.lf_gain)
-                        .or(meta_lf_gain)
-                        .or(fixed_gain),
-                };
-                let contact = match &layout {
-                    Layout::PerReadout(c) => c.get(index),
-                    Layout::PerSaved(c) => c.get(probe_ordinal),
-                    Layout::None => None,
-                };
-                probe_ordinal += 1;
-                (gain, contact.copied())
-            }
-            _ => (None, None),
-        };
-        channels.push(ChannelInfo {
-            name: channel_name(s, group, index),
-            kind: group.kind(),
-            uv_per_bit: uv_per_bit(range, max_int, gain),
-            x_um: contact.map(|c| c.x_um),
-            y_um: contact.map(|c| c.y_um),
-            shank: contact.map(|c| c.shank),
-        });
-    }
-    let probe = meta_pn
-        .map(str::to_string)
-        .or(layout_part.map(|p| p.part_number.to_string()))
-        .or(gain_part.map(|p| p.part_number.to_string()));
-    Ok((probe, channels))
-}
-
-/// Picks the contact positions: the catalogue layout of the exact part (what probeinterface
-/// does), else `~snsGeomMap` (x from the left edge of the shank, so offset from probeinterface's
-/// x by the part's odd-row offset), else the layout of the part the IMRO type stands for.
-fn choose_layout(
-    cx: &Ctx,
-    imro: Option<&ImroTable>,
-    exact_part: Option<&'static ProbePart>,
-    type_part: Option<&'static ProbePart>,
-    n_probe_saved: usize,
-    meta_pn: Option<&str>,
-) -> (Layout, Option<&'static ProbePart>) {
-    let catalogue = |part: &ProbePart| -> Option<Vec<Contact>> {
-        let table = imro?;
-        let _known_format = table.format?;
-        let contacts: Option<Vec<Contact>> = table
-            .channels
-            .iter()
-            .map(|c| part.contact(c.shank, c.electrode?))
-            .collect();
-        if contacts.is_none() {
-            tracing::warn!(
-                "{}: `~imroTbl` (type {}) names electrodes that part {} does not have",
-                cx.name,
-                table.type_field,
-                part.part_number
-            );
-        }
-        contacts
-    };
-    if let Some(part) = exact_part {
-        if let Some(c) = catalogue(part) {
-            return (Layout::PerReadout(c), Some(part));
-        }
-    }
-    if let Some(map) = cx.get("~snsGeomMap") {
-        match geometry::parse_geom_map(map) {
-            Ok(c) if c.len() == n_probe_saved => return (Layout::PerSaved(c), None),
-            Ok(c) => tracing::warn!(
-                "{}: `~snsGeomMap` has {} entries for {n_probe_saved} saved probe channels",
-                cx.name,
-                c.len()
-            ),
-            Err(why) => tracing::warn!("{}: ignoring unreadable `~snsGeomMap`: {why}", cx.name),
-        }
-    }
-    if let Some(part) =
-        type_part.filter(|p| exact_part.is_none_or(|e| e.part_number != p.part_number))
-    {
-        if let Some(c) = catalogue(part) {
-            tracing::warn!(
-                "{}: probe part {:?} is not in the catalogue; using the layout of {} (IMRO type {})",
-                cx.name,
-                meta_pn.unwrap_or("?"),
-                part.part_number,
-                imro.map(|t| t.type_field.as_str()).unwrap_or("?")
-            );
-            return (Layout::PerReadout(c), Some(part));
-        }
-    }
-    (Layout::None, None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::ChannelKind;
     use std::fmt::Write as _;
 
     // ---- synthetic metas ----
 
     /// NP1.0 (3B) AP meta: 384 AP + SY saved of 384 AP, 384 LF, 1 SY acquired.
-    fn np1_meta(extra: &str) -> String {
+    pub(super) fn np1_meta(extra: &str) -> String {
         let mut imro = String::from("(0,384)");
         for ch in 0..384 {
             let _ = write!(imro, "({ch} 0 0 500 250 1)");
@@ -878,7 +318,7 @@ mod tests {
     }
 
     /// NP2.0 single-shank (type 21) AP meta, 384 AP + SY.
-    fn np2_meta(extra: &str) -> String {
+    pub(super) fn np2_meta(extra: &str) -> String {
         let mut imro = String::from("(21,384)");
         for ch in 0..384 {
             let _ = write!(imro, "({ch} 1 0 {ch})");
@@ -890,34 +330,14 @@ mod tests {
         )
     }
 
-    fn parse(text: &str) -> SpikeGlxMeta {
+    pub(super) fn parse(text: &str) -> SpikeGlxMeta {
         SpikeGlxMeta::parse(text, "test.ap.meta").unwrap()
     }
 
-    fn parse_err(text: &str, name: &str) -> String {
+    pub(super) fn parse_err(text: &str, name: &str) -> String {
         match SpikeGlxMeta::parse(text, name) {
             Ok(_) => panic!("{name}: parsed a corrupt meta"),
             Err(e) => e.to_string(),
-        }
-    }
-
-    #[test]
-    fn save_chan_subset_parsing() {
-        let v = parse_save_chan_subset("0:5,8,12:150", 999).unwrap();
-        let want: Vec<usize> = (0..=5).chain([8]).chain(12..=150).collect();
-        assert_eq!(v, want);
-        assert_eq!(parse_save_chan_subset("all", 3).unwrap(), vec![0, 1, 2]);
-        assert_eq!(
-            parse_save_chan_subset(" 0:383, 768 ", 0).unwrap().len(),
-            385
-        );
-        // SpikeGLX writes the .bin in ascending acquired order whatever the list's order.
-        assert_eq!(
-            parse_save_chan_subset("768,0:1", 0).unwrap(),
-            vec![0, 1, 768]
-        );
-        for bad in ["", "5:2", "a", "1:2:3", "0:5,,8", "-1", "0:99999999999"] {
-            assert!(parse_save_chan_subset(bad, 10).is_err(), "{bad:?} accepted");
         }
     }
 
@@ -1068,61 +488,6 @@ mod tests {
     }
 
     #[test]
-    fn nidq_channels_from_counts() {
-        let text = "typeThis=nidq\nniSampRate=25000\nniAiRangeMax=5\nniMNGain=200\nniMAGain=2\n\
-                    acqMnMaXaDw=2,1,2,1\nsnsMnMaXaDw=1,1,2,1\nsnsSaveChanSubset=1:5\nnSavedChans=5\n";
-        let m = SpikeGlxMeta::parse(text, "run_g0_t0.nidq.meta").unwrap();
-        assert_eq!(m.stream_kind(), "nidq");
-        let info = m.info("nidq").unwrap();
-        assert_eq!(info.probe, None);
-        let got: Vec<(&str, ChannelKind, Option<f64>)> = info
-            .channels
-            .iter()
-            .map(|c| (c.name.as_str(), c.kind, c.uv_per_bit))
-            .collect();
-        let uv = |g: f64| Some(5.0 / 32768.0 / g * 1e6);
-        assert_eq!(
-            got,
-            vec![
-                ("MN1", ChannelKind::Analog, uv(200.0)),
-                ("MA0", ChannelKind::Analog, uv(2.0)),
-                ("XA0", ChannelKind::Analog, uv(1.0)),
-                ("XA1", ChannelKind::Analog, uv(1.0)),
-                ("XD0", ChannelKind::Digital, None),
-            ]
-        );
-        assert!(info
-            .channels
-            .iter()
-            .all(|c| c.x_um.is_none() && c.shank.is_none()));
-        let e = parse_err(&text.replace("niSampRate=25000\n", ""), "d.nidq.meta");
-        assert_eq!(e, "d.nidq.meta: `niSampRate` missing");
-    }
-
-    #[test]
-    fn lf_stream_from_name_and_counts() {
-        let text = np1_meta("")
-            .replace("snsApLfSy=384,0,1", "snsApLfSy=0,384,1")
-            .replace("snsSaveChanSubset=0:383,768", "snsSaveChanSubset=384:768")
-            .replace("imSampRate=30000.123", "imSampRate=2500");
-        let m = SpikeGlxMeta::parse(&text, "x.lf.meta").unwrap();
-        assert_eq!(m.stream_kind(), "lf");
-        let lf7 = &m.channels()[7];
-        assert_eq!((lf7.name.as_str(), lf7.kind), ("LF7", ChannelKind::Lf));
-        assert_eq!(lf7.uv_per_bit, Some(0.6 / 512.0 / 250.0 * 1e6));
-        // LF7 is readout channel 7: electrode 7, row 3 (odd, not staggered), right column.
-        assert_eq!((lf7.x_um, lf7.y_um), (Some(32.0), Some(60.0)));
-        // Without snsApLfSy, the name decides.
-        let text = text.replace("snsApLfSy=0,384,1\n", "");
-        assert_eq!(
-            SpikeGlxMeta::parse(&text, "x.lf.meta")
-                .unwrap()
-                .stream_kind(),
-            "lf"
-        );
-    }
-
-    #[test]
     fn pair_paths_from_bin_meta_or_stem() {
         let want = (
             PathBuf::from("/d/run_g0_t0.imec0.ap.meta"),
@@ -1214,7 +579,7 @@ mod tests {
 
     // ---- the 43 real metas against probeinterface 0.4.2 ----
 
-    fn data_dir() -> Option<PathBuf> {
+    pub(super) fn data_dir() -> Option<PathBuf> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/spikeglx-meta");
         if dir.join("expected.json").is_file() {
             return Some(dir);
@@ -1434,74 +799,5 @@ mod tests {
                 "probeinterface cannot read it, yet it is an {other} stream"
             )),
         }
-    }
-
-    /// Where a meta carries `~snsGeomMap`, it agrees with the catalogue layout (x shifted by
-    /// the part's odd-row offset): the fallback for parts missing from the catalogue is sound.
-    #[test]
-    fn geom_map_agrees_with_catalogue() {
-        let Some(dir) = data_dir() else { return };
-        let mut checked = 0;
-        for sub in ["ibl-neuropixel", "probeinterface"] {
-            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let Ok(meta) = SpikeGlxMeta::read(&e.path()) else {
-                    continue;
-                };
-                let (Some(map), Some(pn)) = (meta.get("~snsGeomMap"), meta.probe()) else {
-                    continue;
-                };
-                let part = geometry::part(pn).unwrap();
-                let from_map = geometry::parse_geom_map(map).unwrap();
-                let probe: Vec<&ChannelInfo> = meta
-                    .channels()
-                    .iter()
-                    .filter(|c| c.x_um.is_some())
-                    .collect();
-                assert_eq!(from_map.len(), probe.len(), "{}", e.path().display());
-                for (g, c) in from_map.iter().zip(probe) {
-                    let x = g.x_um - part.row_offset_um[1];
-                    assert!(
-                        (Some(x), Some(g.y_um), Some(g.shank)) == (c.x_um, c.y_um, c.shank),
-                        "{}: {} map ({x}, {}, {}) vs catalogue ({:?}, {:?}, {:?})",
-                        e.path().display(),
-                        c.name,
-                        g.y_um,
-                        g.shank,
-                        c.x_um,
-                        c.y_um,
-                        c.shank
-                    );
-                }
-                checked += 1;
-            }
-        }
-        assert!(checked >= 10, "only {checked} metas with ~snsGeomMap");
-    }
-
-    #[test]
-    fn geom_map_is_used_for_unknown_parts() {
-        // A part this catalogue does not know, with SpikeGLX's own geometry map.
-        let mut map = String::from("(NP9999,1,0,70)");
-        for ch in 0..384 {
-            let _ = write!(
-                map,
-                "(0:{}:{}:1)",
-                if ch % 2 == 0 { 27 } else { 59 },
-                (ch / 2) * 15
-            );
-        }
-        let text = np2_meta(&format!("~snsGeomMap={map}\n")).replace("PRB2_1_2_0640_0", "NP9999");
-        let m = parse(&text);
-        assert_eq!(m.probe(), Some("NP9999"));
-        let c = &m.channels()[3];
-        assert_eq!((c.x_um, c.y_um, c.shank), (Some(59.0), Some(15.0), Some(0)));
-        // Without the map, the IMRO type's part (NP2000 for type 21) stands in.
-        let m = parse(&np2_meta("").replace("PRB2_1_2_0640_0", "NP9999"));
-        let c = &m.channels()[3];
-        assert_eq!((c.x_um, c.y_um), (Some(32.0), Some(15.0)));
-        assert_eq!(c.uv_per_bit, Some(0.5 / 8192.0 / 80.0 * 1e6));
     }
 }
