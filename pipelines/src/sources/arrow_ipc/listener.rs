@@ -1,0 +1,291 @@
+//! The TCP side: options, the accept loop, the connection limit, and what the connection
+//! threads share with it.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use serde::Deserialize;
+
+use super::connection::serve_connection;
+use super::{
+    close_with_error, DEFAULT_ADDRESS, DEFAULT_MAX_CONNECTIONS, REFUSAL_LINGER, STAGE, TOO_MANY,
+    TYPE_NAME,
+};
+use crate::component::{
+    parse_options, BuildContext, ComponentError, Outputs, PortSpec, Shutdown, Source, SourceContext,
+};
+use crate::edge::{Closed, Overflow};
+use crate::metrics::ComponentMetrics;
+use crate::storage::ResumeLookup;
+use crate::stream::Layout;
+
+/// How often the accept loop looks for new connections and for shutdown.
+const ACCEPT_POLL: Duration = Duration::from_millis(25);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    #[serde(default = "default_address")]
+    address: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+}
+
+fn default_address() -> String {
+    DEFAULT_ADDRESS.into()
+}
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+/// Listens for Arrow IPC streams pushed over TCP.
+#[derive(Debug)]
+pub struct ArrowIpcSource {
+    id: String,
+    address: SocketAddr,
+    max_connections: usize,
+}
+
+/// Checks the options without opening a socket (`neurod validate` runs this).
+pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>, Vec<String>> {
+    let o: Options = parse_options(ctx.id, TYPE_NAME, options)?;
+    let mut errors = Vec::new();
+    let address = match o.address.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errors.push(format!(
+                "component `{}` (type `{TYPE_NAME}`): address {:?} is not an IP:port socket address ({e})",
+                ctx.id, o.address
+            ));
+            None
+        }
+    };
+    if o.max_connections == 0 {
+        errors.push(format!(
+            "component `{}` (type `{TYPE_NAME}`): max_connections must be at least 1",
+            ctx.id
+        ));
+    }
+    match address {
+        Some(address) if errors.is_empty() => Ok(Box::new(ArrowIpcSource::new(
+            ctx.id,
+            address,
+            o.max_connections,
+        ))),
+        _ => Err(errors),
+    }
+}
+
+impl ArrowIpcSource {
+    pub fn new(id: &str, address: SocketAddr, max_connections: usize) -> Self {
+        ArrowIpcSource {
+            id: id.into(),
+            address,
+            max_connections: max_connections.max(1),
+        }
+    }
+
+    /// The address `run` listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves connections on a listener bound by the caller (tests bind port 0 and read the
+    /// port back). Returns after `ctx.shutdown` fires, or once every consumer has stopped, when
+    /// every connection thread has finished.
+    pub fn run_on(self, listener: TcpListener, ctx: SourceContext) -> Result<(), ComponentError> {
+        let local = listener.local_addr().map_err(|e| {
+            ComponentError::io(format!("component `{}`: listener address", self.id), e)
+        })?;
+        // Non-blocking accept, polled, so that shutdown is noticed within ACCEPT_POLL.
+        listener.set_nonblocking(true).map_err(|e| {
+            ComponentError::io(
+                format!("component `{}`: making {local} non-blocking", self.id),
+                e,
+            )
+        })?;
+        // Live data arrives in real time: nothing to lag behind unless clients send timing.
+        ctx.metrics.set_lag(0.0);
+        tracing::info!(component = %self.id, address = %local, "listening for Arrow IPC streams");
+        let shared = Arc::new(Shared {
+            component_id: self.id.clone(),
+            outputs: Mutex::new(ctx.outputs),
+            metrics: ctx.metrics,
+            shutdown: ctx.shutdown,
+            downstream_gone: AtomicBool::new(false),
+            resume: ctx.resume,
+            runs: Mutex::new(HashMap::new()),
+        });
+        let mut connections: Vec<JoinHandle<()>> = Vec::new();
+        let mut next_number: u64 = 0;
+        while !shared.stop_requested() {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    reap_finished(&mut connections, &shared);
+                    if connections.len() >= self.max_connections {
+                        refuse_over_limit(&shared, &stream, peer, self.max_connections);
+                        continue;
+                    }
+                    let number = next_number;
+                    next_number += 1;
+                    let conn_shared = shared.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("neurod-{}-ipc{number}", self.id))
+                        .spawn(move || serve_connection(&conn_shared, stream, peer, number));
+                    match spawned {
+                        Ok(handle) => connections.push(handle),
+                        Err(e) => tracing::error!(
+                            component = %self.id, peer = %peer, error = %e,
+                            "cannot start a thread for an Arrow IPC connection; dropping it"
+                        ),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    shared.shutdown.sleep(ACCEPT_POLL);
+                }
+                Err(e) => {
+                    // Out of file descriptors, a peer that reset before accept: the listener
+                    // itself is fine, so keep serving.
+                    tracing::warn!(component = %self.id, error = %e, "accept failed");
+                    shared.shutdown.sleep(ACCEPT_POLL * 4);
+                }
+            }
+        }
+        for handle in connections {
+            if handle.join().is_err() {
+                tracing::error!(component = %self.id, "an Arrow IPC connection thread panicked");
+            }
+        }
+        tracing::info!(component = %self.id, "stopped listening for Arrow IPC streams");
+        Ok(())
+    }
+}
+
+impl Source for ArrowIpcSource {
+    fn ports(&self) -> Vec<PortSpec> {
+        // The layout is the client's choice, known only when its schema arrives.
+        vec![PortSpec::default_port(&[
+            Layout::Continuous,
+            Layout::Frames,
+            Layout::Events,
+            Layout::Table,
+        ])]
+    }
+
+    fn overflow(&self) -> Overflow {
+        Overflow::DropOldest
+    }
+
+    fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ComponentError> {
+        let listener = TcpListener::bind(self.address).map_err(|e| {
+            ComponentError::io(
+                format!("component `{}`: cannot listen on {}", self.id, self.address),
+                e,
+            )
+        })?;
+        self.run_on(listener, ctx)
+    }
+}
+
+/// What the connection threads share with the accept loop.
+pub(super) struct Shared {
+    pub(super) component_id: String,
+    /// Every connection feeds the one default port; sends never block (`DropOldest`), so the
+    /// lock is held only for the fan-out.
+    outputs: Mutex<Outputs>,
+    pub(super) metrics: ComponentMetrics,
+    shutdown: Shutdown,
+    /// Set when the last consumer has stopped: nobody reads what we receive any more.
+    downstream_gone: AtomicBool,
+    resume: ResumeLookup,
+    /// The id each stream got in this run (see [`Shared::run_id`]).
+    runs: Mutex<HashMap<String, String>>,
+}
+
+impl Shared {
+    /// A client's indices are its own: it cannot resume where the store stopped. A stream id
+    /// the stores already hold from an earlier run of the daemon starts a new run instead
+    /// (`<id>-run2`, ...), so nothing it sends is refused as already held; reconnections within
+    /// this run keep the id they got.
+    pub(super) fn run_id(&self, stream_id: &str) -> String {
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.entry(stream_id.to_string())
+            .or_insert_with(|| self.resume.new_run_prefix(stream_id, &[String::new()]))
+            .clone()
+    }
+
+    pub(super) fn stop_requested(&self) -> bool {
+        self.downstream_gone.load(Ordering::Relaxed) || self.shutdown.is_triggered()
+    }
+
+    pub(super) fn send(&self, batch: RecordBatch) -> Result<(), Closed> {
+        let mut outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = outputs.send_to("", batch);
+        if sent.is_err() {
+            self.downstream_gone.store(true, Ordering::Relaxed);
+        }
+        sent
+    }
+}
+
+fn reap_finished(connections: &mut Vec<JoinHandle<()>>, shared: &Shared) {
+    let (finished, running): (Vec<_>, Vec<_>) = connections
+        .drain(..)
+        .partition(|handle| handle.is_finished());
+    *connections = running;
+    for handle in finished {
+        if handle.join().is_err() {
+            tracing::error!(
+                component = %shared.component_id,
+                "an Arrow IPC connection thread panicked"
+            );
+        }
+    }
+}
+
+fn refuse_over_limit(shared: &Shared, stream: &TcpStream, peer: SocketAddr, max: usize) {
+    let msg = format!("peer {peer}: refused, already serving {max} connections (max_connections)");
+    shared.metrics.error(TOO_MANY, STAGE, msg.clone());
+    tracing::warn!(component = %shared.component_id, peer = %peer, "{msg}");
+    // The accepted socket may have inherited non-blocking mode; the linger needs timeouts.
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(10)));
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    close_with_error(stream, &msg, REFUSAL_LINGER);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_checks_options_without_binding() {
+        let ctx = BuildContext {
+            id: "rig",
+            data_dir: std::path::Path::new("/nonexistent"),
+            inputs: &[],
+        };
+        let parse = |s: &str| -> toml::Table { toml::from_str(s).unwrap() };
+        assert!(build(&ctx, parse("")).is_ok());
+        let e = build(&ctx, parse("address = 'localhost'")).err().unwrap();
+        assert!(e[0].contains("rig") && e[0].contains("localhost"), "{e:?}");
+        let e = build(&ctx, parse("max_connections = 0")).err().unwrap();
+        assert!(e[0].contains("max_connections"), "{e:?}");
+        let e = build(&ctx, parse("adress = '127.0.0.1:1'")).err().unwrap();
+        assert!(e[0].contains("adress"), "{e:?}");
+        // An address already in use still validates: build opens no socket.
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let opts = parse(&format!("address = '{}'", taken.local_addr().unwrap()));
+        assert!(build(&ctx, opts).is_ok());
+        let o: Options = parse_options("rig", TYPE_NAME, parse("")).unwrap();
+        assert_eq!(o.address, "127.0.0.1:9760");
+        assert_eq!(o.max_connections, 16);
+    }
+}
