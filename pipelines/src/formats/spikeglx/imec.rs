@@ -42,21 +42,7 @@ pub(super) fn imec_channels(
     saved: &[Saved],
 ) -> Result<(Option<String>, Vec<ChannelInfo>), MetaError> {
     const GROUPS: [Group; 3] = [Group::Ap, Group::Lf, Group::Sy];
-    let all_saved = cx
-        .get("snsSaveChanSubset")
-        .is_none_or(|s| s.trim() == "all");
-    let counts = match cx.counts::<3>("acqApLfSy")? {
-        Some(c) => Some(c),
-        None if all_saved => cx.counts::<3>("snsApLfSy")?,
-        None => None,
-    };
-    let classes = classify(
-        cx,
-        saved,
-        &GROUPS,
-        "acqApLfSy",
-        counts.as_ref().map(|c| &c[..]),
-    )?;
+    let classes = classify(cx, saved, &GROUPS, "acqApLfSy", "snsApLfSy")?;
     let n_probe_saved = classes
         .iter()
         .filter(|(g, _)| matches!(g, Group::Ap | Group::Lf))

@@ -7,6 +7,10 @@
 //! subset of them (`snsSaveChanSubset`, also listed with names in `~snsChanMap`) in ascending
 //! order. An AP or LF channel `i` is readout channel `i` of the probe, i.e. entry `i` of
 //! `~imroTbl`, which names its electrode; [`geometry`] places the electrode.
+//!
+//! Files: this one parses the map into [`SpikeGlxMeta`]; `meta_map` looks values up,
+//! `saved_channels` lists and groups the saved channels, `nidq` and `imec` describe them per stream
+//! type, `geometry` holds the probe catalogue and the `~imroTbl` / `~snsGeomMap` parsers.
 
 mod geometry;
 mod imec;

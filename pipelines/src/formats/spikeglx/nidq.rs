@@ -13,21 +13,7 @@ const NI_MAX_INT: f64 = 32768.0;
 /// The saved NI-DAQ channels in file order.
 pub(super) fn nidq_channels(cx: &Ctx, saved: &[Saved]) -> Result<Vec<ChannelInfo>, MetaError> {
     const GROUPS: [Group; 4] = [Group::Mn, Group::Ma, Group::Xa, Group::Xd];
-    let all_saved = cx
-        .get("snsSaveChanSubset")
-        .is_none_or(|s| s.trim() == "all");
-    let counts = match cx.counts::<4>("acqMnMaXaDw")? {
-        Some(c) => Some(c),
-        None if all_saved => cx.counts::<4>("snsMnMaXaDw")?,
-        None => None,
-    };
-    let classes = classify(
-        cx,
-        saved,
-        &GROUPS,
-        "acqMnMaXaDw",
-        counts.as_ref().map(|c| &c[..]),
-    )?;
+    let classes = classify(cx, saved, &GROUPS, "acqMnMaXaDw", "snsMnMaXaDw")?;
     let range = cx.float("niAiRangeMax")?;
     // Newer metas state `niMaxInt`; it has always been the int16 full scale.
     let max_int = cx.float("niMaxInt")?.unwrap_or(NI_MAX_INT);

@@ -161,13 +161,22 @@ impl Group {
 /// Assigns each saved channel its group and index within the group: by the acquired counts
 /// (`acqApLfSy` / `acqMnMaXaDw`; the saved counts stand in when everything was saved), else by
 /// the `~snsChanMap` names.
-pub(super) fn classify(
+pub(super) fn classify<const N: usize>(
     cx: &Ctx,
     saved: &[Saved],
-    groups: &[Group],
+    groups: &[Group; N],
     counts_key: &str,
-    counts: Option<&[usize]>,
+    saved_counts_key: &str,
 ) -> Result<Vec<(Group, usize)>, MetaError> {
+    let all_saved = cx
+        .get("snsSaveChanSubset")
+        .is_none_or(|s| s.trim() == "all");
+    let counts = match cx.counts::<N>(counts_key)? {
+        Some(c) => Some(c),
+        None if all_saved => cx.counts::<N>(saved_counts_key)?,
+        None => None,
+    };
+    let counts = counts.as_ref().map(|c| &c[..]);
     let mut out = Vec::with_capacity(saved.len());
     for s in saved {
         let by_count = counts.map(|counts| {
