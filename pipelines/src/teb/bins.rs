@@ -8,6 +8,33 @@
 //! instant closes it at once; without, the first row of a later bin does. Bins with no row are
 //! simply absent: a gap, which the consumer sees in the indices and never fills in.
 
+use arrow::datatypes::Schema;
+
+use crate::stream::{keys, parse_rate, Layout};
+use crate::transforms::bin_features::BIN_SAMPLES_KEY;
+
+/// The row period a stream's schema declares, seconds: `neurod.bin_samples / neurod.sampling_hz`
+/// for a `bin_features` table, `1 / neurod.sampling_hz` for any other stream that states a rate,
+/// `None` without one (a bin then closes with the next bin's first row). Training and live
+/// decoding both take it from here, so a bin closes at the same row in both.
+pub fn row_period(schema: &Schema) -> Result<Option<f64>, String> {
+    let md = schema.metadata();
+    let Some(rate) = md.get(keys::SAMPLING_HZ) else {
+        return Ok(None);
+    };
+    let rate = parse_rate(rate).map_err(|e| format!("`{}`: {e}", keys::SAMPLING_HZ))?;
+    let layout = Layout::of(schema).unwrap_or(Layout::Table);
+    let samples = match (layout, md.get(BIN_SAMPLES_KEY)) {
+        (Layout::Table, Some(b)) => b
+            .parse::<u32>()
+            .ok()
+            .filter(|b| *b > 0)
+            .ok_or_else(|| format!("`{BIN_SAMPLES_KEY}` = {b:?} is not a positive integer"))?,
+        _ => 1,
+    };
+    Ok(Some(f64::from(samples) / rate))
+}
+
 /// Tolerance on bin edges, in bins: `time_s` is a rounded `sample_index / rate`.
 const EDGE_TOLERANCE: f64 = 1e-6;
 

@@ -18,7 +18,8 @@ use crate::storage::{foreign_stream, list_data_dir, list_path, StoredStream};
 use crate::stream::{
     keys, parse_rate, ChannelKind, Layout, FRAME_INDEX, ROI, SAMPLE_INDEX, TIME_S,
 };
-use crate::transforms::bin_features::{BIN_SAMPLES_KEY, BIN_START_SAMPLE, SAMPLES};
+use crate::teb::bins::row_period;
+use crate::transforms::bin_features::{BIN_START_SAMPLE, SAMPLES};
 
 /// Columns that say where a row is, never what was measured: left out of the default selection.
 const BOOKKEEPING: &[&str] = &[
@@ -200,7 +201,7 @@ impl Input {
             .field_with_name(TIME_S)
             .is_ok_and(|f| f.data_type().is_numeric());
         let layout = Layout::of(&schema);
-        let (shape, row_s) = match layout {
+        let shape = match layout {
             Some(Layout::Continuous) => {
                 let (Some(rate), true) = (rate, has(SAMPLE_INDEX)) else {
                     return Err(err(format!(
@@ -208,7 +209,7 @@ impl Input {
                         keys::SAMPLING_HZ
                     )));
                 };
-                (Shape::Continuous { rate }, Some(1.0 / rate))
+                Shape::Continuous { rate }
             }
             Some(l @ (Layout::Events | Layout::Frames | Layout::Rois)) => {
                 return Err(err(format!(
@@ -231,22 +232,11 @@ impl Input {
                         .collect::<Vec<_>>(),
                 )
                 .map_err(err)?;
-                (Shape::LongTraces { rois }, rate.map(|r| 1.0 / r))
+                Shape::LongTraces { rois }
             }
-            _ => {
-                let bin_samples = schema
-                    .metadata()
-                    .get(BIN_SAMPLES_KEY)
-                    .and_then(|b| b.parse::<u32>().ok())
-                    .filter(|b| *b > 0);
-                let row_s = match (bin_samples, rate) {
-                    (Some(b), Some(rate)) => Some(f64::from(b) / rate),
-                    (None, Some(rate)) if layout == Some(Layout::Table) => Some(1.0 / rate),
-                    _ => None,
-                };
-                (Shape::Table, row_s)
-            }
+            _ => Shape::Table,
         };
+        let row_s = row_period(&schema).map_err(err)?;
         let period_s = match row_s {
             Some(r) => Some(r),
             None if shape == Shape::Table => estimate_period(&first.path).map_err(err)?,

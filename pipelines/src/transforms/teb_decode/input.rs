@@ -1,16 +1,16 @@
 //! One input of `teb_decode`: which of its streams is the model's, its columns found by name,
 //! its rows' times, and its bins ([`crate::teb::bins::Binner`], the rule training uses).
 
+use std::collections::HashSet;
+
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float32Type, Schema, SchemaRef, UInt16Type};
 use arrow::record_batch::RecordBatch;
-use std::collections::HashSet;
 
-use super::super::bin_features::BIN_SAMPLES_KEY;
 use super::super::traces;
 use crate::stream::{keys, parse_rate, Layout, SAMPLE_INDEX, TIME_S};
-use crate::teb::bins::{Bin, Binner, Refused};
+use crate::teb::bins::{row_period, Bin, Binner, Refused};
 
 /// How a stream's rows are timed.
 enum Clock {
@@ -34,24 +34,6 @@ pub(super) struct Reader {
 
 fn same_schema(a: &SchemaRef, b: &Schema) -> bool {
     std::ptr::eq(a.as_ref(), b) || **a == *b
-}
-
-/// The row period a stream declares (see the module docs of `teb_decode`).
-fn row_period(schema: &Schema, layout: Layout) -> Result<Option<f64>, String> {
-    let md = schema.metadata();
-    let Some(rate) = md.get(keys::SAMPLING_HZ) else {
-        return Ok(None);
-    };
-    let rate = parse_rate(rate).map_err(|e| format!("`{}`: {e}", keys::SAMPLING_HZ))?;
-    let samples = match (layout, md.get(BIN_SAMPLES_KEY)) {
-        (Layout::Table, Some(b)) => b
-            .parse::<u32>()
-            .ok()
-            .filter(|b| *b > 0)
-            .ok_or_else(|| format!("`{BIN_SAMPLES_KEY}` = {b:?} is not a positive integer"))?,
-        _ => 1,
-    };
-    Ok(Some(f64::from(samples) / rate))
 }
 
 impl Reader {
@@ -86,7 +68,7 @@ impl Reader {
             schema: schema.clone(),
             columns: idx,
             clock,
-            binner: Binner::new(bin_s, row_period(schema, layout)?, columns.len()),
+            binner: Binner::new(bin_s, row_period(schema)?, columns.len()),
             counted: Refused::default(),
             scratch: Vec::new(),
         })
