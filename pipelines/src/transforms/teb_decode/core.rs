@@ -24,6 +24,9 @@ fn bins_in(seconds: f64, bin_s: f64) -> usize {
     ((seconds / bin_s).ceil() as usize).clamp(1, 1 << 20)
 }
 
+/// Records sent in a row after which a send failure is a new episode, logged again.
+const SENDS_ENDING_AN_EPISODE: u32 = 100;
+
 /// A bin of one input, complete, waiting for the other input's.
 pub(super) struct PendingBin {
     pub values: Vec<f32>,
@@ -172,6 +175,8 @@ pub(super) struct Core {
     next_flags: u16,
     sender: Option<Sender>,
     send_failing: bool,
+    /// Records sent in a row since the last failure.
+    sent_in_a_row: u32,
     pub handles: Handles,
     /// The streams being decoded, for the transfer-entropy gauge.
     pub source_stream: String,
@@ -210,6 +215,7 @@ impl Core {
             next_flags: 0,
             sender,
             send_failing: false,
+            sent_in_a_row: 0,
             handles,
             source_stream: String::new(),
             target_stream: String::new(),
@@ -369,10 +375,16 @@ impl Core {
             match sent {
                 Ok(()) => {
                     self.handles.records_sent.inc();
-                    self.send_failing = false;
+                    // UDP to a port with no reader fails every other send (the refusal of one
+                    // datagram is reported on the next), so one success does not end an episode.
+                    self.sent_in_a_row = self.sent_in_a_row.saturating_add(1);
+                    if self.sent_in_a_row >= SENDS_ENDING_AN_EPISODE {
+                        self.send_failing = false;
+                    }
                 }
                 Err(e) => {
                     self.handles.records_failed.inc();
+                    self.sent_in_a_row = 0;
                     // Once per failing episode: a reader that is away must not flood the log.
                     if !self.send_failing {
                         self.send_failing = true;
