@@ -26,6 +26,82 @@ pub struct DaemonConfig {
     /// Capacity of each component's input queue, in batches.
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
+    /// `[daemon.sql]`: SQL's limits and the window of recent data the hub keeps for it.
+    #[serde(default)]
+    pub sql: SqlConfig,
+}
+
+/// `[daemon.sql]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// Seconds of every stream's latest data kept in memory, so that queries and subscribers
+    /// see rows the stores have not flushed yet (longer than any store's `flush_interval_s`).
+    pub window_s: f64,
+    /// At most this many MiB of it per stream.
+    pub window_mb: u64,
+    /// Per query: most rows in a result, MiB of operator memory, seconds.
+    pub max_rows: usize,
+    pub memory_mb: usize,
+    pub timeout_s: f64,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        let limits = neurod::sql::SqlLimits::default();
+        let window = pipelines::hub::Retention::default();
+        SqlConfig {
+            window_s: window.window_s,
+            window_mb: window.max_bytes >> 20,
+            max_rows: limits.max_rows,
+            memory_mb: limits.memory_bytes >> 20,
+            timeout_s: limits.timeout.as_secs_f64(),
+        }
+    }
+}
+
+impl SqlConfig {
+    pub fn retention(&self) -> pipelines::hub::Retention {
+        pipelines::hub::Retention {
+            window_s: self.window_s,
+            max_bytes: self.window_mb << 20,
+        }
+    }
+
+    pub fn limits(&self) -> neurod::sql::SqlLimits {
+        neurod::sql::SqlLimits {
+            max_rows: self.max_rows,
+            memory_bytes: self.memory_mb << 20,
+            timeout: std::time::Duration::from_secs_f64(self.timeout_s),
+        }
+    }
+
+    fn check(&self, errors: &mut Vec<String>) {
+        if !(self.window_s.is_finite() && (0.0..=3600.0).contains(&self.window_s)) {
+            errors.push(format!(
+                "[daemon.sql] window_s = {} must be between 0 and 3600",
+                self.window_s
+            ));
+        }
+        if self.window_mb > 1 << 20 {
+            errors.push(format!(
+                "[daemon.sql] window_mb = {} is too large",
+                self.window_mb
+            ));
+        }
+        if self.max_rows == 0 || self.memory_mb == 0 || self.memory_mb > 1 << 20 {
+            errors.push(
+                "[daemon.sql] max_rows and memory_mb must be positive (memory_mb at most 1048576)"
+                    .into(),
+            );
+        }
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0 && self.timeout_s <= 86_400.0) {
+            errors.push(format!(
+                "[daemon.sql] timeout_s = {} must be between 0 and 86400",
+                self.timeout_s
+            ));
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -46,6 +122,7 @@ impl Default for DaemonConfig {
             data_dir: default_data_dir(),
             listen: default_listen(),
             queue_batches: default_queue_batches(),
+            sql: SqlConfig::default(),
         }
     }
 }
@@ -215,6 +292,7 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
         ));
     }
     check_data_dir(&daemon.data_dir, &mut errors);
+    daemon.sql.check(&mut errors);
 
     // Build components in a stable order: sources, transforms, sinks; ids sorted within each.
     let mut components = Vec::new();

@@ -1,5 +1,6 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON), `/streams` (the
-//! hub's registry, JSON) and `/streams/{id}` (one stream live, as an Arrow IPC stream).
+//! hub's registry, JSON), `/streams/{id}` (one stream live, as an Arrow IPC stream) and
+//! `POST /sql` (a query over live and stored streams).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,11 +9,14 @@ use std::time::Instant;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use pipelines::hub::{Hub, StreamInfo};
 use pipelines::metrics::{ComponentState, Metrics};
 use serde::Serialize;
+
+use neurod::sql::format::Format;
+use neurod::sql::SqlEngine;
 
 use crate::live;
 
@@ -24,6 +28,7 @@ pub struct AppState {
     pub data_dir: String,
     /// Queue of each `/streams/{id}` reader, in batches.
     pub subscriber_queue: usize,
+    pub sql: SqlEngine,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -33,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(status))
         .route("/streams", get(streams))
         .route("/streams/{*id}", get(stream))
+        .route("/sql", post(sql))
         .with_state(state)
 }
 
@@ -50,6 +56,40 @@ async fn streams(State(s): State<AppState>) -> impl IntoResponse {
 /// The stream from its next batch on; see [`live`].
 async fn stream(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     live::respond(&s.hub, &id, s.subscriber_queue)
+}
+
+/// `POST /sql`: the body is the query (plain text, or JSON `{"query": "..."}`); the result comes
+/// as JSON, CSV, a text table or an Arrow IPC stream by the `Accept` header.
+async fn sql(State(s): State<AppState>, headers: axum::http::HeaderMap, body: String) -> Response {
+    let text = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(text(header::ACCEPT));
+    let query = if text(header::CONTENT_TYPE).is_some_and(|c| c.starts_with("application/json")) {
+        match serde_json::from_str::<SqlRequest>(&body) {
+            Ok(r) => r.query,
+            Err(e) => {
+                let why = format!("the body is not JSON like {{\"query\": \"SELECT ...\"}}: {e}\n");
+                return (StatusCode::BAD_REQUEST, why).into_response();
+            }
+        }
+    } else {
+        body
+    };
+    let result = match s.sql.query(&query).await {
+        Ok(r) => r,
+        Err(e) => {
+            let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return (code, format!("{e}\n")).into_response();
+        }
+    };
+    match format.write(&result.schema, &result.batches) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SqlRequest {
+    query: String,
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {

@@ -6,6 +6,7 @@ mod live;
 mod ls;
 mod resume;
 mod run;
+mod sql_cli;
 mod supervise;
 mod topology;
 mod train_teb;
@@ -63,6 +64,9 @@ enum Command {
     /// Train a transfer-entropy-bottleneck model predicting a target stream from its past and a
     /// source stream's (docs/teb.md); print its validation report.
     TrainTeb(Box<train_teb::Args>),
+    /// SQL over the streams stored under a data directory (every stream is a table named by its
+    /// id; `streams` lists them). Without a query, an interactive prompt.
+    Sql(sql_cli::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Inspect { json, path } => inspect(&path, json),
         Command::Ls { json, data_dir } => ls::ls(&data_dir, json),
         Command::TrainTeb(args) => train_teb::train_teb(*args),
+        Command::Sql(args) => sql_cli::sql(args),
     }
 }
 

@@ -60,6 +60,17 @@ async fn serve(
 ) -> anyhow::Result<bool> {
     let metrics = Metrics::new();
     let hub = Hub::new(&metrics);
+    hub.set_retention(plan.daemon.sql.retention());
+    let live = neurod::sql::Live {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+    };
+    let sql = neurod::sql::SqlEngine::new(
+        plan.daemon.data_dir.clone(),
+        Some(live),
+        plan.daemon.sql.limits(),
+    )
+    .context("cannot start the query engine")?;
     let listen = plan.daemon.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -70,6 +81,7 @@ async fn serve(
         started: Instant::now(),
         data_dir: plan.daemon.data_dir.display().to_string(),
         subscriber_queue: plan.daemon.queue_batches,
+        sql,
     };
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, http::router(state)).await {
@@ -155,6 +167,12 @@ async fn reload(
         }
     };
     let running = topology.daemon();
+    hub.set_retention(plan.daemon.sql.retention());
+    if plan.daemon.sql.limits() != running.sql.limits() {
+        tracing::warn!(
+            "new [daemon.sql] query limits take effect at the next start, not on reload"
+        );
+    }
     if plan.daemon.listen != running.listen {
         tracing::warn!(
             listen = %plan.daemon.listen,

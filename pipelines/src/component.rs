@@ -173,7 +173,8 @@ impl Output {
         }
         let bytes = batch_bytes(&batch);
         if let Some(s) = &stream {
-            s.record(&batch, bytes);
+            let keep = self.port.hub().map(|h| h.retention()).unwrap_or_default();
+            s.record(&batch, bytes, keep);
         }
         if !listened {
             return Ok(());

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
 use crate::edge::{Inbox, InboxHandle, Overflow, Recv, Waker};
@@ -33,7 +34,9 @@ mod registry;
 
 use port::EdgeRole;
 pub use port::{Edge, Port};
-pub use registry::{stream_key, ConsumerInfo, FieldInfo, SchemaInfo, Stream, StreamInfo};
+pub use registry::{
+    stream_key, ConsumerInfo, FieldInfo, Retention, SchemaInfo, Stream, StreamInfo,
+};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a few assignments: a panic cannot leave half an update.
@@ -95,6 +98,7 @@ pub struct Hub {
     pub(crate) metrics: HubMetrics,
     pub(crate) ports: Mutex<BTreeMap<(String, String), Arc<Port>>>,
     pub(crate) streams: Mutex<BTreeMap<String, Arc<Stream>>>,
+    pub(crate) retention: Mutex<Retention>,
 }
 
 /// Why a subscription was refused.
@@ -124,7 +128,24 @@ impl Hub {
             metrics: HubMetrics::register(metrics),
             ports: Mutex::new(BTreeMap::new()),
             streams: Mutex::new(BTreeMap::new()),
+            retention: Mutex::new(Retention::default()),
         })
+    }
+
+    /// How much of each stream's latest data to keep in memory from now on.
+    pub fn set_retention(&self, keep: Retention) {
+        *lock(&self.retention) = keep;
+    }
+
+    pub fn retention(&self) -> Retention {
+        *lock(&self.retention)
+    }
+
+    /// The latest batches of the stream with registry key `id`, oldest first: the last
+    /// [`Retention::window_s`] seconds, at most [`Retention::max_bytes`]. Empty if unknown.
+    pub fn recent(&self, id: &str) -> Vec<RecordBatch> {
+        let s = lock(&self.streams).get(id).cloned();
+        s.map(|s| s.recent()).unwrap_or_default()
     }
 
     /// The port `producer.name` (`name` is `""` for the default port), created on first use.

@@ -1,6 +1,6 @@
 //! The registry of streams: what every stream is and how much of it has flowed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -25,6 +25,58 @@ pub struct Stream {
     port: Weak<Port>,
     stats: Mutex<Option<Stats>>,
     ended: AtomicBool,
+    recent: Mutex<Recent>,
+}
+
+/// How much of each stream's latest data the hub keeps in memory, so that SQL and subscribers
+/// starting in the past see data the store has not flushed yet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    /// Seconds of data (by `time_s`, or the index over the stream's rate).
+    pub window_s: f64,
+    /// At most this many bytes per stream, whatever the window says (raw probes are ~23 MB/s).
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            window_s: 10.0,
+            max_bytes: 32 << 20,
+        }
+    }
+}
+
+/// The retained batches of one stream, oldest first, each with its end in seconds (if known).
+#[derive(Default)]
+struct Recent {
+    batches: VecDeque<(RecordBatch, Option<f64>, u64)>,
+    bytes: u64,
+}
+
+impl Recent {
+    fn push(&mut self, batch: &RecordBatch, end_s: Option<f64>, bytes: u64, keep: Retention) {
+        if keep.max_bytes == 0 || keep.window_s <= 0.0 {
+            return self.batches.clear();
+        }
+        self.batches.push_back((batch.clone(), end_s, bytes));
+        self.bytes += bytes;
+        // The newest batch always stays, even alone over the budget: a reader sees the latest.
+        while self.batches.len() > 1 {
+            let Some((_, front_end, front_bytes)) = self.batches.front() else {
+                break;
+            };
+            let too_old = match (front_end, end_s) {
+                (Some(a), Some(b)) => b - a > keep.window_s,
+                _ => false,
+            };
+            if !too_old && self.bytes <= keep.max_bytes {
+                break;
+            }
+            self.bytes -= front_bytes;
+            self.batches.pop_front();
+        }
+    }
 }
 
 /// Column positions of the indices in one schema.
@@ -83,6 +135,7 @@ impl Stream {
             port: Arc::downgrade(port),
             stats: Mutex::new(None),
             ended: AtomicBool::new(false),
+            recent: Mutex::new(Recent::default()),
         }
     }
 
@@ -112,8 +165,23 @@ impl Stream {
         self.ended.load(Ordering::Acquire)
     }
 
-    /// Counts one batch of `bytes` Arrow bytes.
-    pub(crate) fn record(&self, batch: &RecordBatch, bytes: u64) {
+    /// The retained batches, oldest first (see [`Retention`]).
+    pub fn recent(&self) -> Vec<RecordBatch> {
+        lock(&self.recent)
+            .batches
+            .iter()
+            .map(|(b, _, _)| b.clone())
+            .collect()
+    }
+
+    /// Counts one batch of `bytes` Arrow bytes and retains it.
+    pub(crate) fn record(&self, batch: &RecordBatch, bytes: u64, keep: Retention) {
+        let end_s = self.record_stats(batch, bytes);
+        lock(&self.recent).push(batch, end_s, bytes, keep);
+    }
+
+    /// Updates the statistics; returns the batch's end in seconds, if its schema tells.
+    fn record_stats(&self, batch: &RecordBatch, bytes: u64) -> Option<f64> {
         self.ended.store(false, Ordering::Release);
         let mut guard = lock(&self.stats);
         let schema = batch.schema_ref();
@@ -143,6 +211,15 @@ impl Stream {
         stats.sample_index.update(s);
         stats.frame_index.update(f);
         stats.time_s.update(t);
+        let rate = || {
+            let md = stats.schema.metadata();
+            md.get(keys::SAMPLING_HZ).and_then(|t| parse_rate(t).ok())
+        };
+        match (t, s.or(f)) {
+            (Some((_, end)), _) => Some(end),
+            (None, Some((_, end))) => rate().filter(|r| *r > 0.0).map(|r| end as f64 / r),
+            _ => None,
+        }
     }
 
     pub(super) fn info(&self) -> StreamInfo {

@@ -66,7 +66,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(path: &Path, op: &'static str, source: std::io::Error) -> Self {
+    pub fn io(path: &Path, op: &'static str, source: std::io::Error) -> Self {
         StoreError::Io {
             path: path.to_path_buf(),
             op,

@@ -1,0 +1,361 @@
+//! The SQL session: which tables exist, the limits every query runs under, and running one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::view::ViewTable;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider};
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use futures_util::StreamExt;
+use pipelines::hub::Hub;
+use pipelines::metrics::Metrics;
+
+use super::system;
+use super::table::StreamSchema;
+
+/// The catalog and schema every table lives in (`neurod.public."rig.spikes"`), as Flight SQL
+/// clients list them.
+pub const CATALOG: &str = "neurod";
+pub const SCHEMA: &str = "public";
+
+/// What one query may use. Each limit, when reached, ends the query with an error saying which.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SqlLimits {
+    /// Rows in a result.
+    pub max_rows: usize,
+    /// Memory of the operators that hold data (sorts, aggregations, joins).
+    pub memory_bytes: usize,
+    /// Wall-clock time, planning included.
+    pub timeout: Duration,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits {
+            max_rows: 1_000_000,
+            memory_bytes: 512 << 20,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The running daemon's state that SQL reads: the hub (streams in memory, the registry) and
+/// the metrics (components and their counters).
+#[derive(Clone)]
+pub struct Live {
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The query is not valid SQL, or names a table or column that does not exist.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "the result has more than {limit} rows (the per-query row limit): add a LIMIT or aggregate"
+    )]
+    TooManyRows { limit: usize },
+    #[error(
+        "the query needs more than {limit_mb} MiB of memory (the per-query memory limit): {detail}"
+    )]
+    Memory { limit_mb: usize, detail: String },
+    #[error("the query ran longer than {0:?} (the per-query timeout)")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl SqlError {
+    /// The HTTP status that says the same.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            SqlError::Invalid(_) => 400,
+            SqlError::TooManyRows { .. } | SqlError::Memory { .. } => 413,
+            SqlError::Timeout(_) => 504,
+            SqlError::Failed(_) => 500,
+        }
+    }
+
+    fn from_datafusion(e: DataFusionError, limits: &SqlLimits) -> Self {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(detail) => SqlError::Memory {
+                limit_mb: limits.memory_bytes >> 20,
+                detail: detail.clone(),
+            },
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => SqlError::Invalid(e.to_string()),
+            _ => SqlError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// A whole result.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Runs SQL over the stores under a data directory and, in a running daemon, the hub.
+///
+/// Queries run on a runtime of their own, so that a long query never delays the HTTP and
+/// Flight servers (metrics scrapes, live subscribers).
+#[derive(Clone)]
+pub struct SqlEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    live: Option<Live>,
+    limits: SqlLimits,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime; this does not.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Threads that execute queries: two, so that a scan and its aggregation overlap.
+const QUERY_THREADS: usize = 2;
+
+impl SqlEngine {
+    pub fn new(data_dir: PathBuf, live: Option<Live>, limits: SqlLimits) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(QUERY_THREADS)
+            .enable_all()
+            .thread_name("neurod-sql")
+            .build()?;
+        Ok(SqlEngine {
+            inner: Arc::new(Inner {
+                data_dir,
+                live,
+                limits,
+                runtime: Some(runtime),
+            }),
+        })
+    }
+
+    pub fn limits(&self) -> SqlLimits {
+        self.inner.limits
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.data_dir
+    }
+
+    pub fn live(&self) -> Option<&Live> {
+        self.inner.live.as_ref()
+    }
+
+    /// A session holding every table as of now.
+    pub async fn session(&self) -> Result<SessionContext, SqlError> {
+        let limits = self.inner.limits;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_bytes, 1.0)
+            .build_arc()
+            .map_err(|e| SqlError::Failed(e.to_string()))?;
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .with_target_partitions(QUERY_THREADS);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let streams = StreamSchema::new(&self.inner.data_dir, self.inner.live.as_ref())
+            .map_err(|e| SqlError::Failed(e.to_string()))?;
+        let streams = Arc::new(streams);
+        system::register(&streams, self.inner.live.as_ref())
+            .map_err(|e| SqlError::Failed(e.to_string()))?;
+        let catalog = MemoryCatalogProvider::new();
+        let streams_schema: Arc<dyn SchemaProvider> = streams.clone();
+        catalog
+            .register_schema(SCHEMA, streams_schema)
+            .map_err(|e| SqlError::Failed(e.to_string()))?;
+        ctx.register_catalog(CATALOG, Arc::new(catalog));
+        let neurons = system::neurons_sql(&streams);
+        let view = ctx
+            .state()
+            .create_logical_plan(&neurons)
+            .await
+            .map_err(|e| SqlError::Failed(format!("the neurons view: {e}")))?;
+        streams
+            .register_table(
+                "neurons".into(),
+                Arc::new(ViewTable::new(view, Some(neurons))),
+            )
+            .map_err(|e| SqlError::Failed(e.to_string()))?;
+        Ok(ctx)
+    }
+
+    /// The tables a query can name, sorted.
+    pub async fn table_names(&self) -> Result<Vec<String>, SqlError> {
+        let ctx = self.session().await?;
+        let mut names = ctx
+            .catalog(CATALOG)
+            .and_then(|c| c.schema(SCHEMA))
+            .map(|s| s.table_names())
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The schema of a query's result, without running it.
+    pub async fn schema_of(&self, sql: &str) -> Result<SchemaRef, SqlError> {
+        let sql = sql.to_string();
+        let engine = self.clone();
+        self.on_query_runtime(async move {
+            let df = engine.plan(&sql).await?;
+            Ok(Arc::new(df.schema().as_arrow().clone()))
+        })
+        .await
+    }
+
+    /// Runs a query to its end and returns the whole result, within the limits.
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, SqlError> {
+        let (schema, mut stream) = self.stream(sql).await?;
+        let mut batches = Vec::new();
+        while let Some(b) = stream.next().await {
+            batches.push(b.map_err(|e| sql_error(e, &self.inner.limits))?);
+        }
+        Ok(QueryResult { schema, batches })
+    }
+
+    /// Runs a query, handing out its result batch by batch as it is computed; the row limit and
+    /// the timeout end the stream with an error.
+    pub async fn stream(
+        &self,
+        sql: &str,
+    ) -> Result<(SchemaRef, SendableRecordBatchStream), SqlError> {
+        let limits = self.inner.limits;
+        let deadline = Instant::now() + limits.timeout;
+        let sql = sql.to_string();
+        let engine = self.clone();
+        let planned = self.on_query_runtime(async move {
+            let df = engine.plan(&sql).await?;
+            df.execute_stream()
+                .await
+                .map_err(|e| SqlError::from_datafusion(e, &engine.inner.limits))
+        });
+        let stream = tokio::time::timeout(limits.timeout, planned)
+            .await
+            .map_err(|_| SqlError::Timeout(limits.timeout))??;
+        let schema = stream.schema();
+        Ok((schema.clone(), self.limited(schema, stream, deadline)))
+    }
+
+    async fn plan(&self, sql: &str) -> Result<DataFrame, SqlError> {
+        let ctx = self.session().await?;
+        ctx.sql(sql)
+            .await
+            .map_err(|e| SqlError::from_datafusion(e, &self.inner.limits))
+    }
+
+    /// Polls `stream` on the query runtime, counting rows and watching the clock.
+    fn limited(
+        &self,
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+        deadline: Instant,
+    ) -> SendableRecordBatchStream {
+        let limits = self.inner.limits;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let task = async move {
+            let mut stream = stream;
+            let mut rows = 0usize;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let next = match tokio::time::timeout(left, stream.next()).await {
+                    Ok(Some(Ok(b))) => {
+                        rows += b.num_rows();
+                        if rows > limits.max_rows {
+                            Err(SqlError::TooManyRows {
+                                limit: limits.max_rows,
+                            })
+                        } else {
+                            Ok(b)
+                        }
+                    }
+                    Ok(Some(Err(e))) => Err(SqlError::from_datafusion(e, &limits)),
+                    Ok(None) => break,
+                    Err(_) => Err(SqlError::Timeout(limits.timeout)),
+                };
+                let stop = next.is_err();
+                let next = next.map_err(|e| DataFusionError::External(Box::new(e)));
+                if tx.send(next).await.is_err() || stop {
+                    break;
+                }
+            }
+        };
+        if let Some(rt) = &self.inner.runtime {
+            rt.spawn(task);
+        }
+        let out = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, out))
+    }
+
+    async fn on_query_runtime<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, SqlError>> + Send + 'static,
+    ) -> Result<T, SqlError> {
+        let Some(rt) = &self.inner.runtime else {
+            return work.await;
+        };
+        rt.spawn(work)
+            .await
+            .map_err(|e| SqlError::Failed(format!("query task failed: {e}")))?
+    }
+
+    /// Runs `work` to its end from outside any runtime (the command line).
+    pub fn block_on<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, SqlError>>,
+    ) -> Result<T, SqlError> {
+        match &self.inner.runtime {
+            Some(rt) => rt.block_on(work),
+            None => Err(SqlError::Failed("the query runtime has stopped".into())),
+        }
+    }
+}
+
+/// Unwraps the [`SqlError`] a limited stream carries inside a DataFusion error.
+pub fn sql_error(e: DataFusionError, limits: &SqlLimits) -> SqlError {
+    if let DataFusionError::External(inner) = &e {
+        if let Some(s) = inner.downcast_ref::<SqlError>() {
+            return match s {
+                SqlError::Invalid(m) => SqlError::Invalid(m.clone()),
+                SqlError::TooManyRows { limit } => SqlError::TooManyRows { limit: *limit },
+                SqlError::Memory { limit_mb, detail } => SqlError::Memory {
+                    limit_mb: *limit_mb,
+                    detail: detail.clone(),
+                },
+                SqlError::Timeout(d) => SqlError::Timeout(*d),
+                SqlError::Failed(m) => SqlError::Failed(m.clone()),
+            };
+        }
+    }
+    SqlError::from_datafusion(e, limits)
+}

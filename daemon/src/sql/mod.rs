@@ -1,0 +1,19 @@
+//! SQL over every stream, live and stored alike, with DataFusion.
+//!
+//! Each stream is a table named by its id (`SELECT * FROM "rig.spikes"`): the rows the stores
+//! under the data directory hold, followed by the rows the hub holds in memory that the store
+//! has not flushed yet (see [`table`] for the seam). Three more tables describe the daemon:
+//! `streams` (the registry), `components` (the topology and its counters) and `neurons` (the
+//! latest POYO-SSL labels).
+//!
+//! - [`engine`]: the session, its limits (rows, memory, time) and running a query.
+//! - [`table`]: one stream as a table: pruning, projection, the memory/disk seam.
+//! - [`system`]: the `streams`, `components` and `neurons` tables.
+//! - [`format`]: results as a text table, CSV, JSON or Arrow IPC.
+
+mod engine;
+pub mod format;
+mod system;
+mod table;
+
+pub use engine::{Live, QueryResult, SqlEngine, SqlError, SqlLimits};

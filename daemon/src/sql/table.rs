@@ -1,0 +1,714 @@
+//! One stream as a table: its stored rows followed by the rows the hub holds that the store
+//! has not flushed yet.
+//!
+//! **The seam.** A stream's rows are ordered by its index column (`sample_index`, else
+//! `frame_index`, else `time_s`), and a store writes whole batches, so "stored" is everything up
+//! to the largest index the store holds (finished Parquet files and the complete batches of
+//! the live segment, read at scan time), and the hub's retained batches contribute only rows
+//! past it. Reading the store before the hub, and the hub's window being longer than a store's
+//! flush interval, leaves neither a gap nor a row counted twice.
+//!
+//! **Pruning.** Filters on the index column and `time_s` skip whole files (by the manifest's
+//! bounds) and batches; the same filters go to the Parquet reader as a predicate for its row
+//! group and page statistics; DataFusion applies them exactly afterwards. Projection reads only
+//! the columns asked for.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
+};
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::ExecutionPlan;
+use pipelines::hub::Hub;
+use pipelines::storage::{self, FileEntry, SegmentReader, StoreError, StoredStream};
+use pipelines::stream::{stream_id_of, FRAME_INDEX, SAMPLE_INDEX, TIME_S};
+
+use super::engine::Live;
+
+/// Every stream under the data directory and in the hub, by table name (the stream id, or the
+/// hub's `id@producer` key for a second producer of an id), plus the system tables.
+pub(crate) struct StreamSchema {
+    streams: BTreeMap<String, Where>,
+    hub: Option<Arc<Hub>>,
+    /// Tables registered by name (the system tables), and stream tables once built.
+    tables: Mutex<BTreeMap<String, Arc<dyn TableProvider>>>,
+}
+
+/// Where a stream's rows are.
+#[derive(Debug, Clone, Default)]
+struct Where {
+    /// The stream directory of the store holding the most rows of it.
+    stored: Option<StoredStream>,
+    /// Its key in the hub, when the daemon has it.
+    live: Option<String>,
+}
+
+impl StreamSchema {
+    pub(crate) fn new(data_dir: &Path, live: Option<&Live>) -> Result<Self, StoreError> {
+        let mut streams: BTreeMap<String, Where> = BTreeMap::new();
+        let listed = if data_dir.is_dir() {
+            storage::list_data_dir(data_dir)?
+        } else {
+            Vec::new()
+        };
+        for (_, s) in listed {
+            let w = streams.entry(s.stream_id.clone()).or_default();
+            // Two stores of one stream (a copy for another purpose): the one holding more rows.
+            if w.stored
+                .as_ref()
+                .is_none_or(|o| rows_held(o) < rows_held(&s))
+            {
+                w.stored = Some(s);
+            }
+        }
+        if let Some(live) = live {
+            for info in live.hub.streams() {
+                if info.schema.is_some() {
+                    let key = info.key;
+                    streams.entry(key.clone()).or_default().live = Some(key.clone());
+                }
+            }
+        }
+        Ok(StreamSchema {
+            streams,
+            hub: live.map(|l| l.hub.clone()),
+            tables: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Every stream: its table name, what the store holds, its key in the hub.
+    pub(crate) fn entries(&self) -> Vec<(String, Option<StoredStream>, Option<String>)> {
+        self.streams
+            .iter()
+            .map(|(n, w)| (n.clone(), w.stored.clone(), w.live.clone()))
+            .collect()
+    }
+
+    /// `neurod.stream_kind` of a stream the hub has.
+    pub(crate) fn live_kind(&self, name: &str) -> Option<String> {
+        let key = self.streams.get(name)?.live.as_ref()?;
+        self.hub.as_ref()?.stream(key)?.kind
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<dyn TableProvider>>> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn build(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(w) = self.streams.get(name) else {
+            return Ok(None);
+        };
+        let live_schema = match (&self.hub, &w.live) {
+            (Some(hub), Some(key)) => hub.stream(key).and_then(|_| hub_schema(hub, key)),
+            _ => None,
+        };
+        let schema = match (live_schema, &w.stored) {
+            (Some(s), _) => s,
+            (None, Some(stored)) => match stored_schema(stored)? {
+                Some(s) => s,
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
+        let table = StreamTable {
+            id: name.to_string(),
+            schema: table_schema(&schema),
+            stored: w.stored.clone(),
+            hub: self.hub.clone().zip(w.live.clone()),
+        };
+        Ok(Some(Arc::new(table)))
+    }
+}
+
+fn rows_held(s: &StoredStream) -> u64 {
+    s.rows() + s.segments.len() as u64
+}
+
+/// The schema of the stream's latest batch in the hub.
+fn hub_schema(hub: &Hub, key: &str) -> Option<SchemaRef> {
+    hub.recent(key)
+        .last()
+        .map(|b| b.schema())
+        .or_else(|| hub_registry_schema(hub, key))
+}
+
+fn hub_registry_schema(hub: &Hub, key: &str) -> Option<SchemaRef> {
+    let info = hub.stream(key)?;
+    let fields = info.schema?.fields;
+    let fields: Vec<Field> = fields
+        .iter()
+        .filter_map(|f| {
+            let dt: DataType = f.data_type.parse().ok()?;
+            Some(Field::new(&f.name, dt, true))
+        })
+        .collect();
+    Some(Arc::new(Schema::new(fields)))
+}
+
+/// The Arrow schema of the newest stored file, or of the oldest segment when nothing is
+/// converted yet.
+fn stored_schema(stored: &StoredStream) -> Result<Option<SchemaRef>> {
+    if let Some(f) = stored.files.last() {
+        let reader = storage::open_parquet(&f.path).map_err(external)?;
+        return Ok(Some(arrow::record_batch::RecordBatchReader::schema(
+            &reader,
+        )));
+    }
+    for seg in &stored.segments {
+        match SegmentReader::open(seg) {
+            Ok(r) => return Ok(Some(r.schema())),
+            Err(StoreError::NoCompleteBatch { .. }) => continue,
+            Err(e) => return Err(external(e)),
+        }
+    }
+    Ok(None)
+}
+
+/// A stream's schema as a table: no metadata (files of one stream differ in it) and every
+/// column nullable (a column added later is null in older files).
+fn table_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+impl std::fmt::Debug for StreamSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSchema")
+            .field("streams", &self.streams.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for StreamTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTable").field("id", &self.id).finish()
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for StreamSchema {
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        names.extend(self.streams.keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(t) = self.lock().get(name) {
+            return Ok(Some(t.clone()));
+        }
+        let built = self.build(name)?;
+        if let Some(t) = &built {
+            self.lock().insert(name.to_string(), t.clone());
+        }
+        Ok(built)
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        table: Arc<dyn TableProvider>,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self.lock().insert(name, table))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.streams.contains_key(name) || self.lock().contains_key(name)
+    }
+}
+
+/// One stream: stored files, then the hub's newer rows.
+struct StreamTable {
+    id: String,
+    schema: SchemaRef,
+    stored: Option<StoredStream>,
+    /// The hub and the stream's key in it.
+    hub: Option<(Arc<Hub>, String)>,
+}
+
+/// The column rows are ordered by, which the seam and pruning use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Order {
+    Index(&'static str),
+    Time,
+    None,
+}
+
+impl Order {
+    fn of(schema: &Schema) -> Order {
+        for c in [SAMPLE_INDEX, FRAME_INDEX] {
+            if schema
+                .field_with_name(c)
+                .is_ok_and(|f| f.data_type() == &DataType::Int64)
+            {
+                return Order::Index(c);
+            }
+        }
+        if schema
+            .field_with_name(TIME_S)
+            .is_ok_and(|f| f.data_type() == &DataType::Float64)
+        {
+            return Order::Time;
+        }
+        Order::None
+    }
+
+    fn column(self) -> Option<&'static str> {
+        match self {
+            Order::Index(c) => Some(c),
+            Order::Time => Some(TIME_S),
+            Order::None => None,
+        }
+    }
+
+    /// The largest value of the order column in a finished file.
+    fn file_last(self, f: &FileEntry) -> Option<f64> {
+        match self {
+            Order::Index(_) => f.last_index.map(|i| i as f64),
+            Order::Time => f.last_time_s,
+            Order::None => None,
+        }
+    }
+}
+
+/// Inclusive bounds on one column, from the query's filters; `None`: unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Bounds {
+    lo: Option<f64>,
+    hi: Option<f64>,
+}
+
+impl Bounds {
+    fn of(filters: &[Expr], column: &str) -> Bounds {
+        let mut b = Bounds::default();
+        for f in filters {
+            b.narrow(f, column);
+        }
+        b
+    }
+
+    fn narrow(&mut self, e: &Expr, column: &str) {
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if *op == Operator::And {
+                    self.narrow(left, column);
+                    self.narrow(right, column);
+                    return;
+                }
+                let (op, value) = match (is_column(left, column), is_column(right, column)) {
+                    (true, false) => (Some(*op), number(right)),
+                    (false, true) => (op.swap(), number(left)),
+                    _ => (None, None),
+                };
+                if let (Some(op), Some(v)) = (op, value) {
+                    match op {
+                        Operator::Gt | Operator::GtEq => self.raise(v),
+                        Operator::Lt | Operator::LtEq => self.lower(v),
+                        Operator::Eq => {
+                            self.raise(v);
+                            self.lower(v);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if is_column(expr, column) => {
+                if let Some(v) = number(low) {
+                    self.raise(v);
+                }
+                if let Some(v) = number(high) {
+                    self.lower(v);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn raise(&mut self, v: f64) {
+        self.lo = Some(self.lo.map_or(v, |lo| lo.max(v)));
+    }
+    fn lower(&mut self, v: f64) {
+        self.hi = Some(self.hi.map_or(v, |hi| hi.min(v)));
+    }
+
+    /// Whether values in `[first, last]` may pass (unknown ends may).
+    fn overlaps(&self, first: Option<f64>, last: Option<f64>) -> bool {
+        let below = matches!((last, self.lo), (Some(l), Some(lo)) if l < lo);
+        let above = matches!((first, self.hi), (Some(f), Some(hi)) if f > hi);
+        !(below || above)
+    }
+}
+
+fn is_column(e: &Expr, name: &str) -> bool {
+    matches!(e, Expr::Column(c) if c.name == name)
+}
+
+fn number(e: &Expr) -> Option<f64> {
+    let Expr::Literal(v, _) = e else {
+        return None;
+    };
+    match v {
+        ScalarValue::Int64(Some(x)) => Some(*x as f64),
+        ScalarValue::Int32(Some(x)) => Some(f64::from(*x)),
+        ScalarValue::UInt64(Some(x)) => Some(*x as f64),
+        ScalarValue::Float64(Some(x)) => Some(*x),
+        ScalarValue::Float32(Some(x)) => Some(f64::from(*x)),
+        _ => None,
+    }
+}
+
+/// The smallest and largest values of a batch's column (Int64 or Float64), as f64.
+fn column_range(batch: &RecordBatch, column: &str) -> (Option<f64>, Option<f64>) {
+    let Some(a) = batch.column_by_name(column) else {
+        return (None, None);
+    };
+    if let Some(a) = a.as_primitive_opt::<Int64Type>() {
+        let lo = arrow::compute::min(a).map(|v| v as f64);
+        let hi = arrow::compute::max(a).map(|v| v as f64);
+        return (lo, hi);
+    }
+    if let Some(a) = a.as_primitive_opt::<Float64Type>() {
+        return (arrow::compute::min(a), arrow::compute::max(a));
+    }
+    (None, None)
+}
+
+/// The rows of `batch` whose `column` is greater than `after`.
+fn rows_after(batch: &RecordBatch, column: &str, after: f64) -> Result<RecordBatch> {
+    let (lo, hi) = column_range(batch, column);
+    if lo.is_some_and(|lo| lo > after) {
+        return Ok(batch.clone());
+    }
+    if hi.is_none_or(|hi| hi <= after) {
+        return Ok(batch.slice(0, 0));
+    }
+    let Some(a) = batch.column_by_name(column) else {
+        return Ok(batch.clone());
+    };
+    let keep: BooleanArray = if let Some(a) = a.as_primitive_opt::<Int64Type>() {
+        a.iter().map(|v| v.map(|v| v as f64 > after)).collect()
+    } else if let Some(a) = a.as_primitive_opt::<Float64Type>() {
+        a.iter().map(|v| v.map(|v| v > after)).collect()
+    } else {
+        return Ok(batch.clone());
+    };
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
+/// `batch` with exactly the table's columns and types (by name; a missing column is null).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(cast(c, f.data_type())?),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<_>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// What a scan reads, fixed when it is planned.
+struct Snapshot {
+    files: Vec<PathBuf>,
+    /// Complete batches of live segments and the hub's newer rows.
+    memory: Vec<RecordBatch>,
+}
+
+impl StreamTable {
+    /// The stored files and batches that may hold rows within `bounds`, then the hub's rows
+    /// past the stored ones.
+    fn snapshot(&self, order: Order, bounds: &Bounds, time: &Bounds) -> Result<Snapshot> {
+        let mut snap = Snapshot {
+            files: Vec::new(),
+            memory: Vec::new(),
+        };
+        let mut stored_last: Option<f64> = None;
+        let mut any_stored = false;
+        if let Some(stored) = &self.stored {
+            let mut tries = 0;
+            let part = loop {
+                // A segment converted (and removed) while we read is a Parquet file on a reread.
+                match self.stored_part(stored, order, bounds, time) {
+                    Err(e) if is_not_found(&e) && tries < 5 => tries += 1,
+                    other => break other?,
+                }
+            };
+            (snap, stored_last, any_stored) = part;
+        }
+        if let Some((hub, key)) = &self.hub {
+            for b in hub.recent(key) {
+                let b = match (order.column(), stored_last) {
+                    (Some(c), Some(last)) => rows_after(&b, c, last)?,
+                    // Without an order, stored rows cannot be told from retained ones: a
+                    // stream the store holds is read from the store only.
+                    (None, _) if any_stored => continue,
+                    _ => b,
+                };
+                if b.num_rows() > 0 && may_hold(&b, order, bounds, time) {
+                    snap.memory.push(conform(&b, &self.schema)?);
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    /// The store's part: files and segment batches that may match, the largest order value
+    /// stored, and whether anything is stored.
+    fn stored_part(
+        &self,
+        stored: &StoredStream,
+        order: Order,
+        bounds: &Bounds,
+        time: &Bounds,
+    ) -> Result<(Snapshot, Option<f64>, bool)> {
+        let mut snap = Snapshot {
+            files: Vec::new(),
+            memory: Vec::new(),
+        };
+        let mut last: Option<f64> = None;
+        let mut any = false;
+        let current = self.reread(stored)?;
+        for f in &current.files {
+            any |= f.entry.rows > 0;
+            last = max_opt(last, order.file_last(&f.entry));
+            let (first, end) = match order {
+                Order::Index(_) => (
+                    f.entry.first_index.map(|i| i as f64),
+                    f.entry.last_index.map(|i| i as f64),
+                ),
+                _ => (f.entry.first_time_s, f.entry.last_time_s),
+            };
+            let time_ok = time.overlaps(f.entry.first_time_s, f.entry.last_time_s);
+            if bounds.overlaps(first, end) && time_ok {
+                snap.files.push(f.path.clone());
+            }
+        }
+        for b in segment_batches(&current, &self.id)? {
+            any |= b.num_rows() > 0;
+            if let Some(c) = order.column() {
+                last = max_opt(last, column_range(&b, c).1);
+            }
+            if may_hold(&b, order, bounds, time) {
+                snap.memory.push(conform(&b, &self.schema)?);
+            }
+        }
+        Ok((snap, last, any))
+    }
+
+    /// The stream's files as they are now (a segment converted since the session listed it
+    /// is a Parquet file now).
+    fn reread(&self, stored: &StoredStream) -> Result<StoredStream> {
+        let found = storage::catalog::read_stream_dir(&stored.dir).map_err(external)?;
+        Ok(found
+            .into_iter()
+            .find(|s| s.stream_id == stored.stream_id)
+            .unwrap_or_else(|| StoredStream {
+                files: Vec::new(),
+                segments: Vec::new(),
+                ..stored.clone()
+            }))
+    }
+
+    fn parquet_exec(
+        &self,
+        state: &dyn Session,
+        files: &[PathBuf],
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut source = ParquetSource::new(self.schema.clone());
+        if let Some(predicate) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+        let mut partitioned = Vec::with_capacity(files.len());
+        for path in files {
+            let size = std::fs::metadata(path)
+                .map_err(|e| external(StoreError::io(path, "reading the size of", e)))?
+                .len();
+            let mut f = PartitionedFile::new(String::new(), size);
+            f.object_meta.location =
+                datafusion::object_store::path::Path::from_absolute_path(path).map_err(external)?;
+            partitioned.push(f);
+        }
+        let partitions = state.config().target_partitions().max(1);
+        let per_group = partitioned.len().div_ceil(partitions).max(1);
+        let groups: Vec<FileGroup> = partitioned
+            .chunks(per_group)
+            .map(|c| FileGroup::new(c.to_vec()))
+            .collect();
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+fn may_hold(b: &RecordBatch, order: Order, bounds: &Bounds, time: &Bounds) -> bool {
+    let by_order = match order.column() {
+        Some(c) => {
+            let (lo, hi) = column_range(b, c);
+            bounds.overlaps(lo, hi)
+        }
+        None => true,
+    };
+    let (lo, hi) = column_range(b, TIME_S);
+    by_order && time.overlaps(lo, hi)
+}
+
+fn is_not_found(e: &DataFusionError) -> bool {
+    let DataFusionError::External(inner) = e else {
+        return false;
+    };
+    matches!(
+        inner.downcast_ref::<StoreError>(),
+        Some(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound
+    )
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The complete batches of a stream's live segments (a segment converted meanwhile is skipped:
+/// the caller's reread found its Parquet file only if it came after; see `reread`).
+fn segment_batches(stored: &StoredStream, id: &str) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for seg in &stored.segments {
+        let reader = match SegmentReader::open(seg) {
+            Ok(r) => r,
+            Err(StoreError::NoCompleteBatch { .. }) => continue,
+            Err(e) => return Err(external(e)),
+        };
+        if stream_id_of(&reader.schema()).is_some_and(|s| s != id) {
+            continue;
+        }
+        out.extend(reader);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Used for pruning only; DataFusion applies every filter to the rows afterwards.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let order = Order::of(&self.schema);
+        let bounds = match order {
+            Order::Index(c) => Bounds::of(filters, c),
+            _ => Bounds::default(),
+        };
+        let time = Bounds::of(filters, TIME_S);
+        let snap = self.snapshot(order, &bounds, &time)?;
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !snap.files.is_empty() {
+            inputs.push(self.parquet_exec(state, &snap.files, projection, filters, limit)?);
+        }
+        if !snap.memory.is_empty() || inputs.is_empty() {
+            let exec = MemorySourceConfig::try_new_exec(
+                &[snap.memory],
+                self.schema.clone(),
+                projection.cloned(),
+            )?;
+            inputs.push(exec);
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str) -> Expr {
+        datafusion::prelude::col(name)
+    }
+
+    fn lit(v: f64) -> Expr {
+        datafusion::prelude::lit(v)
+    }
+
+    #[test]
+    fn bounds_come_from_comparisons_ands_and_between() {
+        let f = [
+            col("time_s")
+                .gt_eq(lit(10.0))
+                .and(col("time_s").lt(lit(20.0))),
+            lit(15.0).gt(col("time_s")),
+        ];
+        let b = Bounds::of(&f, "time_s");
+        assert_eq!((b.lo, b.hi), (Some(10.0), Some(15.0)));
+        let between = col("sample_index").between(
+            datafusion::prelude::lit(5i64),
+            datafusion::prelude::lit(9i64),
+        );
+        let b = Bounds::of(&[between], "sample_index");
+        assert_eq!((b.lo, b.hi), (Some(5.0), Some(9.0)));
+        // An OR says nothing certain about either side.
+        let or = col("time_s").gt(lit(1.0)).or(col("time_s").lt(lit(0.0)));
+        assert_eq!(Bounds::of(&[or], "time_s"), Bounds::default());
+        assert!(!b.overlaps(Some(10.0), Some(12.0)));
+        assert!(b.overlaps(Some(9.0), Some(12.0)));
+        assert!(b.overlaps(None, None));
+    }
+}
