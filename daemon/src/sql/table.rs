@@ -126,9 +126,13 @@ impl StreamSchema {
             },
             (None, None) => return Ok(None),
         };
+        let columns = table_schema(&schema);
+        let time_rate = derived_time_rate(&schema);
         let table = StreamTable {
             id: name.to_string(),
-            schema: table_schema(&schema),
+            schema: with_time_s(&columns, time_rate),
+            columns,
+            time_rate,
             stored: w.stored.clone(),
             hub: self.hub.clone().zip(w.live.clone()),
         };
@@ -191,6 +195,41 @@ fn table_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The rate a continuous stream's `time_s` is derived from: it has `sample_index`, no `time_s`
+/// and a `neurod.sampling_hz`.
+fn derived_time_rate(schema: &Schema) -> Option<f64> {
+    if schema.index_of(TIME_S).is_ok() || schema.index_of(SAMPLE_INDEX).is_err() {
+        return None;
+    }
+    if pipelines::stream::Layout::of(schema) != Some(pipelines::stream::Layout::Continuous) {
+        return None;
+    }
+    let rate = schema
+        .metadata()
+        .get(pipelines::stream::keys::SAMPLING_HZ)?;
+    pipelines::stream::parse_rate(rate)
+        .ok()
+        .filter(|r| *r > 0.0)
+}
+
+fn with_time_s(columns: &SchemaRef, rate: Option<f64>) -> SchemaRef {
+    if rate.is_none() {
+        return columns.clone();
+    }
+    let mut fields: Vec<Field> = columns
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(TIME_S, DataType::Float64, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// Whether an expression refers to `column`.
+fn mentions(e: &Expr, column: &str) -> bool {
+    e.column_refs().iter().any(|c| c.name == column)
+}
+
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -246,7 +285,14 @@ impl SchemaProvider for StreamSchema {
 /// One stream: stored files, then the hub's newer rows.
 struct StreamTable {
     id: String,
+    /// The table as queries see it: `columns`, plus `time_s` where it is derived.
     schema: SchemaRef,
+    /// The stream's own columns (stored and in memory).
+    columns: SchemaRef,
+    /// Continuous streams carry no `time_s` column; their table derives it as
+    /// `sample_index / sampling_hz` (the store's own rule for their files' time bounds), so that
+    /// `WHERE time_s BETWEEN a AND b` works on raw data too and prunes by `sample_index`.
+    time_rate: Option<f64>,
     stored: Option<StoredStream>,
     /// The hub and the stream's key in it.
     hub: Option<(Arc<Hub>, String)>,
@@ -478,7 +524,7 @@ impl StreamTable {
                     _ => b,
                 };
                 if b.num_rows() > 0 && may_hold(&b, order, bounds, time) {
-                    snap.memory.push(conform(&b, &self.schema)?);
+                    snap.memory.push(conform(&b, &self.columns)?);
                 }
             }
         }
@@ -522,7 +568,7 @@ impl StreamTable {
                 last = max_opt(last, column_range(&b, c).1);
             }
             if may_hold(&b, order, bounds, time) {
-                snap.memory.push(conform(&b, &self.schema)?);
+                snap.memory.push(conform(&b, &self.columns)?);
             }
         }
         Ok((snap, last, any))
@@ -550,9 +596,9 @@ impl StreamTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut source = ParquetSource::new(self.schema.clone());
+        let mut source = ParquetSource::new(self.columns.clone());
         if let Some(predicate) = conjunction(filters.iter().cloned()) {
-            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+            let df_schema = DFSchema::try_from(self.columns.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
         let mut partitioned = Vec::with_capacity(files.len());
@@ -653,11 +699,98 @@ impl TableProvider for StreamTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let order = Order::of(&self.schema);
-        let bounds = match order {
+        match self.time_rate {
+            Some(rate) => self.scan_with_time(state, rate, projection, filters, limit),
+            None => self.scan_columns(state, projection, filters, limit, Bounds::default()),
+        }
+    }
+}
+
+impl StreamTable {
+    /// A scan of a table whose `time_s` is derived: the stream's columns (with `sample_index`
+    /// if `time_s` is wanted), `time_s` bounds turned into `sample_index` bounds, then
+    /// `time_s` computed.
+    fn scan_with_time(
+        &self,
+        state: &dyn Session,
+        rate: f64,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let time_at = self.columns.fields().len();
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..=time_at).collect(),
+        };
+        let sample_at = self.columns.index_of(SAMPLE_INDEX)?;
+        let mut inner: Vec<usize> = wanted.iter().copied().filter(|&i| i < time_at).collect();
+        if wanted.contains(&time_at) && !inner.contains(&sample_at) {
+            inner.push(sample_at);
+        }
+        let time = Bounds::of(filters, TIME_S);
+        let by_time = Bounds {
+            lo: time.lo.map(|t| (t * rate).floor()),
+            hi: time.hi.map(|t| (t * rate).ceil()),
+        };
+        let own: Vec<Expr> = filters
+            .iter()
+            .filter(|f| !mentions(f, TIME_S))
+            .cloned()
+            .chain(by_time.lo.map(|lo| {
+                datafusion::prelude::col(SAMPLE_INDEX).gt_eq(datafusion::prelude::lit(lo as i64))
+            }))
+            .chain(by_time.hi.map(|hi| {
+                datafusion::prelude::col(SAMPLE_INDEX).lt_eq(datafusion::prelude::lit(hi as i64))
+            }))
+            .collect();
+        let plan = self.scan_columns(state, Some(&inner), &own, limit, by_time)?;
+        let inner_schema = plan.schema();
+        let df_schema = DFSchema::try_from(inner_schema.as_ref().clone())?;
+        let mut exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> =
+            Vec::with_capacity(wanted.len());
+        for &i in &wanted {
+            if i == time_at {
+                let t = datafusion::prelude::cast(
+                    datafusion::prelude::col(SAMPLE_INDEX),
+                    DataType::Float64,
+                ) / datafusion::prelude::lit(rate);
+                exprs.push((
+                    state.create_physical_expr(t, &df_schema)?,
+                    TIME_S.to_string(),
+                ));
+            } else {
+                let name = self.columns.field(i).name();
+                let at = inner_schema.index_of(name)?;
+                let c = datafusion::physical_expr::expressions::Column::new(name, at);
+                exprs.push((Arc::new(c), name.clone()));
+            }
+        }
+        Ok(Arc::new(
+            datafusion::physical_plan::projection::ProjectionExec::try_new(exprs, plan)?,
+        ))
+    }
+
+    /// A scan of the stream's own columns; `extra` narrows the index bounds further.
+    fn scan_columns(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+        extra: Bounds,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let order = Order::of(&self.columns);
+        let mut bounds = match order {
             Order::Index(c) => Bounds::of(filters, c),
             _ => Bounds::default(),
         };
+        if let Some(lo) = extra.lo {
+            bounds.raise(lo);
+        }
+        if let Some(hi) = extra.hi {
+            bounds.lower(hi);
+        }
         let time = Bounds::of(filters, TIME_S);
         let snap = self.snapshot(order, &bounds, &time)?;
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
@@ -667,7 +800,7 @@ impl TableProvider for StreamTable {
         if !snap.memory.is_empty() || inputs.is_empty() {
             let exec = MemorySourceConfig::try_new_exec(
                 &[snap.memory],
-                self.schema.clone(),
+                self.columns.clone(),
                 projection.cloned(),
             )?;
             inputs.push(exec);
