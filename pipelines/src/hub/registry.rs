@@ -34,7 +34,8 @@ pub struct Stream {
 pub struct Retention {
     /// Seconds of data (by `time_s`, or the index over the stream's rate).
     pub window_s: f64,
-    /// At most this many bytes per stream, whatever the window says (raw probes are ~23 MB/s).
+    /// At most this many bytes per stream, whatever the window says: a raw probe (~23 MB/s)
+    /// keeps ~2.8 s by default, more than a store's default 1 s flush interval.
     pub max_bytes: u64,
 }
 
@@ -42,7 +43,7 @@ impl Default for Retention {
     fn default() -> Self {
         Retention {
             window_s: 10.0,
-            max_bytes: 32 << 20,
+            max_bytes: 64 << 20,
         }
     }
 }
