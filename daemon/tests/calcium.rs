@@ -214,6 +214,33 @@ inputs = ["moments_dff"]
         &[data_dir.to_str().unwrap(), plane.to_str().unwrap()],
     );
     eprintln!("{out}");
+    neurons_table_is_the_latest_labels(&py, &data_dir);
+}
+
+/// SQL's `neurons` table holds the last stored label row of every neuron, as pyarrow reads it.
+fn neurons_table_is_the_latest_labels(py: &std::path::Path, data_dir: &std::path::Path) {
+    let out = common::neurod()
+        .args(["sql", "--format", "csv", "--data-dir"])
+        .arg(data_dir)
+        .arg("SELECT stream, unit, label, skew FROM neurons ORDER BY stream, unit")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let ours = String::from_utf8(out.stdout).unwrap();
+    let code = r#"
+t = table(f"{sys.argv[1]}/store/s2p.suite2p-fissa.dff.neurons")
+last = t.filter(pc.equal(t["frame_index"], pc.max(t["frame_index"]))).sort_by("unit")
+print("stream,unit,label,skew")
+for u, l, s in zip(last["unit"].to_pylist(), last["label"].to_pylist(), last["skew"].to_pylist()):
+    print(f"s2p.suite2p-fissa.dff.neurons,{u},{l},{s!r}")
+"#;
+    let theirs = run_python(
+        py,
+        &format!("{PY_COMMON}import pyarrow.compute as pc\n{code}"),
+        &[data_dir.to_str().unwrap()],
+    );
+    assert!(ours.lines().count() > 10, "{ours}");
+    assert_eq!(ours, theirs);
 }
 
 /// A label image of `n` discs of radius `r` on the brightest, well separated spots of the
