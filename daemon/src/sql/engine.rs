@@ -9,6 +9,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider};
 use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -173,8 +174,12 @@ impl SqlEngine {
     /// A session holding every table as of now.
     pub async fn session(&self) -> Result<SessionContext, SqlError> {
         let limits = self.inner.limits;
+        // No spilling: on a rig the disk belongs to the recording, so a query over its memory
+        // limit fails (saying so) rather than writing temporary files.
+        let no_spill = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_bytes, 1.0)
+            .with_disk_manager_builder(no_spill)
             .build_arc()
             .map_err(|e| SqlError::Failed(e.to_string()))?;
         let config = SessionConfig::new()
@@ -358,4 +363,52 @@ pub fn sql_error(e: DataFusionError, limits: &SqlLimits) -> SqlError {
         }
     }
     SqlError::from_datafusion(e, limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(limits: SqlLimits) -> SqlEngine {
+        let dir = std::env::temp_dir().join("neurod-sql-no-data");
+        SqlEngine::new(dir, None, limits).unwrap()
+    }
+
+    fn run(e: &SqlEngine, sql: &str) -> Result<QueryResult, SqlError> {
+        e.block_on(e.query(sql))
+    }
+
+    #[test]
+    fn each_limit_ends_a_query_with_an_error_saying_which() {
+        let small = SqlLimits {
+            max_rows: 10,
+            memory_bytes: 1 << 20,
+            timeout: Duration::from_secs(30),
+        };
+        let e = engine(small);
+        let ok = run(&e, "SELECT value FROM generate_series(1, 10)").unwrap();
+        assert_eq!(ok.rows(), 10);
+        let rows = run(&e, "SELECT value FROM generate_series(1, 11)").unwrap_err();
+        assert!(
+            matches!(rows, SqlError::TooManyRows { limit: 10 }),
+            "{rows}"
+        );
+        let sort =
+            "SELECT value FROM generate_series(1, 5000000) ORDER BY value DESC LIMIT 3 OFFSET 7";
+        let mem = run(&e, &sort.replace("LIMIT 3 OFFSET 7", "")).unwrap_err();
+        assert!(matches!(mem, SqlError::Memory { limit_mb: 1, .. }), "{mem}");
+        assert_eq!(mem.http_status(), 413);
+        let slow = engine(SqlLimits {
+            timeout: Duration::from_millis(1),
+            ..SqlLimits::default()
+        });
+        let cross =
+            "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b";
+        let t = run(&slow, cross).unwrap_err();
+        assert!(matches!(t, SqlError::Timeout(_)), "{t}");
+        assert_eq!(t.http_status(), 504);
+        let bad = run(&e, "SELECT nope FROM streams").unwrap_err();
+        assert!(matches!(bad, SqlError::Invalid(_)), "{bad}");
+        assert!(bad.to_string().contains("nope"), "{bad}");
+    }
 }
