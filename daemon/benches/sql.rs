@@ -119,10 +119,10 @@ impl StreamStore {
         };
         let path = seg.path().to_path_buf();
         seg.finish().expect("closing a segment");
-        // At most two conversions at once: bounded memory on a small machine.
-        if self.converting.len() >= 2 {
-            let oldest = self.converting.remove(0);
-            oldest.join().expect("a conversion thread");
+        // One conversion at a time, like the sink's single converter (two manifest refreshes
+        // at once would race on its temporary file).
+        for t in self.converting.drain(..) {
+            t.join().expect("a conversion thread");
         }
         let dir = self.dir.clone();
         self.converting.push(std::thread::spawn(move || {
@@ -333,7 +333,7 @@ job = json.load(sys.stdin)
 con = duckdb.connect()
 for name, files in job["views"].items():
     con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({json.dumps(files)})')
-out = {"version": duckdb.__version__, "threads": con.execute("SELECT current_setting('threads')").fetchone()[0]}
+out = {"version": duckdb.__version__, "threads": con.sql("SELECT current_setting('threads')").fetchall()[0][0]}
 for key, sql in job["queries"].items():
     times = []
     for i in range(job["runs"] + 1):
@@ -498,7 +498,7 @@ fn main() {
         "neurod/duckdb",
         "same rows"
     );
-    println!("|{}|", ["-"; 7].map(|_| "").join("|"));
+    println!("|{}|", [52, 15, 15, 15, 15, 16, 12].map(|n| "-".repeat(n)).join("|"));
     for r in &table {
         println!(
             "| {:<50} | {:>10.1} ms | {:>10.1} ms | {:>10.1} ms | {:>10.1} ms | {:>14.2} | {:>10} |",
