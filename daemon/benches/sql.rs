@@ -383,7 +383,10 @@ fn main() {
     let last_s = r
         .batches
         .first()
-        .and_then(|b| b.column(0).as_primitive_opt::<arrow::datatypes::Float64Type>())
+        .and_then(|b| {
+            b.column(0)
+                .as_primitive_opt::<arrow::datatypes::Float64Type>()
+        })
         .and_then(|a| a.iter().next().flatten())
         .expect("the spikes table has rows");
     let from_s = last_s - 60.0;
@@ -403,11 +406,14 @@ fn main() {
     let spikes_sql = format!(
         r#"SELECT channel, count(*) FROM "{SPIKES}" WHERE time_s >= {from_s:?} GROUP BY channel"#
     );
-    let raw_sql = format!(
-        r#"SELECT * FROM "{PROBE}" WHERE sample_index >= {lo} AND sample_index < {hi}"#
-    );
+    let raw_sql =
+        format!(r#"SELECT * FROM "{PROBE}" WHERE sample_index >= {lo} AND sample_index < {hi}"#);
     println!("query 1: {spikes_sql}");
-    println!("query 2: {raw_sql}  (time_s {:.3}..{:.3})", lo as f64 / RATE_HZ, hi as f64 / RATE_HZ);
+    println!(
+        "query 2: {raw_sql}  (time_s {:.3}..{:.3})",
+        lo as f64 / RATE_HZ,
+        hi as f64 / RATE_HZ
+    );
 
     let (n1_first, n1_med, n1) = time_neurod(&engine, &spikes_sql, runs);
     let (n2_first, n2_med, n2) = time_neurod(&engine, &raw_sql, runs);
@@ -441,8 +447,10 @@ fn main() {
             d.get("digest")?.clone(),
         ))
     };
-    let (d1_first, d1_med, d1) = duck_entry("spikes").unwrap_or((f64::NAN, f64::NAN, serde_json::Value::Null));
-    let (d2_first, d2_med, d2) = duck_entry("raw").unwrap_or((f64::NAN, f64::NAN, serde_json::Value::Null));
+    let (d1_first, d1_med, d1) =
+        duck_entry("spikes").unwrap_or((f64::NAN, f64::NAN, serde_json::Value::Null));
+    let (d2_first, d2_med, d2) =
+        duck_entry("raw").unwrap_or((f64::NAN, f64::NAN, serde_json::Value::Null));
     let theirs_counts: Vec<(i64, i64)> = d1
         .as_array()
         .map(|a| {
@@ -498,7 +506,12 @@ fn main() {
         "neurod/duckdb",
         "same rows"
     );
-    println!("|{}|", [52, 15, 15, 15, 15, 16, 12].map(|n| "-".repeat(n)).join("|"));
+    println!(
+        "|{}|",
+        [52, 15, 15, 15, 15, 16, 12]
+            .map(|n| "-".repeat(n))
+            .join("|")
+    );
     for r in &table {
         println!(
             "| {:<50} | {:>10.1} ms | {:>10.1} ms | {:>10.1} ms | {:>10.1} ms | {:>14.2} | {:>10} |",
