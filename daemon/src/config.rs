@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use neurod::security::{self, Secret, Security};
 use pipelines::component::{BuildContext, PortSpec, Sink, Source, Transform};
 use pipelines::registry;
 use pipelines::stream::Layout;
-use neurod::security::{self, Secret, Security};
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
@@ -692,14 +692,20 @@ mod tests {
             file.display()
         );
         let e = errors(&cfg).join("\n");
-        assert!(e.contains("neurod.token") && e.contains("cannot read"), "{e}");
+        assert!(
+            e.contains("neurod.token") && e.contains("cannot read"),
+            "{e}"
+        );
         std::fs::write(&file, "\n").unwrap();
         let e = errors(&cfg).join("\n");
         assert!(e.contains("neurod.token is empty"), "{e}");
         std::fs::write(&file, "from-a-file\n").unwrap();
         let plan = parse(&cfg, "t", &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
         let security = plan.daemon.security().unwrap();
-        assert_eq!(security.token.map(|t| t.expose().to_string()).as_deref(), Some("from-a-file"));
+        assert_eq!(
+            security.token.map(|t| t.expose().to_string()).as_deref(),
+            Some("from-a-file")
+        );
         assert_eq!(security.max_request_bytes, 16 << 20);
         assert_eq!(security.max_concurrent_requests, 64);
     }

@@ -71,7 +71,10 @@ async fn serve(
         plan.daemon.sql.limits(),
     )
     .context("cannot start the query engine")?;
-    let security = plan.daemon.security().map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    let security = plan
+        .daemon
+        .security()
+        .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
     let tls = security.rustls_config().map_err(anyhow::Error::msg)?;
     let listen = plan.daemon.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
@@ -172,8 +175,15 @@ async fn reload(
             "new [daemon.sql] query limits take effect at the next start, not on reload"
         );
     }
-    let secured = |d: &config::DaemonConfig| (&d.token, &d.token_file, &d.tls_cert, &d.tls_key);
-    if secured(&plan.daemon) != secured(&running) {
+    let new = &plan.daemon;
+    if (&new.token, &new.token_file, &new.tls_cert, &new.tls_key)
+        != (
+            &running.token,
+            &running.token_file,
+            &running.tls_cert,
+            &running.tls_key,
+        )
+    {
         tracing::warn!("a new token or TLS files take effect at the next start, not on reload");
     }
     if plan.daemon.listen != running.listen {

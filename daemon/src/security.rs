@@ -90,7 +90,8 @@ impl Security {
             }),
             (None, None) => None,
             _ => {
-                errors.push("[daemon] tls_cert and tls_key go together: set both or neither".into());
+                errors
+                    .push("[daemon] tls_cert and tls_key go together: set both or neither".into());
                 None
             }
         };
@@ -177,7 +178,15 @@ impl Security {
 /// Installs ring as rustls's process-wide provider (tonic's TLS asks rustls for the default);
 /// a second call, or a provider installed by someone else, changes nothing.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = ring_provider().install_default();
+}
+
+/// ring, the provider the workspace builds (aws-lc-rs would need cmake and a C toolchain);
+/// rustls 0.23.48 deprecates it for lacking post-quantum key exchange, which these
+/// listeners do not need.
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 impl TlsFiles {
@@ -201,7 +210,7 @@ impl TlsFiles {
             ),
             e => bad(&self.key, "tls_key", &format!("not valid PEM: {e}")),
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(ring_provider());
         rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("[daemon] TLS: {e}"))?

@@ -19,9 +19,13 @@ fn config(extra: &str) -> String {
 [daemon]
 data_dir = "{{dir}}/data"
 {extra}
+# A source that waits for clients: the daemon runs until stopped, at no CPU cost.
 [sources.rig]
-type = "simulated"
-twophoton = false
+type = "arrow_ipc"
+address = "127.0.0.1:0"
+[sinks.store]
+type = "store"
+inputs = ["rig"]
 "#
     )
 }
@@ -95,7 +99,12 @@ fn a_listener_off_loopback_answers_only_requests_with_the_token() {
     let get = |path: &str, headers: &[&str]| request(d.port, "GET", path, headers, "").unwrap();
 
     for path in ["/healthz", "/metrics", "/status", "/streams", "/nowhere"] {
-        for headers in [&[][..], &["Authorization: Bearer wrong"], &["Authorization: Basic x"]] {
+        let refused: [&[&str]; 3] = [
+            &[],
+            &["Authorization: Bearer wrong"],
+            &["Authorization: Basic x"],
+        ];
+        for headers in refused {
             let (code, head, _) = get(path, headers);
             assert_eq!(code, 401, "{path} {headers:?}");
             assert!(head.contains("www-authenticate: bearer"), "{head}");
@@ -119,7 +128,10 @@ fn a_listener_off_loopback_answers_only_requests_with_the_token() {
     d.signal("TERM");
     assert!(d.wait_exit(Duration::from_secs(30)).success());
     let log = d.log_text();
-    assert!(!log.contains(TOKEN), "the token must never be logged:\n{log}");
+    assert!(
+        !log.contains(TOKEN),
+        "the token must never be logged:\n{log}"
+    );
 }
 
 #[test]
@@ -127,8 +139,11 @@ fn validate_refuses_an_open_listener_and_names_a_bad_token_file_only() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("neurod.toml");
     let write = |extra: &str| {
-        std::fs::write(&cfg, config(extra).replace("{dir}", &dir.path().display().to_string()))
-            .unwrap()
+        std::fs::write(
+            &cfg,
+            config(extra).replace("{dir}", &dir.path().display().to_string()),
+        )
+        .unwrap()
     };
     write("listen = \"0.0.0.0:9750\"");
     let e = validate_errors(&cfg);
@@ -136,13 +151,22 @@ fn validate_refuses_an_open_listener_and_names_a_bad_token_file_only() {
 
     let file = dir.path().join("lab.token");
     std::fs::write(&file, format!("{TOKEN} and more words\n")).unwrap();
-    write(&format!("listen = \"0.0.0.0:9750\"\ntoken_file = \"{}\"", file.display()));
+    write(&format!(
+        "listen = \"0.0.0.0:9750\"\ntoken_file = \"{}\"",
+        file.display()
+    ));
     let e = validate_errors(&cfg);
     assert!(e.contains("lab.token") && !e.contains(TOKEN), "{e}");
 
-    write(&format!("token = \"{TOKEN} x\"\ntls_cert = \"{}\"", file.display()));
+    write(&format!(
+        "token = \"{TOKEN} x\"\ntls_cert = \"{}\"",
+        file.display()
+    ));
     let e = validate_errors(&cfg);
-    assert!(e.contains("tls_cert and tls_key") && !e.contains(TOKEN), "{e}");
+    assert!(
+        e.contains("tls_cert and tls_key") && !e.contains(TOKEN),
+        "{e}"
+    );
 }
 
 fn have(tool: &str) -> bool {
@@ -152,7 +176,10 @@ fn have(tool: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-        || Command::new(tool).arg("version").output().is_ok_and(|o| o.status.success());
+        || Command::new(tool)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !found {
         assert!(std::env::var_os("CI").is_none(), "CI must have {tool}");
         eprintln!("SKIPPED: no {tool}");
@@ -162,9 +189,19 @@ fn have(tool: &str) -> bool {
 
 /// A self-signed certificate for 127.0.0.1 and its key, as `name.crt` and `name.key`.
 fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", "2", "-subj", "/CN=neurod-test"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
         .arg("-keyout")
@@ -207,7 +244,16 @@ fn tls_serves_https_from_pem_files_and_a_mismatched_key_is_refused() {
     let url = format!("https://127.0.0.1:{}/healthz", d.port);
     let curl = |auth: &str| {
         let out = Command::new("curl")
-            .args(["-sk", "--max-time", "30", "-w", "%{http_code}", "-H", auth, &url])
+            .args([
+                "-sk",
+                "--max-time",
+                "30",
+                "-w",
+                "%{http_code}",
+                "-H",
+                auth,
+                &url,
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()

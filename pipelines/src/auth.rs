@@ -12,8 +12,14 @@ use serde::Deserialize;
 
 /// A bearer token. `Debug` prints `Secret(<redacted>)`; nothing else prints it.
 #[derive(Clone, Deserialize)]
-#[serde(transparent)]
+#[serde(from = "String")]
 pub struct Secret(Arc<str>);
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s.into())
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<Arc<str>>) -> Self {
@@ -79,9 +85,8 @@ pub fn resolve_token(
         }
         (Some(t), None) => t,
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!("{what}: token_file {}: cannot read: {e}", path.display())
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{what}: token_file {}: cannot read: {e}", path.display()))?;
             let trimmed = text.trim();
             if trimmed.is_empty() {
                 return Err(format!("{what}: token_file {} is empty", path.display()));
@@ -146,7 +151,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, "abc123\n").unwrap();
-        let t = resolve_token("[daemon]", None, Some(&file)).unwrap().unwrap();
+        let t = resolve_token("[daemon]", None, Some(&file))
+            .unwrap()
+            .unwrap();
         assert_eq!(t.expose(), "abc123");
 
         std::fs::write(&file, " \n").unwrap();
@@ -158,7 +165,10 @@ mod tests {
 
         std::fs::write(&file, "two words").unwrap();
         let e = resolve_token("[daemon]", None, Some(&file)).unwrap_err();
-        assert!(!e.contains("two words") && e.contains("visible ASCII"), "{e}");
+        assert!(
+            !e.contains("two words") && e.contains("visible ASCII"),
+            "{e}"
+        );
 
         let e = resolve_token("x", Some(Secret::new("a")), Some(&file)).unwrap_err();
         assert!(e.contains("not both"), "{e}");

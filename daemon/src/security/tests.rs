@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use axum::routing::{get, post};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::service::Interceptor;
 
 use super::*;
@@ -63,7 +62,10 @@ fn tls_and_limit_options_are_checked_naming_the_file() {
         tls_key: Some(&garbage),
         ..options()
     });
-    assert!(e.contains("tls_cert") && e.contains("missing.pem") && e.contains("cannot read"), "{e}");
+    assert!(
+        e.contains("tls_cert") && e.contains("missing.pem") && e.contains("cannot read"),
+        "{e}"
+    );
     let e = errors(Options {
         tls_cert: Some(&garbage),
         tls_key: Some(&garbage),
@@ -75,7 +77,10 @@ fn tls_and_limit_options_are_checked_naming_the_file() {
         max_concurrent_requests: 0,
         ..options()
     });
-    assert!(e.contains("max_request_bytes") && e.contains("max_concurrent_requests"), "{e}");
+    assert!(
+        e.contains("max_request_bytes") && e.contains("max_concurrent_requests"),
+        "{e}"
+    );
 }
 
 /// Serves `router` behind `security` on a loopback port.
@@ -87,22 +92,25 @@ async fn serve(security: &Security, router: Router) -> std::net::SocketAddr {
     addr
 }
 
-/// One HTTP/1.1 request; the status code.
+/// One HTTP/1.1 request (blocking I/O on a blocking thread); the status code.
 async fn status(addr: std::net::SocketAddr, request: String) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = Vec::new();
-    let read = s.read_to_end(&mut reply);
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&reply);
-    text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+    use std::io::{Read, Write};
+    let exchange = move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+    };
+    tokio::task::spawn_blocking(exchange).await.unwrap()
 }
 
 fn get_request(path: &str, auth: Option<&str>) -> String {
-    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")
 }
 
@@ -122,17 +130,23 @@ async fn http_requests_past_a_limit_are_refused_and_the_rest_served() {
         .route("/echo", post(|body: String| async move { body }))
         .route(
             "/slow",
-            get(move || async move {
-                e.notify_one();
-                r.notified().await;
-                "done"
+            get(move || {
+                let (e, r) = (e.clone(), r.clone());
+                async move {
+                    e.notify_one();
+                    r.notified().await;
+                    "done"
+                }
             }),
         );
     let addr = serve(&security, router).await;
     let auth = Some("Bearer http-tok");
 
     assert_eq!(status(addr, get_request("/slow", None)).await, 401);
-    assert_eq!(status(addr, get_request("/nowhere", Some("Bearer x"))).await, 401);
+    assert_eq!(
+        status(addr, get_request("/nowhere", Some("Bearer x"))).await,
+        401
+    );
     let post = |len: usize| {
         format!(
             "POST /echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer http-tok\r\n\

@@ -77,7 +77,8 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
         errors.push(e);
         None
     });
-    let exposed = require_token_off_loopback(&format!("{what}: address"), &o.address, token.is_some());
+    let exposed =
+        require_token_off_loopback(&format!("{what}: address"), &o.address, token.is_some());
     errors.extend(exposed);
     if o.max_connections == 0 {
         errors.push(format!(
@@ -316,16 +317,24 @@ mod tests {
             inputs: &[],
         };
         let parse = |s: &str| -> toml::Table { toml::from_str(s).unwrap() };
-        let e = build(&ctx, parse("address = '0.0.0.0:9760'")).err().unwrap();
+        let e = build(&ctx, parse("address = '0.0.0.0:9760'"))
+            .err()
+            .unwrap();
         assert!(e[0].contains("rig") && e[0].contains("token"), "{e:?}");
         assert!(build(&ctx, parse("address = '0.0.0.0:9760'\ntoken = 'abc'")).is_ok());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("rig.token");
         std::fs::write(&file, "s3cret\n").unwrap();
-        let opts = format!("address = '0.0.0.0:9760'\ntoken_file = '{}'", file.display());
+        let opts = format!(
+            "address = '0.0.0.0:9760'\ntoken_file = '{}'",
+            file.display()
+        );
         assert!(build(&ctx, parse(&opts)).is_ok());
         std::fs::write(&file, "").unwrap();
         let e = build(&ctx, parse(&opts)).err().unwrap();
-        assert!(e[0].contains("rig.token") && e[0].contains("empty"), "{e:?}");
+        assert!(
+            e[0].contains("rig.token") && e[0].contains("empty"),
+            "{e:?}"
+        );
     }
 }

@@ -287,13 +287,24 @@ fn with_a_token_only_clients_that_send_it_first_get_their_stream_through() {
     assert!(!reply.contains("rig-token"), "no token echoed: {reply}");
     h.wait_errors(2);
     let series = r#"error_type="unauthorized",stage="receiving"} 2"#;
-    assert!(h.registry.render().contains(series), "{}", h.registry.render());
+    assert!(
+        h.registry.render().contains(series),
+        "{}",
+        h.registry.render()
+    );
 
     let mut s = TcpStream::connect(h.addr).unwrap();
     s.write_all(&with_line(b"AUTH rig-token-1\r\n")).unwrap();
     let batches = h.collect_rows(10);
-    assert_eq!(batches[0].schema_ref().metadata()[keys::STREAM_ID], "ipc.authed");
-    assert_eq!(h.metrics.errors_total(), 2, "the authorized stream is not an error");
+    assert_eq!(
+        batches[0].schema_ref().metadata()[keys::STREAM_ID],
+        "ipc.authed"
+    );
+    assert_eq!(
+        h.metrics.errors_total(),
+        2,
+        "the authorized stream is not an error"
+    );
     drop(s);
     h.stop();
 }
