@@ -504,10 +504,16 @@ fn python_example_pushes_a_stream_the_source_accepts() {
         eprintln!("SKIPPED: NEUROD_PYTHON not set; {script} not exercised");
         return;
     };
-    let h = start(16);
+    // With a token, so that the example's AUTH line is exercised too.
+    let h = start_with_token(16, Some(Secret::new("py-token")));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("rig.token");
+    std::fs::write(&token_file, "py-token\n").unwrap();
     let out = std::process::Command::new(python)
         .arg(script)
         .args(["--address", &h.addr.to_string(), "--stream-id", "py rig"])
+        .arg("--token-file")
+        .arg(&token_file)
         .args(["--seconds", "0.5", "--rate", "30000.5", "--no-pace"])
         .output()
         .unwrap();
