@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, neurod, validate_errors, Daemon};
+use common::{validate_errors, Daemon};
 
 const TOKEN: &str = "lab-7f3e9c2a";
 
@@ -32,21 +32,8 @@ inputs = ["rig"]
 
 /// Runs `config` and waits until `ready(port)`.
 fn start(dir: &Path, config: &str, ready: impl Fn(u16) -> bool) -> Daemon {
-    let port = free_port();
-    let text = config
-        .replace("{port}", &port.to_string())
-        .replace("{dir}", &dir.display().to_string());
-    let cfg = dir.join("neurod.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let log = dir.join("neurod.log");
-    let child = neurod()
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon { child, port, log };
+    let mut d = Daemon::spawn(dir, config, &[]);
+    let port = d.port;
     let t = Instant::now();
     while !ready(port) {
         if t.elapsed() > Duration::from_secs(30) || d.child.try_wait().unwrap().is_some() {

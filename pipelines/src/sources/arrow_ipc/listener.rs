@@ -285,14 +285,21 @@ fn refuse_over_limit(shared: &Shared, stream: &TcpStream, peer: SocketAddr, max:
 mod tests {
     use super::*;
 
-    #[test]
-    fn build_checks_options_without_binding() {
-        let ctx = BuildContext {
+    fn ctx() -> BuildContext<'static> {
+        BuildContext {
             id: "rig",
             data_dir: std::path::Path::new("/nonexistent"),
             inputs: &[],
-        };
-        let parse = |s: &str| -> toml::Table { toml::from_str(s).unwrap() };
+        }
+    }
+
+    fn parse(s: &str) -> toml::Table {
+        toml::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn build_checks_options_without_binding() {
+        let ctx = ctx();
         assert!(build(&ctx, parse("")).is_ok());
         let e = build(&ctx, parse("address = 'localhost'")).err().unwrap();
         assert!(e[0].contains("rig") && e[0].contains("localhost"), "{e:?}");
@@ -311,12 +318,7 @@ mod tests {
 
     #[test]
     fn an_address_off_loopback_needs_a_token() {
-        let ctx = BuildContext {
-            id: "rig",
-            data_dir: std::path::Path::new("/nonexistent"),
-            inputs: &[],
-        };
-        let parse = |s: &str| -> toml::Table { toml::from_str(s).unwrap() };
+        let ctx = ctx();
         let e = build(&ctx, parse("address = '0.0.0.0:9760'"))
             .err()
             .unwrap();
