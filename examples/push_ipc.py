@@ -110,6 +110,7 @@ def main() -> int:
     ap.add_argument("--rate", default="30000", help="sampling rate in Hz, exact decimal text")
     ap.add_argument("--batch-ms", type=float, default=10.0, help="samples per batch, in ms")
     ap.add_argument("--no-pace", action="store_true", help="send as fast as possible")
+    ap.add_argument("--token-file", help="file holding the source's token (sent as `AUTH <token>`)")
     args = ap.parse_args()
 
     rate = float(args.rate)
@@ -121,6 +122,10 @@ def main() -> int:
 
     sock = socket.create_connection((host.strip("[]"), int(port)))
     sink = sock.makefile("wb")
+    if args.token_file:
+        # A source with a token reads one line `AUTH <token>` before the stream.
+        with open(args.token_file) as f:
+            sink.write(f"AUTH {f.read().strip()}\n".encode())
     writer = pa.ipc.new_stream(sink, schema)
     started = time.monotonic()
     sent = 0

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use neurod::security::{self, Secret, Security};
 use pipelines::component::{BuildContext, PortSpec, Sink, Source, Transform};
 use pipelines::registry;
 use pipelines::stream::Layout;
@@ -29,6 +30,53 @@ pub struct DaemonConfig {
     /// `[daemon.sql]`: SQL's limits and the window of recent data the hub keeps for it.
     #[serde(default)]
     pub sql: SqlConfig,
+    /// Bearer token of every listener (or `token_file`, the file holding it); required when
+    /// a listener is off loopback. See `neurod::security`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain and private key: TLS on the listeners (both or neither).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+}
+
+fn default_max_request_bytes() -> usize {
+    security::DEFAULT_MAX_REQUEST_BYTES
+}
+fn default_max_concurrent_requests() -> usize {
+    security::DEFAULT_MAX_CONCURRENT_REQUESTS
+}
+
+impl DaemonConfig {
+    /// The token (its file read), TLS files (checked) and limits.
+    pub fn security(&self) -> Result<Security, Vec<String>> {
+        Security::from_options(security::Options {
+            token: self.token.clone(),
+            token_file: self.token_file.as_deref(),
+            tls_cert: self.tls_cert.as_deref(),
+            tls_key: self.tls_key.as_deref(),
+            max_request_bytes: self.max_request_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
+        })
+    }
+
+    /// The security options, and no listener reachable from other machines without a token.
+    fn check_security(&self, errors: &mut Vec<String>) {
+        match self.security() {
+            Ok(s) => {
+                let listeners = [("[daemon] listen", &self.listen)];
+                errors.extend(listeners.iter().filter_map(|(w, a)| s.check_listener(w, a)));
+            }
+            Err(es) => errors.extend(es),
+        }
+    }
 }
 
 /// `[daemon.sql]`
@@ -123,6 +171,12 @@ impl Default for DaemonConfig {
             listen: default_listen(),
             queue_batches: default_queue_batches(),
             sql: SqlConfig::default(),
+            token: None,
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            max_request_bytes: default_max_request_bytes(),
+            max_concurrent_requests: default_max_concurrent_requests(),
         }
     }
 }
@@ -293,6 +347,7 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
     }
     check_data_dir(&daemon.data_dir, &mut errors);
     daemon.sql.check(&mut errors);
+    daemon.check_security(&mut errors);
 
     // Build components in a stable order: sources, transforms, sinks; ids sorted within each.
     let mut components = Vec::new();
@@ -619,6 +674,40 @@ mod tests {
         .join("\n");
         assert!(e.contains("`nobody` names no component"), "{e}");
         assert!(e.contains("a.nowhere"), "{e}");
+    }
+
+    #[test]
+    fn listeners_off_loopback_need_a_token_which_is_never_echoed() {
+        let sim = "[sources.a]\ntype = 'simulated'\n";
+        let e = errors(&format!("[daemon]\nlisten = '0.0.0.0:9750'\n{sim}")).join("\n");
+        assert!(e.contains("[daemon] listen") && e.contains("token"), "{e}");
+        let with = format!("[daemon]\nlisten = '0.0.0.0:9750'\ntoken = 'hunter22'\n{sim}");
+        let plan = parse(&with, "t", &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!format!("{:?}", plan.daemon).contains("hunter22"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("neurod.token");
+        let cfg = format!(
+            "[daemon]\nlisten = '[::]:9750'\ntoken_file = '{}'\n{sim}",
+            file.display()
+        );
+        let e = errors(&cfg).join("\n");
+        assert!(
+            e.contains("neurod.token") && e.contains("cannot read"),
+            "{e}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let e = errors(&cfg).join("\n");
+        assert!(e.contains("neurod.token is empty"), "{e}");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let plan = parse(&cfg, "t", &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        let security = plan.daemon.security().unwrap();
+        assert_eq!(
+            security.token.map(|t| t.expose().to_string()).as_deref(),
+            Some("from-a-file")
+        );
+        assert_eq!(security.max_request_bytes, 16 << 20);
+        assert_eq!(security.max_concurrent_requests, 64);
     }
 
     #[test]

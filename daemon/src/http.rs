@@ -42,6 +42,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Serves `app` on `listener` in the background, over TLS when `tls` is given.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
+    let Some(config) = tls else {
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("HTTP server stopped: {e}");
+            }
+        });
+        return Ok(());
+    };
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+    let server = axum_server::from_tcp_rustls(listener.into_std()?, config)?;
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::error!("HTTPS server stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct StreamsBody {
     streams: Vec<StreamInfo>,

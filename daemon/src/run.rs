@@ -71,6 +71,11 @@ async fn serve(
         plan.daemon.sql.limits(),
     )
     .context("cannot start the query engine")?;
+    let security = plan
+        .daemon
+        .security()
+        .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    let tls = security.rustls_config().map_err(anyhow::Error::msg)?;
     let listen = plan.daemon.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -83,12 +88,9 @@ async fn serve(
         subscriber_queue: plan.daemon.queue_batches,
         sql,
     };
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, http::router(state)).await {
-            tracing::error!("HTTP server stopped: {e}");
-        }
-    });
-    tracing::info!(%listen, data_dir = %plan.daemon.data_dir.display(), "neurod running");
+    let app = security.protect(http::router(state));
+    http::spawn(listener, app, tls.clone()).context("cannot start the HTTP server")?;
+    tracing::info!(%listen, tls = tls.is_some(), token = security.token.is_some(), data_dir = %plan.daemon.data_dir.display(), "neurod running");
 
     let mut topology =
         Topology::start(plan, &metrics, &hub).context("cannot start the topology")?;
@@ -172,6 +174,17 @@ async fn reload(
         tracing::warn!(
             "new [daemon.sql] query limits take effect at the next start, not on reload"
         );
+    }
+    let new = &plan.daemon;
+    if (&new.token, &new.token_file, &new.tls_cert, &new.tls_key)
+        != (
+            &running.token,
+            &running.token_file,
+            &running.tls_cert,
+            &running.tls_key,
+        )
+    {
+        tracing::warn!("a new token or TLS files take effect at the next start, not on reload");
     }
     if plan.daemon.listen != running.listen {
         tracing::warn!(

@@ -1,5 +1,6 @@
 //! Sources, transforms, sinks, Arrow schemas and the storage layer of neurod.
 
+pub mod auth;
 pub mod component;
 pub mod edge;
 pub mod fault;

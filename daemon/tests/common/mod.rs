@@ -83,6 +83,13 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables for the daemon.
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::spawn(dir, config, env);
+        d.wait_http();
+        d
+    }
+
+    /// Writes and runs `config` like [`Daemon::start`] without waiting for anything.
+    pub fn spawn(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let text = config
             .replace("{port}", &port.to_string())
@@ -98,9 +105,7 @@ impl Daemon {
             .envs(env.iter().copied())
             .spawn()
             .unwrap();
-        let mut d = Daemon { child, port, log };
-        d.wait_http();
-        d
+        Daemon { child, port, log }
     }
 
     /// Waits until the daemon answers HTTP, or has already ended (a short finite run can finish

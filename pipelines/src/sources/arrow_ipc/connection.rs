@@ -94,6 +94,9 @@ pub(super) fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketA
         batches: 0,
         rows: 0,
     };
+    if !conn.authorized(&stream) {
+        return;
+    }
     let outcome = conn.receive();
     let stream_id = conn.stream_id.take().unwrap_or_default();
     let (batches, rows) = (conn.batches, conn.rows);

@@ -17,6 +17,7 @@ use super::{
     close_with_error, DEFAULT_ADDRESS, DEFAULT_MAX_CONNECTIONS, REFUSAL_LINGER, STAGE, TOO_MANY,
     TYPE_NAME,
 };
+use crate::auth::{require_token_off_loopback, resolve_token, Secret};
 use crate::component::{
     parse_options, BuildContext, ComponentError, Outputs, PortSpec, Shutdown, Source, SourceContext,
 };
@@ -35,6 +36,9 @@ struct Options {
     address: String,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    /// Required off loopback (see [`super::auth`]).
+    token: Option<Secret>,
+    token_file: Option<std::path::PathBuf>,
 }
 
 fn default_address() -> String {
@@ -51,6 +55,7 @@ pub struct ArrowIpcSource {
     id: String,
     address: SocketAddr,
     max_connections: usize,
+    token: Option<Secret>,
 }
 
 /// Checks the options without opening a socket (`neurod validate` runs this).
@@ -67,6 +72,14 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
             None
         }
     };
+    let what = format!("component `{}` (type `{TYPE_NAME}`)", ctx.id);
+    let token = resolve_token(&what, o.token, o.token_file.as_deref()).unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    let exposed =
+        require_token_off_loopback(&format!("{what}: address"), &o.address, token.is_some());
+    errors.extend(exposed);
     if o.max_connections == 0 {
         errors.push(format!(
             "component `{}` (type `{TYPE_NAME}`): max_connections must be at least 1",
@@ -74,11 +87,9 @@ pub fn build(ctx: &BuildContext, options: toml::Table) -> Result<Box<dyn Source>
         ));
     }
     match address {
-        Some(address) if errors.is_empty() => Ok(Box::new(ArrowIpcSource::new(
-            ctx.id,
-            address,
-            o.max_connections,
-        ))),
+        Some(address) if errors.is_empty() => Ok(Box::new(
+            ArrowIpcSource::new(ctx.id, address, o.max_connections).with_token(token),
+        )),
         _ => Err(errors),
     }
 }
@@ -89,7 +100,14 @@ impl ArrowIpcSource {
             id: id.into(),
             address,
             max_connections: max_connections.max(1),
+            token: None,
         }
+    }
+
+    /// Requires every connection to start with `AUTH <token>` (see [`super::auth`]).
+    pub fn with_token(mut self, token: Option<Secret>) -> Self {
+        self.token = token;
+        self
     }
 
     /// The address `run` listens on.
@@ -122,6 +140,7 @@ impl ArrowIpcSource {
             downstream_gone: AtomicBool::new(false),
             resume: ctx.resume,
             runs: Mutex::new(HashMap::new()),
+            token: self.token.clone(),
         });
         let mut connections: Vec<JoinHandle<()>> = Vec::new();
         let mut next_number: u64 = 0;
@@ -207,6 +226,7 @@ pub(super) struct Shared {
     resume: ResumeLookup,
     /// The id each stream got in this run (see [`Shared::run_id`]).
     runs: Mutex<HashMap<String, String>>,
+    pub(super) token: Option<Secret>,
 }
 
 impl Shared {
@@ -265,14 +285,21 @@ fn refuse_over_limit(shared: &Shared, stream: &TcpStream, peer: SocketAddr, max:
 mod tests {
     use super::*;
 
-    #[test]
-    fn build_checks_options_without_binding() {
-        let ctx = BuildContext {
+    fn ctx() -> BuildContext<'static> {
+        BuildContext {
             id: "rig",
             data_dir: std::path::Path::new("/nonexistent"),
             inputs: &[],
-        };
-        let parse = |s: &str| -> toml::Table { toml::from_str(s).unwrap() };
+        }
+    }
+
+    fn parse(s: &str) -> toml::Table {
+        toml::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn build_checks_options_without_binding() {
+        let ctx = ctx();
         assert!(build(&ctx, parse("")).is_ok());
         let e = build(&ctx, parse("address = 'localhost'")).err().unwrap();
         assert!(e[0].contains("rig") && e[0].contains("localhost"), "{e:?}");
@@ -287,5 +314,29 @@ mod tests {
         let o: Options = parse_options("rig", TYPE_NAME, parse("")).unwrap();
         assert_eq!(o.address, "127.0.0.1:9760");
         assert_eq!(o.max_connections, 16);
+    }
+
+    #[test]
+    fn an_address_off_loopback_needs_a_token() {
+        let ctx = ctx();
+        let e = build(&ctx, parse("address = '0.0.0.0:9760'"))
+            .err()
+            .unwrap();
+        assert!(e[0].contains("rig") && e[0].contains("token"), "{e:?}");
+        assert!(build(&ctx, parse("address = '0.0.0.0:9760'\ntoken = 'abc'")).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rig.token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let opts = format!(
+            "address = '0.0.0.0:9760'\ntoken_file = '{}'",
+            file.display()
+        );
+        assert!(build(&ctx, parse(&opts)).is_ok());
+        std::fs::write(&file, "").unwrap();
+        let e = build(&ctx, parse(&opts)).err().unwrap();
+        assert!(
+            e[0].contains("rig.token") && e[0].contains("empty"),
+            "{e:?}"
+        );
     }
 }

@@ -8,7 +8,11 @@
 //! type = "arrow_ipc"
 //! address = "127.0.0.1:9760"   # default
 //! max_connections = 16         # default
+//! token_file = "/etc/neurod/rig.token"  # or token = "..."; required off loopback
 //! ```
+//!
+//! With a token the client's first bytes are one line `AUTH <token>\n`, then the stream
+//! (see [`auth`]); without one (loopback only) the connection is the plain stream.
 //!
 //! A malformed stream closes its own connection only (with one `error: ...` line written back
 //! to the peer); batches it already delivered stay delivered, other connections go on.
@@ -21,8 +25,10 @@
 //! - [`listener`]: options, the accept loop, the connection limit, what connections share.
 //! - [`connection`]: one connection: decoding, checking and delivering its batches.
 //! - [`framing`]: reading one IPC message off the wire with every length bounded.
+//! - [`auth`]: the `AUTH <token>` line of a source with a token.
 //! - [`stream_schema`]: what a client's schema says the stream is, and the stream's name.
 
+mod auth;
 mod connection;
 mod framing;
 mod listener;

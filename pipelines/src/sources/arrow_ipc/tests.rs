@@ -16,6 +16,7 @@ use arrow::ipc::writer::StreamWriter;
 
 use super::stream_schema::accept_schema;
 use super::{ArrowIpcSource, TYPE_NAME};
+use crate::auth::Secret;
 use crate::component::{ComponentError, Output, Outputs, Shutdown, SourceContext};
 use crate::edge::{Inbox, Overflow, Recv};
 use crate::metrics::{ComponentMetrics, Metrics};
@@ -27,14 +28,21 @@ struct Harness {
     addr: SocketAddr,
     inbox: Inbox,
     metrics: ComponentMetrics,
+    /// The registry `metrics` belongs to, for its rendered series.
+    registry: Arc<Metrics>,
     shutdown: Shutdown,
     run: JoinHandle<Result<(), ComponentError>>,
 }
 
 fn start(max_connections: usize) -> Harness {
+    start_with_token(max_connections, None)
+}
+
+fn start_with_token(max_connections: usize, token: Option<Secret>) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let metrics = Metrics::new().component("ipc", "source", TYPE_NAME);
+    let registry = Metrics::new();
+    let metrics = registry.component("ipc", "source", TYPE_NAME);
     let inbox = Inbox::new(10_000, metrics.clone());
     let mut outputs = Outputs::default();
     outputs.insert(
@@ -49,12 +57,13 @@ fn start(max_connections: usize) -> Harness {
         metrics: metrics.clone(),
         resume: Default::default(),
     };
-    let source = ArrowIpcSource::new("ipc", addr, max_connections);
+    let source = ArrowIpcSource::new("ipc", addr, max_connections).with_token(token);
     let run = std::thread::spawn(move || source.run_on(listener, ctx));
     Harness {
         addr,
         inbox,
         metrics,
+        registry,
         shutdown,
         run,
     }
@@ -258,6 +267,49 @@ fn good_stream_flows_completely_while_bad_clients_are_rejected() {
 }
 
 #[test]
+fn with_a_token_only_clients_that_send_it_first_get_their_stream_through() {
+    let h = start_with_token(16, Some(Secret::new("rig-token-1")));
+    let schema = continuous_schema(Some("authed"), Some("30000"));
+    let stream = ipc_bytes(
+        &schema,
+        &[continuous_batch(&schema, (0..10).collect())],
+        true,
+    );
+    let with_line = |line: &[u8]| [line, &stream[..]].concat();
+
+    let reply = send_and_read_reply(h.addr, &stream);
+    assert!(
+        reply.starts_with("error: ") && reply.contains("unauthorized") && reply.contains("AUTH"),
+        "{reply}"
+    );
+    let reply = send_and_read_reply(h.addr, &with_line(b"AUTH rig-token-2\n"));
+    assert!(reply.contains("unauthorized: wrong token"), "{reply}");
+    assert!(!reply.contains("rig-token"), "no token echoed: {reply}");
+    h.wait_errors(2);
+    let series = r#"error_type="unauthorized",stage="receiving"} 2"#;
+    assert!(
+        h.registry.render().contains(series),
+        "{}",
+        h.registry.render()
+    );
+
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.write_all(&with_line(b"AUTH rig-token-1\r\n")).unwrap();
+    let batches = h.collect_rows(10);
+    assert_eq!(
+        batches[0].schema_ref().metadata()[keys::STREAM_ID],
+        "ipc.authed"
+    );
+    assert_eq!(
+        h.metrics.errors_total(),
+        2,
+        "the authorized stream is not an error"
+    );
+    drop(s);
+    h.stop();
+}
+
+#[test]
 fn non_increasing_sample_index_closes_the_connection_keeping_earlier_batches() {
     let h = start(16);
     let schema = continuous_schema(None, Some("30000"));
@@ -452,10 +504,16 @@ fn python_example_pushes_a_stream_the_source_accepts() {
         eprintln!("SKIPPED: NEUROD_PYTHON not set; {script} not exercised");
         return;
     };
-    let h = start(16);
+    // With a token, so that the example's AUTH line is exercised too.
+    let h = start_with_token(16, Some(Secret::new("py-token")));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("rig.token");
+    std::fs::write(&token_file, "py-token\n").unwrap();
     let out = std::process::Command::new(python)
         .arg(script)
         .args(["--address", &h.addr.to_string(), "--stream-id", "py rig"])
+        .arg("--token-file")
+        .arg(&token_file)
         .args(["--seconds", "0.5", "--rate", "30000.5", "--no-pace"])
         .output()
         .unwrap();
