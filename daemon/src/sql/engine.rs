@@ -9,6 +9,9 @@ use arrow::record_batch::RecordBatch;
 use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider};
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::{
+    CacheManager, CacheManagerConfig, FileMetadataCache,
+};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SendableRecordBatchStream;
@@ -124,6 +127,9 @@ pub struct SqlEngine {
 }
 
 struct Inner {
+    /// Parquet footers and page indexes of the files read so far, shared by every query's
+    /// session (each has its own memory pool), so that a query does not parse them again.
+    footers: Arc<FileMetadataCache>,
     data_dir: PathBuf,
     live: Option<Live>,
     limits: SqlLimits,
@@ -149,8 +155,12 @@ impl SqlEngine {
             .enable_all()
             .thread_name("neurod-sql")
             .build()?;
+        let footers = CacheManager::try_new(&CacheManagerConfig::default())
+            .map_err(std::io::Error::other)?
+            .get_file_metadata_cache();
         Ok(SqlEngine {
             inner: Arc::new(Inner {
+                footers,
                 data_dir,
                 live,
                 limits,
@@ -177,9 +187,12 @@ impl SqlEngine {
         // No spilling: on a rig the disk belongs to the recording, so a query over its memory
         // limit fails (saying so) rather than writing temporary files.
         let no_spill = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
+        let caches = CacheManagerConfig::default()
+            .with_file_metadata_cache(Some(self.inner.footers.clone()));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_bytes, 1.0)
             .with_disk_manager_builder(no_spill)
+            .with_cache_manager(caches)
             .build_arc()
             .map_err(|e| SqlError::Failed(e.to_string()))?;
         let config = SessionConfig::new()

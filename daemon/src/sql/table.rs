@@ -603,10 +603,13 @@ impl StreamTable {
         }
         let mut partitioned = Vec::with_capacity(files.len());
         for path in files {
-            let size = std::fs::metadata(path)
-                .map_err(|e| external(StoreError::io(path, "reading the size of", e)))?
-                .len();
-            let mut f = PartitionedFile::new(String::new(), size);
+            // Size and modification time: what the footer cache checks an entry against.
+            let meta = std::fs::metadata(path)
+                .map_err(|e| external(StoreError::io(path, "reading the size of", e)))?;
+            let mut f = PartitionedFile::new(String::new(), meta.len());
+            if let Ok(t) = meta.modified() {
+                f.object_meta.last_modified = chrono::DateTime::<chrono::Utc>::from(t);
+            }
             f.object_meta.location =
                 datafusion::object_store::path::Path::from_absolute_path(path).map_err(external)?;
             partitioned.push(f);
