@@ -15,6 +15,7 @@ use pipelines::stream::Layout;
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
+pub const DEFAULT_FLIGHT_LISTEN: &str = "127.0.0.1:9751";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +24,9 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Arrow Flight and Flight SQL.
+    #[serde(default = "default_flight_listen")]
+    pub flight_listen: String,
     /// Capacity of each component's input queue, in batches.
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
@@ -110,6 +114,9 @@ fn default_data_dir() -> PathBuf {
 fn default_listen() -> String {
     DEFAULT_LISTEN.into()
 }
+fn default_flight_listen() -> String {
+    DEFAULT_FLIGHT_LISTEN.into()
+}
 const MAX_QUEUE_BATCHES: usize = 65_536;
 
 fn default_queue_batches() -> usize {
@@ -121,6 +128,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             data_dir: default_data_dir(),
             listen: default_listen(),
+            flight_listen: default_flight_listen(),
             queue_batches: default_queue_batches(),
             sql: SqlConfig::default(),
         }
@@ -132,6 +140,7 @@ impl Default for DaemonConfig {
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    pub flight_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,11 +287,18 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
     if let Some(l) = &overrides.listen {
         daemon.listen = l.clone();
     }
-    if daemon.listen.parse::<std::net::SocketAddr>().is_err() {
-        errors.push(format!(
-            "[daemon] listen = {:?} is not an address like 127.0.0.1:9750",
-            daemon.listen
-        ));
+    if let Some(l) = &overrides.flight_listen {
+        daemon.flight_listen = l.clone();
+    }
+    for (key, value, example) in [
+        ("listen", &daemon.listen, DEFAULT_LISTEN),
+        ("flight_listen", &daemon.flight_listen, DEFAULT_FLIGHT_LISTEN),
+    ] {
+        if value.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(format!(
+                "[daemon] {key} = {value:?} is not an address like {example}"
+            ));
+        }
     }
     // The queue is allocated at start: an absurd capacity must be an error, not an abort.
     if !(1..=MAX_QUEUE_BATCHES).contains(&daemon.queue_batches) {
@@ -629,10 +645,12 @@ mod tests {
             &Overrides {
                 data_dir: Some("/tmp/x".into()),
                 listen: Some("127.0.0.1:2".into()),
+                flight_listen: Some("127.0.0.1:3".into()),
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(plan.daemon.listen, "127.0.0.1:2");
+        assert_eq!(plan.daemon.flight_listen, "127.0.0.1:3");
         assert_eq!(plan.daemon.data_dir, PathBuf::from("/tmp/x"));
     }
 }

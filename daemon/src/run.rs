@@ -75,6 +75,21 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let flight_listen = plan.daemon.flight_listen.clone();
+    let flight_listener = neurod::flight::bind(&flight_listen)
+        .await
+        .with_context(|| format!("cannot listen for Arrow Flight on {flight_listen}"))?;
+    let flight = neurod::flight::FlightState {
+        hub: hub.clone(),
+        sql: sql.clone(),
+        data_dir: plan.daemon.data_dir.clone(),
+        subscriber_queue: plan.daemon.queue_batches,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = neurod::flight::serve(flight_listener, flight).await {
+            tracing::error!("Arrow Flight server stopped: {e}");
+        }
+    });
     let state = http::AppState {
         metrics: metrics.clone(),
         hub: hub.clone(),
@@ -88,7 +103,7 @@ async fn serve(
             tracing::error!("HTTP server stopped: {e}");
         }
     });
-    tracing::info!(%listen, data_dir = %plan.daemon.data_dir.display(), "neurod running");
+    tracing::info!(%listen, %flight_listen, data_dir = %plan.daemon.data_dir.display(), "neurod running");
 
     let mut topology =
         Topology::start(plan, &metrics, &hub).context("cannot start the topology")?;
@@ -171,6 +186,12 @@ async fn reload(
     if plan.daemon.sql.limits() != running.sql.limits() {
         tracing::warn!(
             "new [daemon.sql] query limits take effect at the next start, not on reload"
+        );
+    }
+    if plan.daemon.flight_listen != running.flight_listen {
+        tracing::warn!(
+            flight_listen = %plan.daemon.flight_listen,
+            "a new `flight_listen` address takes effect at the next start, not on reload"
         );
     }
     if plan.daemon.listen != running.listen {

@@ -72,6 +72,8 @@ pub fn free_port() -> u16 {
 pub struct Daemon {
     pub child: Child,
     pub port: u16,
+    /// Arrow Flight: `{flight_port}` in the config, else given by `--flight-listen`.
+    pub flight_port: u16,
     pub log: PathBuf,
 }
 
@@ -84,21 +86,33 @@ impl Daemon {
     /// [`Daemon::start`] with extra environment variables for the daemon.
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
+        let flight_port = free_port();
         let text = config
             .replace("{port}", &port.to_string())
+            .replace("{flight_port}", &flight_port.to_string())
             .replace("{dir}", &dir.display().to_string());
         let cfg = dir.join("neurod.toml");
         std::fs::write(&cfg, text).unwrap();
         let log = dir.join(format!("neurod-{}.log", port));
-        let child = neurod()
-            .args(["run", "--config"])
-            .arg(&cfg)
+        let mut cmd = neurod();
+        cmd.args(["run", "--config"]).arg(&cfg);
+        // Daemons of tests running side by side must not share the default Flight port.
+        if !config.contains("flight_listen") {
+            cmd.arg("--flight-listen")
+                .arg(format!("127.0.0.1:{flight_port}"));
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .envs(env.iter().copied())
             .spawn()
             .unwrap();
-        let mut d = Daemon { child, port, log };
+        let mut d = Daemon {
+            child,
+            port,
+            flight_port,
+            log,
+        };
         d.wait_http();
         d
     }
