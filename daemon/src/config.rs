@@ -292,7 +292,11 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
     }
     for (key, value, example) in [
         ("listen", &daemon.listen, DEFAULT_LISTEN),
-        ("flight_listen", &daemon.flight_listen, DEFAULT_FLIGHT_LISTEN),
+        (
+            "flight_listen",
+            &daemon.flight_listen,
+            DEFAULT_FLIGHT_LISTEN,
+        ),
     ] {
         if value.parse::<std::net::SocketAddr>().is_err() {
             errors.push(format!(

@@ -65,7 +65,10 @@ flush_interval_s = 0.5
     let mut d = Daemon::start(dir.path(), &config);
     let stream = "rig.imec0.ap.spikes";
     wait_for(Duration::from_secs(60), "the spike stream", || {
-        d.get("/streams").contains(stream).then_some(())
+        // Quoted: `<id>.progress` appears first.
+        d.get("/streams")
+            .contains(&format!("\"{stream}\""))
+            .then_some(())
     });
     let out = dir.path().join("live.arrow");
     let out_s = out.display().to_string();
@@ -73,7 +76,16 @@ flush_interval_s = 0.5
     run_example(
         &py,
         "flight_subscribe.py",
-        &["--address", &addr, "--stream", stream, "--seconds", "3", "--out", &out_s],
+        &[
+            "--address",
+            &addr,
+            "--stream",
+            stream,
+            "--seconds",
+            "3",
+            "--out",
+            &out_s,
+        ],
     );
     let status = d.wait_exit(Duration::from_secs(120));
     assert!(status.success(), "{}", d.log_text());
@@ -136,7 +148,10 @@ flush_interval_s = 0.5
         .unwrap();
     assert!(!err.status.success());
     let stderr = String::from_utf8_lossy(&err.stderr);
-    assert!(stderr.contains("nope") && stderr.contains("ipc"), "{stderr}");
+    assert!(
+        stderr.contains("nope") && stderr.contains("ipc"),
+        "{stderr}"
+    );
 
     // 6 s of 1 kHz, paced: the past-time reader below starts in the middle.
     let rate = 1000;
@@ -145,7 +160,12 @@ flush_interval_s = 0.5
     let pusher = std::process::Command::new(&py)
         .arg(example("flight_put.py"))
         .args(["--address", &addr, "--source", "ipc", "--stream-id", "rig1"])
-        .args(["--seconds", &seconds.to_string(), "--rate", &rate.to_string()])
+        .args([
+            "--seconds",
+            &seconds.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
         .args(["--batch-ms", "50"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -153,7 +173,10 @@ flush_interval_s = 0.5
         .unwrap();
     let stream = "ipc.rig1";
     wait_for(Duration::from_secs(30), "the pushed stream", || {
-        d.get("/streams").contains(stream).then_some(())
+        // Quoted: `<id>.progress` appears first.
+        d.get("/streams")
+            .contains(&format!("\"{stream}\""))
+            .then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
     let past = dir.path().join("past.arrow");
@@ -203,13 +226,15 @@ print(len(idx))
     assert_eq!(seen.trim(), total.to_string());
 
     // Through Flight SQL, once the store holds every row.
-    let query = format!(
-        "SELECT sample_index, ch0, ch3 FROM \"{stream}\" ORDER BY sample_index"
-    );
+    let query = format!("SELECT sample_index, ch0, ch3 FROM \"{stream}\" ORDER BY sample_index");
     let count = format!("SELECT count(*) AS n FROM \"{stream}\"");
     let counted = dir.path().join("count.arrow").display().to_string();
     wait_for(Duration::from_secs(30), "every row stored", || {
-        run_example(&py, "flight_sql_query.py", &["--uri", &addr, &count, "--out", &counted]);
+        run_example(
+            &py,
+            "flight_sql_query.py",
+            &["--uri", &addr, &count, "--out", &counted],
+        );
         let n = run_python(
             &py,
             "import sys, pyarrow as pa; print(pa.ipc.open_file(sys.argv[1]).read_all()['n'][0])",
@@ -218,7 +243,11 @@ print(len(idx))
         (n.trim() == total.to_string()).then_some(())
     });
     let via_flight = dir.path().join("sql.arrow").display().to_string();
-    run_example(&py, "flight_sql_query.py", &["--uri", &addr, &query, "--out", &via_flight]);
+    run_example(
+        &py,
+        "flight_sql_query.py",
+        &["--uri", &addr, &query, "--out", &via_flight],
+    );
     d.signal("TERM");
     let mut d = d;
     assert!(d.wait_exit(Duration::from_secs(60)).success());
@@ -228,7 +257,11 @@ print(len(idx))
         .args(["--format", "csv", &query])
         .output()
         .unwrap();
-    assert!(csv.status.success(), "{}", String::from_utf8_lossy(&csv.stderr));
+    assert!(
+        csv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&csv.stderr)
+    );
     let csv_path = dir.path().join("sql.csv");
     std::fs::write(&csv_path, &csv.stdout).unwrap();
     let same = run_python(
@@ -243,7 +276,11 @@ for c in flight_t.column_names:
     assert flight_t[c].to_pylist() == disk[c].to_pylist(), c
 print(flight_t.num_rows)
 "#,
-        &[&via_flight, &csv_path.display().to_string(), &total.to_string()],
+        &[
+            &via_flight,
+            &csv_path.display().to_string(),
+            &total.to_string(),
+        ],
     );
     assert_eq!(same.trim(), total.to_string());
 }

@@ -33,8 +33,8 @@ mod ingest;
 mod port;
 mod registry;
 
-use port::EdgeRole;
 pub use ingest::{Ingest, IngestError, IngestRegistration, IngestStream, Pushed};
+use port::EdgeRole;
 pub use port::{Edge, Port};
 pub use registry::{
     stream_key, ConsumerInfo, FieldInfo, Retention, SchemaInfo, Stream, StreamInfo,

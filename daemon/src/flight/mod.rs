@@ -47,7 +47,10 @@ pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
 
 /// Serves Flight and Flight SQL on `listener` until the process ends. The one place the tonic
 /// server is built: authentication and TLS are added here.
-pub async fn serve(listener: TcpListener, state: FlightState) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    listener: TcpListener,
+    state: FlightState,
+) -> Result<(), tonic::transport::Error> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, "serving Arrow Flight and Flight SQL");
     let service = FlightServiceServer::new(service::NeurodFlight::new(state))

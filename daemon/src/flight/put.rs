@@ -85,7 +85,11 @@ fn stream_id(s: &dyn IngestStream) -> &str {
 
 fn status(component: &str, e: IngestError) -> Status {
     match e {
-        IngestError::Rejected(m) => Status::invalid_argument(format!("DoPut into `{component}`: {m}")),
-        IngestError::Unavailable(m) => Status::unavailable(format!("DoPut into `{component}`: {m}")),
+        IngestError::Rejected(m) => {
+            Status::invalid_argument(format!("DoPut into `{component}`: {m}"))
+        }
+        IngestError::Unavailable(m) => {
+            Status::unavailable(format!("DoPut into `{component}`: {m}"))
+        }
     }
 }

@@ -55,7 +55,9 @@ impl FlightService for NeurodFlight {
         // No authentication here (see `serve`): an empty handshake lets clients that insist on
         // one go on.
         let reply = HandshakeResponse::default();
-        Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(reply)]))))
+        Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(
+            reply,
+        )]))))
     }
 
     async fn list_flights(

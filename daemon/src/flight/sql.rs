@@ -157,8 +157,12 @@ impl FlightSqlService for SqlService {
         let ticket = TicketStatementQuery {
             statement_handle: query.query.clone().into(),
         };
-        self.statement_info(&query.query, ticket.as_any().encode_to_vec(), request.into_inner())
-            .await
+        self.statement_info(
+            &query.query,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+        .await
     }
 
     async fn do_get_statement(
@@ -222,7 +226,11 @@ impl FlightSqlService for SqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_catalogs(
@@ -241,7 +249,11 @@ impl FlightSqlService for SqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_schemas(
@@ -260,7 +272,11 @@ impl FlightSqlService for SqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_tables(
@@ -284,7 +300,11 @@ impl FlightSqlService for SqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_table_types(
@@ -303,7 +323,11 @@ impl FlightSqlService for SqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(sql_info()).schema();
-        info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_sql_info(

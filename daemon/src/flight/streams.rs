@@ -29,9 +29,8 @@ pub(super) async fn info(state: &FlightState, id: &str) -> Result<FlightInfo, St
     let id = id.to_string();
     blocking(move || {
         let streams = catalog(&state)?;
-        describe(&state, &streams, &id)?.ok_or_else(|| {
-            Status::not_found(format!("no stream `{id}` (ListFlights lists them)"))
-        })
+        describe(&state, &streams, &id)?
+            .ok_or_else(|| Status::not_found(format!("no stream `{id}` (ListFlights lists them)")))
     })
     .await
 }

@@ -63,7 +63,9 @@ impl StreamTicket {
             return Err(Status::invalid_argument("the ticket names no stream"));
         }
         if ticket.from_time_s.is_some_and(|t| !t.is_finite()) {
-            return Err(Status::invalid_argument("from_time_s must be a finite number"));
+            return Err(Status::invalid_argument(
+                "from_time_s must be a finite number",
+            ));
         }
         Ok(ticket)
     }
@@ -72,7 +74,10 @@ impl StreamTicket {
 type FlightStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 type BatchResult = Result<RecordBatch, FlightError>;
 
-pub(super) async fn do_get(state: &FlightState, ticket: StreamTicket) -> Result<FlightStream, Status> {
+pub(super) async fn do_get(
+    state: &FlightState,
+    ticket: StreamTicket,
+) -> Result<FlightStream, Status> {
     let notify = Arc::new(Notify::new());
     let waker = {
         let notify = notify.clone();
@@ -93,7 +98,9 @@ pub(super) async fn do_get(state: &FlightState, ticket: StreamTicket) -> Result<
         (Ok(s), _) => Some(s),
         // An ended or stored-only stream can still be read from the past.
         (Err(_), Some(_)) => None,
-        (Err(e @ SubscribeError::Unknown(_)), None) => return Err(Status::not_found(e.to_string())),
+        (Err(e @ SubscribeError::Unknown(_)), None) => {
+            return Err(Status::not_found(e.to_string()))
+        }
         (Err(e @ SubscribeError::Ended(_)), None) => {
             return Err(Status::failed_precondition(format!(
                 "{e}; ask with {{\"stream\": \"{id}\", \"from_time_s\": 0}} for its stored rows"
@@ -106,7 +113,9 @@ pub(super) async fn do_get(state: &FlightState, ticket: StreamTicket) -> Result<
                 return Err(Status::not_found(format!("no stream `{id}`")));
             };
             let Some(schema) = sub.schema() else {
-                return Err(Status::unavailable(format!("stream `{id}` has no schema yet")));
+                return Err(Status::unavailable(format!(
+                    "stream `{id}` has no schema yet"
+                )));
             };
             tracing::info!(stream = %id, "Flight reader attached");
             Box::pin(live(Live::new(sub, notify, schema, false)))
@@ -123,7 +132,9 @@ pub(super) async fn do_get(state: &FlightState, ticket: StreamTicket) -> Result<
                 .await?
             };
             let Some(history) = history else {
-                return Err(Status::not_found(format!("no stream `{id}` (ListFlights lists them)")));
+                return Err(Status::not_found(format!(
+                    "no stream `{id}` (ListFlights lists them)"
+                )));
             };
             tracing::info!(stream = %id, from_time_s = from, files = history.files.len(),
                 "Flight reader attached, from the past");
@@ -148,10 +159,13 @@ fn from_past(
     // Parquet is read on a blocking thread, a few batches ahead of the client.
     let (tx, rx) = mpsc::channel::<BatchResult>(4);
     tokio::task::spawn_blocking(move || read_history(history, &tx));
-    let past = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (b, rx))
-    });
-    let cut = Arc::new(std::sync::Mutex::new(Cut { order, start, last: None }));
+    let past =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let cut = Arc::new(std::sync::Mutex::new(Cut {
+        order,
+        start,
+        last: None,
+    }));
     let past = {
         let cut = cut.clone();
         past.filter_map(move |b| {
@@ -275,7 +289,9 @@ impl Live {
                     "stream `{}`: this reader fell behind by a whole queue and was dropped; ask again",
                     self.sub.stream_id()
                 );
-                return Some(Err(FlightError::Tonic(Box::new(Status::resource_exhausted(why)))));
+                return Some(Err(FlightError::Tonic(Box::new(
+                    Status::resource_exhausted(why),
+                ))));
             }
             let batch = match self.sub.try_recv() {
                 Recv::Data(b) => b,
@@ -324,5 +340,8 @@ impl Live {
 }
 
 fn live(reader: Live) -> impl Stream<Item = BatchResult> + Send {
-    futures_util::stream::unfold(reader, |mut r| async move { r.next().await.map(|b| (b, r)) })
+    futures_util::stream::unfold(
+        reader,
+        |mut r| async move { r.next().await.map(|b| (b, r)) },
+    )
 }

@@ -467,7 +467,12 @@ pub(crate) fn rows_from(batch: &RecordBatch, column: &str, from: f64) -> Result<
 }
 
 /// The rows of `batch` whose `column` is past `bound` (or equal to it, if `inclusive`).
-fn rows_past(batch: &RecordBatch, column: &str, bound: f64, inclusive: bool) -> Result<RecordBatch> {
+fn rows_past(
+    batch: &RecordBatch,
+    column: &str,
+    bound: f64,
+    inclusive: bool,
+) -> Result<RecordBatch> {
     let keeps = |v: f64| v > bound || (inclusive && v == bound);
     let (lo, hi) = column_range(batch, column);
     if lo.is_some_and(keeps) {

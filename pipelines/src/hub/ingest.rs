@@ -66,7 +66,11 @@ impl Drop for IngestRegistration {
 
 impl Hub {
     /// Registers `point` as component `id`'s ingest point until the returned guard drops.
-    pub fn register_ingest(self: &Arc<Self>, id: &str, point: &Arc<dyn Ingest>) -> IngestRegistration {
+    pub fn register_ingest(
+        self: &Arc<Self>,
+        id: &str,
+        point: &Arc<dyn Ingest>,
+    ) -> IngestRegistration {
         let weak = Arc::downgrade(point);
         lock(&self.ingest).insert(id.to_string(), weak.clone());
         IngestRegistration {

@@ -10,8 +10,8 @@ use arrow::ipc::{root_as_message, MessageHeader};
 use std::net::SocketAddr;
 
 use super::connection::Connection;
-use super::receiver::ReceiveError;
 use super::is_timeout;
+use super::receiver::ReceiveError;
 
 /// The flatbuffer header of a message (a schema of thousands of annotated columns is well under 1 MiB).
 const MAX_METADATA_BYTES: usize = 64 << 20;
@@ -174,10 +174,7 @@ impl Connection<'_> {
 
 /// The type and body length of one message's metadata, refused unless it is a stream message
 /// with a body within bounds.
-fn check_header(
-    metadata: &[u8],
-    peer: SocketAddr,
-) -> Result<(MessageHeader, usize), ReceiveError> {
+fn check_header(metadata: &[u8], peer: SocketAddr) -> Result<(MessageHeader, usize), ReceiveError> {
     let message = root_as_message(metadata).map_err(|e| ReceiveError::NotIpc {
         peer,
         why: format!("message metadata is not an Arrow IPC message: {e}"),

@@ -126,12 +126,13 @@ impl Receiver {
         let mut buffer = Buffer::from_vec(bytes);
         while !buffer.is_empty() {
             let decoder = &mut self.decoder;
-            let decoded = guarded(self.peer, || decoder.decode(&mut buffer))?.map_err(|source| {
-                ReceiveError::Decode {
-                    peer: self.peer,
-                    source,
-                }
-            })?;
+            let decoded =
+                guarded(self.peer, || decoder.decode(&mut buffer))?.map_err(|source| {
+                    ReceiveError::Decode {
+                        peer: self.peer,
+                        source,
+                    }
+                })?;
             let Some(batch) = decoded else {
                 continue;
             };
