@@ -345,3 +345,29 @@ fn live(reader: Live) -> impl Stream<Item = BatchResult> + Send {
         |mut r| async move { r.next().await.map(|b| (b, r)) },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_are_an_id_or_json_and_bad_ones_are_refused() {
+        let t = StreamTicket::parse(b"rig.imec0.ap.spikes").unwrap();
+        assert_eq!(
+            (t.stream.as_str(), t.from_time_s),
+            ("rig.imec0.ap.spikes", None)
+        );
+        let t = StreamTicket::parse(br#"{"stream": "a.b", "from_time_s": 12.5}"#).unwrap();
+        assert_eq!((t.stream.as_str(), t.from_time_s), ("a.b", Some(12.5)));
+        for bad in [
+            &b""[..],
+            b"\xff\xfe",
+            br#"{"stream": "a", "from": 1}"#,
+            br#"{"stream": ""}"#,
+            br#"{"from_time_s": 1}"#,
+        ] {
+            let e = StreamTicket::parse(bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e}");
+        }
+    }
+}
