@@ -17,18 +17,10 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn run_example(py: &Path, name: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(py)
-        .arg(example(name))
-        .args(args)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{name} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let script = example(name).display().to_string();
+    let mut all = vec![script.as_str()];
+    all.extend_from_slice(args);
+    common::run_script(py, name, &all)
 }
 
 fn address(d: &Daemon) -> String {

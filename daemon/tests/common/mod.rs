@@ -45,16 +45,19 @@ pub fn python() -> Option<PathBuf> {
 
 /// Runs a Python snippet with the peers; panics with its output if it fails.
 pub fn run_python(py: &Path, code: &str, args: &[&str]) -> String {
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(code)
-        .args(args)
-        .output()
-        .expect("python runs");
+    let mut all = vec!["-c", code];
+    all.extend_from_slice(args);
+    run_script(py, "python", &all)
+}
+
+/// Runs the peers' Python with `args` (a script and its arguments); panics with its output,
+/// naming `what`, if it fails.
+pub fn run_script(py: &Path, what: &str, args: &[&str]) -> String {
+    let out = Command::new(py).args(args).output().expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
-        "python failed:\n{stdout}\n{}",
+        "{what} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
