@@ -16,6 +16,7 @@ use pipelines::stream::Layout;
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9750";
+pub const DEFAULT_FLIGHT_LISTEN: &str = "127.0.0.1:9751";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +25,9 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Arrow Flight and Flight SQL.
+    #[serde(default = "default_flight_listen")]
+    pub flight_listen: String,
     /// Capacity of each component's input queue, in batches.
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
@@ -71,7 +75,10 @@ impl DaemonConfig {
     fn check_security(&self, errors: &mut Vec<String>) {
         match self.security() {
             Ok(s) => {
-                let listeners = [("[daemon] listen", &self.listen)];
+                let listeners = [
+                    ("[daemon] listen", &self.listen),
+                    ("[daemon] flight_listen", &self.flight_listen),
+                ];
                 errors.extend(listeners.iter().filter_map(|(w, a)| s.check_listener(w, a)));
             }
             Err(es) => errors.extend(es),
@@ -158,6 +165,9 @@ fn default_data_dir() -> PathBuf {
 fn default_listen() -> String {
     DEFAULT_LISTEN.into()
 }
+fn default_flight_listen() -> String {
+    DEFAULT_FLIGHT_LISTEN.into()
+}
 const MAX_QUEUE_BATCHES: usize = 65_536;
 
 fn default_queue_batches() -> usize {
@@ -169,6 +179,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             data_dir: default_data_dir(),
             listen: default_listen(),
+            flight_listen: default_flight_listen(),
             queue_batches: default_queue_batches(),
             sql: SqlConfig::default(),
             token: None,
@@ -186,6 +197,7 @@ impl Default for DaemonConfig {
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    pub flight_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,11 +344,22 @@ pub fn parse(text: &str, name: &str, overrides: &Overrides) -> Result<Plan, Conf
     if let Some(l) = &overrides.listen {
         daemon.listen = l.clone();
     }
-    if daemon.listen.parse::<std::net::SocketAddr>().is_err() {
-        errors.push(format!(
-            "[daemon] listen = {:?} is not an address like 127.0.0.1:9750",
-            daemon.listen
-        ));
+    if let Some(l) = &overrides.flight_listen {
+        daemon.flight_listen = l.clone();
+    }
+    for (key, value, example) in [
+        ("listen", &daemon.listen, DEFAULT_LISTEN),
+        (
+            "flight_listen",
+            &daemon.flight_listen,
+            DEFAULT_FLIGHT_LISTEN,
+        ),
+    ] {
+        if value.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(format!(
+                "[daemon] {key} = {value:?} is not an address like {example}"
+            ));
+        }
     }
     // The queue is allocated at start: an absurd capacity must be an error, not an abort.
     if !(1..=MAX_QUEUE_BATCHES).contains(&daemon.queue_batches) {
@@ -718,10 +741,12 @@ mod tests {
             &Overrides {
                 data_dir: Some("/tmp/x".into()),
                 listen: Some("127.0.0.1:2".into()),
+                flight_listen: Some("127.0.0.1:3".into()),
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(plan.daemon.listen, "127.0.0.1:2");
+        assert_eq!(plan.daemon.flight_listen, "127.0.0.1:3");
         assert_eq!(plan.daemon.data_dir, PathBuf::from("/tmp/x"));
     }
 }

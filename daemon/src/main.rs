@@ -39,6 +39,9 @@ enum Command {
         /// Overrides `[daemon] listen` (HTTP: /metrics, /healthz, /status).
         #[arg(long)]
         listen: Option<String>,
+        /// Overrides `[daemon] flight_listen` (Arrow Flight and Flight SQL).
+        #[arg(long)]
+        flight_listen: Option<String>,
     },
     /// Check a config without starting anything; print every problem, exit 1 if any.
     Validate {
@@ -77,7 +80,15 @@ fn main() -> ExitCode {
             config,
             data_dir,
             listen,
-        } => run::run(config, config::Overrides { data_dir, listen }),
+            flight_listen,
+        } => run::run(
+            config,
+            config::Overrides {
+                data_dir,
+                listen,
+                flight_listen,
+            },
+        ),
         Command::Validate { config } => validate(&config),
         Command::Inspect { json, path } => inspect(&path, json),
         Command::Ls { json, data_dir } => ls::ls(&data_dir, json),

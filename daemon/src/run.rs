@@ -80,6 +80,23 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let flight_listen = plan.daemon.flight_listen.clone();
+    let flight_listener = neurod::flight::bind(&flight_listen)
+        .await
+        .with_context(|| format!("cannot listen for Arrow Flight on {flight_listen}"))?;
+    let flight = neurod::flight::FlightState {
+        hub: hub.clone(),
+        sql: sql.clone(),
+        data_dir: plan.daemon.data_dir.clone(),
+        subscriber_queue: plan.daemon.queue_batches,
+    };
+    let flight_server = neurod::flight::server(flight_listener, flight, &security)
+        .map_err(anyhow::Error::msg)?;
+    tokio::spawn(async move {
+        if let Err(e) = flight_server.await {
+            tracing::error!("Arrow Flight server stopped: {e}");
+        }
+    });
     let state = http::AppState {
         metrics: metrics.clone(),
         hub: hub.clone(),
@@ -90,7 +107,7 @@ async fn serve(
     };
     let app = security.protect(http::router(state));
     http::spawn(listener, app, tls.clone()).context("cannot start the HTTP server")?;
-    tracing::info!(%listen, tls = tls.is_some(), token = security.token.is_some(), data_dir = %plan.daemon.data_dir.display(), "neurod running");
+    tracing::info!(%listen, %flight_listen, tls = tls.is_some(), token = security.token.is_some(), data_dir = %plan.daemon.data_dir.display(), "neurod running");
 
     let mut topology =
         Topology::start(plan, &metrics, &hub).context("cannot start the topology")?;
@@ -185,6 +202,12 @@ async fn reload(
         )
     {
         tracing::warn!("a new token or TLS files take effect at the next start, not on reload");
+    }
+    if plan.daemon.flight_listen != running.flight_listen {
+        tracing::warn!(
+            flight_listen = %plan.daemon.flight_listen,
+            "a new `flight_listen` address takes effect at the next start, not on reload"
+        );
     }
     if plan.daemon.listen != running.listen {
         tracing::warn!(

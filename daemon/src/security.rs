@@ -13,7 +13,7 @@
 //! `max_request_bytes`, 503 over `max_concurrent_requests`), and [`Security::rustls_config`]
 //! gives axum-server its TLS config.
 //!
-//! Flight (tonic) uses the same value:
+//! Flight (tonic) uses the same value (`flight::server`):
 //!
 //! ```ignore
 //! let mut server = tonic::transport::Server::builder()

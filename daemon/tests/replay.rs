@@ -86,6 +86,8 @@ fn run_finite(dir: &Path, config: &str) -> (PathBuf, String) {
     let out = neurod()
         .args(["run", "--config"])
         .arg(&cfg)
+        .arg("--flight-listen")
+        .arg(format!("127.0.0.1:{}", common::free_port()))
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -151,6 +151,11 @@ impl Output {
         }
     }
 
+    /// The hub the port belongs to (none for a port wired by hand).
+    pub fn hub(&self) -> Option<Arc<crate::hub::Hub>> {
+        self.port.hub()
+    }
+
     /// Whether anyone listens (a configured consumer or a run-time subscriber); a source may
     /// skip producing data for a port nobody reads.
     pub fn has_consumers(&self) -> bool {
@@ -231,6 +236,10 @@ impl Outputs {
     }
     pub fn port(&mut self, name: &str) -> Option<&mut Output> {
         self.ports.get_mut(name)
+    }
+    /// The hub the default port belongs to (none for ports wired by hand).
+    pub fn main_hub(&self) -> Option<Arc<crate::hub::Hub>> {
+        self.ports.get("").and_then(Output::hub)
     }
     /// Sends on a port. A port the component did not declare is a bug: it fails debug builds
     /// (every test) and, in release, the batch is dropped, logged and counted, never silently.

@@ -29,9 +29,11 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use crate::edge::{Inbox, InboxHandle, Overflow, Recv, Waker};
 use crate::metrics::Metrics;
 
+mod ingest;
 mod port;
 mod registry;
 
+pub use ingest::{Ingest, IngestError, IngestRegistration, IngestStream, Pushed};
 use port::EdgeRole;
 pub use port::{Edge, Port};
 pub use registry::{
@@ -99,6 +101,8 @@ pub struct Hub {
     pub(crate) ports: Mutex<BTreeMap<(String, String), Arc<Port>>>,
     pub(crate) streams: Mutex<BTreeMap<String, Arc<Stream>>>,
     pub(crate) retention: Mutex<Retention>,
+    /// Sources that take pushed streams, by component id (see [`Ingest`]).
+    pub(crate) ingest: Mutex<BTreeMap<String, std::sync::Weak<dyn Ingest>>>,
 }
 
 /// Why a subscription was refused.
@@ -129,6 +133,7 @@ impl Hub {
             ports: Mutex::new(BTreeMap::new()),
             streams: Mutex::new(BTreeMap::new()),
             retention: Mutex::new(Retention::default()),
+            ingest: Mutex::new(BTreeMap::new()),
         })
     }
 

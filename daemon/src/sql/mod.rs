@@ -11,9 +11,9 @@
 //! - [`system`]: the `streams`, `components` and `neurons` tables.
 //! - [`format`]: results as a text table, CSV, JSON or Arrow IPC.
 
-mod engine;
+pub(crate) mod engine;
 pub mod format;
 mod system;
-mod table;
+pub(crate) mod table;
 
 pub use engine::{Live, QueryResult, SqlEngine, SqlError, SqlLimits};

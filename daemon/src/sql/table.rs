@@ -37,7 +37,7 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use pipelines::hub::Hub;
 use pipelines::storage::{self, FileEntry, SegmentReader, StoreError, StoredStream};
-use pipelines::stream::{stream_id_of, FRAME_INDEX, SAMPLE_INDEX, TIME_S};
+use pipelines::stream::{keys, parse_rate, stream_id_of, FRAME_INDEX, SAMPLE_INDEX, TIME_S};
 
 use super::engine::Live;
 
@@ -111,6 +111,13 @@ impl StreamSchema {
     }
 
     fn build(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self
+            .build_stream(name)?
+            .map(|(t, _)| Arc::new(t) as Arc<dyn TableProvider>))
+    }
+
+    /// The stream's table, and its schema as the hub or the store has it (with metadata).
+    fn build_stream(&self, name: &str) -> Result<Option<(StreamTable, SchemaRef)>> {
         let Some(w) = self.streams.get(name) else {
             return Ok(None);
         };
@@ -136,7 +143,52 @@ impl StreamSchema {
             stored: w.stored.clone(),
             hub: self.hub.clone().zip(w.live.clone()),
         };
-        Ok(Some(Arc::new(table)))
+        Ok(Some((table, schema)))
+    }
+
+    /// A stream's schema as the hub or the store has it (with its metadata).
+    pub(crate) fn stream_schema(&self, name: &str) -> Result<Option<SchemaRef>> {
+        Ok(self.build_stream(name)?.map(|(_, s)| s))
+    }
+
+    /// A stream's rows from `from_time_s` on, in order, for a reader that starts in the past
+    /// (Arrow Flight `DoGet`): the stored files that may hold them, then the live segments'
+    /// batches and the hub's retained rows past the stored ones, the same seam as a scan.
+    /// `None` for an unknown stream.
+    pub(crate) fn history(&self, name: &str, from_time_s: f64) -> Result<Option<History>> {
+        let Some((table, original)) = self.build_stream(name)? else {
+            return Ok(None);
+        };
+        let order = Order::of(&table.schema);
+        let has_time = table
+            .schema
+            .field_with_name(TIME_S)
+            .is_ok_and(|f| f.data_type() == &DataType::Float64);
+        let rate = original
+            .metadata()
+            .get(keys::SAMPLING_HZ)
+            .and_then(|r| parse_rate(r).ok());
+        // Rows start at `time_s`, or at the sample at that time when only the index says.
+        let start = match (has_time, order, rate) {
+            (true, _, _) => Some((TIME_S, from_time_s)),
+            (false, Order::Index(SAMPLE_INDEX), Some(hz)) => {
+                Some((SAMPLE_INDEX, (from_time_s * hz).ceil()))
+            }
+            _ => None,
+        };
+        let bound = |c: &str| Bounds {
+            lo: start.filter(|(sc, _)| *sc == c).map(|(_, v)| v),
+            hi: None,
+        };
+        let bounds = order.column().map(bound).unwrap_or_default();
+        let snap = table.snapshot(order, &bounds, &bound(TIME_S))?;
+        Ok(Some(History {
+            schema: table.schema.clone(),
+            files: snap.files,
+            memory: snap.memory,
+            order: order.column(),
+            start,
+        }))
     }
 }
 
@@ -186,7 +238,7 @@ fn stored_schema(stored: &StoredStream) -> Result<Option<SchemaRef>> {
 
 /// A stream's schema as a table: no metadata (files of one stream differ in it) and every
 /// column nullable (a column added later is null in older files).
-fn table_schema(schema: &Schema) -> SchemaRef {
+pub(crate) fn table_schema(schema: &Schema) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
@@ -435,7 +487,7 @@ fn number(e: &Expr) -> Option<f64> {
 }
 
 /// The smallest and largest values of a batch's column (Int64 or Float64), as f64.
-fn column_range(batch: &RecordBatch, column: &str) -> (Option<f64>, Option<f64>) {
+pub(crate) fn column_range(batch: &RecordBatch, column: &str) -> (Option<f64>, Option<f64>) {
     let Some(a) = batch.column_by_name(column) else {
         return (None, None);
     };
@@ -451,21 +503,37 @@ fn column_range(batch: &RecordBatch, column: &str) -> (Option<f64>, Option<f64>)
 }
 
 /// The rows of `batch` whose `column` is greater than `after`.
-fn rows_after(batch: &RecordBatch, column: &str, after: f64) -> Result<RecordBatch> {
+pub(crate) fn rows_after(batch: &RecordBatch, column: &str, after: f64) -> Result<RecordBatch> {
+    rows_past(batch, column, after, false)
+}
+
+/// The rows of `batch` whose `column` is at least `from`.
+pub(crate) fn rows_from(batch: &RecordBatch, column: &str, from: f64) -> Result<RecordBatch> {
+    rows_past(batch, column, from, true)
+}
+
+/// The rows of `batch` whose `column` is past `bound` (or equal to it, if `inclusive`).
+fn rows_past(
+    batch: &RecordBatch,
+    column: &str,
+    bound: f64,
+    inclusive: bool,
+) -> Result<RecordBatch> {
+    let keeps = |v: f64| v > bound || (inclusive && v == bound);
     let (lo, hi) = column_range(batch, column);
-    if lo.is_some_and(|lo| lo > after) {
+    if lo.is_some_and(keeps) {
         return Ok(batch.clone());
     }
-    if hi.is_none_or(|hi| hi <= after) {
+    if hi.is_none_or(|hi| !keeps(hi)) {
         return Ok(batch.slice(0, 0));
     }
     let Some(a) = batch.column_by_name(column) else {
         return Ok(batch.clone());
     };
     let keep: BooleanArray = if let Some(a) = a.as_primitive_opt::<Int64Type>() {
-        a.iter().map(|v| v.map(|v| v as f64 > after)).collect()
+        a.iter().map(|v| v.map(|v| keeps(v as f64))).collect()
     } else if let Some(a) = a.as_primitive_opt::<Float64Type>() {
-        a.iter().map(|v| v.map(|v| v > after)).collect()
+        a.iter().map(|v| v.map(keeps)).collect()
     } else {
         return Ok(batch.clone());
     };
@@ -473,7 +541,7 @@ fn rows_after(batch: &RecordBatch, column: &str, after: f64) -> Result<RecordBat
 }
 
 /// `batch` with exactly the table's columns and types (by name; a missing column is null).
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = schema
         .fields()
         .iter()
@@ -484,6 +552,18 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         })
         .collect::<Result<_>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// See [`StreamSchema::history`]. Batches are in the table's schema (no metadata, every column
+/// nullable); the files' rows must be [`conform`]ed to it.
+pub(crate) struct History {
+    pub(crate) schema: SchemaRef,
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) memory: Vec<RecordBatch>,
+    /// The column the rows are ordered by, if any.
+    pub(crate) order: Option<&'static str>,
+    /// The first rows to send: `column >= value` (`None`: every row).
+    pub(crate) start: Option<(&'static str, f64)>,
 }
 
 /// What a scan reads, fixed when it is planned.

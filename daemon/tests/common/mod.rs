@@ -45,16 +45,19 @@ pub fn python() -> Option<PathBuf> {
 
 /// Runs a Python snippet with the peers; panics with its output if it fails.
 pub fn run_python(py: &Path, code: &str, args: &[&str]) -> String {
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(code)
-        .args(args)
-        .output()
-        .expect("python runs");
+    let mut all = vec!["-c", code];
+    all.extend_from_slice(args);
+    run_script(py, "python", &all)
+}
+
+/// Runs the peers' Python with `args` (a script and its arguments); panics with its output,
+/// naming `what`, if it fails.
+pub fn run_script(py: &Path, what: &str, args: &[&str]) -> String {
+    let out = Command::new(py).args(args).output().expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
-        "python failed:\n{stdout}\n{}",
+        "{what} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
@@ -72,6 +75,8 @@ pub fn free_port() -> u16 {
 pub struct Daemon {
     pub child: Child,
     pub port: u16,
+    /// Arrow Flight: `{flight_port}` in the config, else given by `--flight-listen`.
+    pub flight_port: u16,
     pub log: PathBuf,
 }
 
@@ -91,21 +96,33 @@ impl Daemon {
     /// Writes and runs `config` like [`Daemon::start`] without waiting for anything.
     pub fn spawn(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
+        let flight_port = free_port();
         let text = config
             .replace("{port}", &port.to_string())
+            .replace("{flight_port}", &flight_port.to_string())
             .replace("{dir}", &dir.display().to_string());
         let cfg = dir.join("neurod.toml");
         std::fs::write(&cfg, text).unwrap();
         let log = dir.join(format!("neurod-{}.log", port));
-        let child = neurod()
-            .args(["run", "--config"])
-            .arg(&cfg)
+        let mut cmd = neurod();
+        cmd.args(["run", "--config"]).arg(&cfg);
+        // Daemons of tests running side by side must not share the default Flight port.
+        if !config.contains("flight_listen") {
+            cmd.arg("--flight-listen")
+                .arg(format!("127.0.0.1:{flight_port}"));
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .envs(env.iter().copied())
             .spawn()
             .unwrap();
-        Daemon { child, port, log }
+        Daemon {
+            child,
+            port,
+            flight_port,
+            log,
+        }
     }
 
     /// Waits until the daemon answers HTTP, or has already ended (a short finite run can finish

@@ -28,7 +28,7 @@ impl Connection<'_> {
     /// Whether the connection may go on to its IPC stream: always without a token; with one,
     /// only after a correct AUTH line (otherwise it is refused and closed here).
     pub(super) fn authorized(&mut self, stream: &TcpStream) -> bool {
-        let Some(token) = self.shared.token.clone() else {
+        let Some(token) = self.receiver.shared.token.clone() else {
             return true;
         };
         let why = match self.read_line() {
@@ -41,8 +41,8 @@ impl Connection<'_> {
             Line::Refused(why) => why,
         };
         let msg = format!("peer {}: unauthorized: {why}", self.peer);
-        self.shared.metrics.error(UNAUTHORIZED, STAGE, msg.clone());
-        tracing::warn!(component = %self.shared.component_id, peer = %self.peer,
+        self.receiver.shared.metrics.error(UNAUTHORIZED, STAGE, msg.clone());
+        tracing::warn!(component = %self.receiver.shared.component_id, peer = %self.peer,
             "refusing an Arrow IPC connection: {msg}");
         close_with_error(stream, &msg, ERROR_LINGER);
         false
@@ -54,7 +54,7 @@ impl Connection<'_> {
         let deadline = Instant::now() + AUTH_TIMEOUT;
         let mut line = Vec::new();
         loop {
-            if self.shared.stop_requested() {
+            if self.receiver.shared.stop_requested() {
                 return Line::Stopped;
             }
             if Instant::now() > deadline {

@@ -7,8 +7,11 @@ use std::ops::Range;
 
 use arrow::ipc::{root_as_message, MessageHeader};
 
-use super::connection::{Connection, ReceiveError};
+use std::net::SocketAddr;
+
+use super::connection::Connection;
 use super::is_timeout;
+use super::receiver::ReceiveError;
 
 /// The flatbuffer header of a message (a schema of thousands of annotated columns is well under 1 MiB).
 const MAX_METADATA_BYTES: usize = 64 << 20;
@@ -19,7 +22,7 @@ const MAX_BODY_BYTES: usize = 256 << 20;
 pub(super) const READ_STEP: usize = 64 << 10;
 const BODY_RESERVE_LIMIT: usize = 16 << 20;
 /// Starts every message of the current IPC stream format.
-const CONTINUATION_MARKER: [u8; 4] = [0xff; 4];
+pub(super) const CONTINUATION_MARKER: [u8; 4] = [0xff; 4];
 
 /// One IPC message off the wire.
 pub(super) enum Frame {
@@ -61,7 +64,7 @@ impl Connection<'_> {
             // A close, or a reset, between two messages ends the stream.
             Filled::Eof { got: 0 } => return Ok(Frame::Closed),
             Filled::Failed { got: 0, source } => {
-                tracing::debug!(component = %self.shared.component_id, peer = %self.peer,
+                tracing::debug!(component = %self.receiver.shared.component_id, peer = %self.peer,
                     error = %source, "Arrow IPC connection reset between messages");
                 return Ok(Frame::Closed);
             }
@@ -98,30 +101,7 @@ impl Connection<'_> {
             Filled::Complete => {}
             other => return self.cut_short(other, "metadata", metadata_len),
         }
-        let message =
-            root_as_message(&bytes[metadata.clone()]).map_err(|e| ReceiveError::NotIpc {
-                peer: self.peer,
-                why: format!("message metadata is not an Arrow IPC message: {e}"),
-            })?;
-        let header = message.header_type();
-        let body_length = message.bodyLength();
-        if !matches!(
-            header,
-            MessageHeader::Schema | MessageHeader::RecordBatch | MessageHeader::DictionaryBatch
-        ) {
-            return Err(ReceiveError::NotIpc {
-                peer: self.peer,
-                why: format!("unsupported message type {header:?} in a stream"),
-            });
-        }
-        let body_len = usize::try_from(body_length)
-            .ok()
-            .filter(|&n| n <= MAX_BODY_BYTES)
-            .ok_or_else(|| ReceiveError::NotIpc {
-                peer: self.peer,
-                why: format!("message body length {body_length} is outside 0..={MAX_BODY_BYTES}"),
-            })?;
-        // Room for a body of ordinary size at once; larger claims grow as the bytes arrive.
+        let (header, body_len) = check_header(&bytes[metadata.clone()], self.peer)?;
         bytes.reserve_exact(body_len.min(BODY_RESERVE_LIMIT));
         match self.fill(&mut bytes, body_len) {
             Filled::Complete => {}
@@ -139,7 +119,7 @@ impl Connection<'_> {
         let start = out.len();
         let target = start + n;
         while out.len() < target {
-            if self.shared.stop_requested() {
+            if self.receiver.shared.stop_requested() {
                 return Filled::Stopped;
             }
             let available = match self.reader.fill_buf() {
@@ -190,4 +170,59 @@ impl Connection<'_> {
             want,
         }
     }
+}
+
+/// The type and body length of one message's metadata, refused unless it is a stream message
+/// with a body within bounds.
+fn check_header(metadata: &[u8], peer: SocketAddr) -> Result<(MessageHeader, usize), ReceiveError> {
+    let message = root_as_message(metadata).map_err(|e| ReceiveError::NotIpc {
+        peer,
+        why: format!("message metadata is not an Arrow IPC message: {e}"),
+    })?;
+    let header = message.header_type();
+    let body_length = message.bodyLength();
+    if !matches!(
+        header,
+        MessageHeader::Schema | MessageHeader::RecordBatch | MessageHeader::DictionaryBatch
+    ) {
+        return Err(ReceiveError::NotIpc {
+            peer,
+            why: format!("unsupported message type {header:?} in a stream"),
+        });
+    }
+    let body_len = usize::try_from(body_length)
+        .ok()
+        .filter(|&n| n <= MAX_BODY_BYTES)
+        .ok_or_else(|| ReceiveError::NotIpc {
+            peer,
+            why: format!("message body length {body_length} is outside 0..={MAX_BODY_BYTES}"),
+        })?;
+    Ok((header, body_len))
+}
+
+/// Checks a message that arrived already split into metadata and body (Arrow Flight): the
+/// same bounds as on the wire, and a body at least as long as the metadata says (Flight
+/// implementations may pad it). Returns the header type and the body length to use.
+pub(super) fn check_message(
+    metadata: &[u8],
+    body_len: usize,
+    peer: SocketAddr,
+) -> Result<(MessageHeader, usize), ReceiveError> {
+    if metadata.is_empty() || metadata.len() > MAX_METADATA_BYTES {
+        return Err(ReceiveError::NotIpc {
+            peer,
+            why: format!(
+                "message metadata length {} is outside 1..={MAX_METADATA_BYTES}",
+                metadata.len()
+            ),
+        });
+    }
+    let (header, want) = check_header(metadata, peer)?;
+    if body_len < want {
+        return Err(ReceiveError::NotIpc {
+            peer,
+            why: format!("a message body of {body_len} bytes where its metadata says {want}"),
+        });
+    }
+    Ok((header, want))
 }

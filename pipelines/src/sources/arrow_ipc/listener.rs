@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use arrow::array::RecordBatch;
 use serde::Deserialize;
 
 use super::connection::serve_connection;
+use super::receiver::PushPoint;
 use super::{
     close_with_error, DEFAULT_ADDRESS, DEFAULT_MAX_CONNECTIONS, REFUSAL_LINGER, STAGE, TOO_MANY,
     TYPE_NAME,
@@ -22,6 +23,7 @@ use crate::component::{
     parse_options, BuildContext, ComponentError, Outputs, PortSpec, Shutdown, Source, SourceContext,
 };
 use crate::edge::{Closed, Overflow};
+use crate::hub::Ingest;
 use crate::metrics::ComponentMetrics;
 use crate::storage::ResumeLookup;
 use crate::stream::Layout;
@@ -138,12 +140,18 @@ impl ArrowIpcSource {
             metrics: ctx.metrics,
             shutdown: ctx.shutdown,
             downstream_gone: AtomicBool::new(false),
+            next_number: AtomicU64::new(0),
             resume: ctx.resume,
             runs: Mutex::new(HashMap::new()),
             token: self.token.clone(),
         });
+        // Flight `DoPut` finds this source through the hub while it runs.
+        let hub = lock(&shared.outputs).main_hub();
+        let point: Arc<dyn Ingest> = Arc::new(PushPoint {
+            shared: shared.clone(),
+        });
+        let registration = hub.map(|h| h.register_ingest(&self.id, &point));
         let mut connections: Vec<JoinHandle<()>> = Vec::new();
-        let mut next_number: u64 = 0;
         while !shared.stop_requested() {
             match listener.accept() {
                 Ok((stream, peer)) => {
@@ -152,12 +160,11 @@ impl ArrowIpcSource {
                         refuse_over_limit(&shared, &stream, peer, self.max_connections);
                         continue;
                     }
-                    let number = next_number;
-                    next_number += 1;
+                    let number = shared.next_number();
                     let conn_shared = shared.clone();
                     let spawned = std::thread::Builder::new()
                         .name(format!("neurod-{}-ipc{number}", self.id))
-                        .spawn(move || serve_connection(&conn_shared, stream, peer, number));
+                        .spawn(move || serve_connection(conn_shared, stream, peer, number));
                     match spawned {
                         Ok(handle) => connections.push(handle),
                         Err(e) => tracing::error!(
@@ -182,6 +189,9 @@ impl ArrowIpcSource {
                 tracing::error!(component = %self.id, "an Arrow IPC connection thread panicked");
             }
         }
+        drop(registration);
+        // A pushed stream still open holds `shared`: the ports end now all the same.
+        *lock(&shared.outputs) = Outputs::default();
         tracing::info!(component = %self.id, "stopped listening for Arrow IPC streams");
         Ok(())
     }
@@ -219,6 +229,8 @@ pub(super) struct Shared {
     /// Every connection feeds the one default port; sends never block (`DropOldest`), so the
     /// lock is held only for the fan-out.
     outputs: Mutex<Outputs>,
+    /// Numbers the streams, TCP and pushed alike (a stream without an id is named by it).
+    next_number: AtomicU64,
     pub(super) metrics: ComponentMetrics,
     shutdown: Shutdown,
     /// Set when the last consumer has stopped: nobody reads what we receive any more.
@@ -235,7 +247,7 @@ impl Shared {
     /// (`<id>-run2`, ...), so nothing it sends is refused as already held; reconnections within
     /// this run keep the id they got.
     pub(super) fn run_id(&self, stream_id: &str) -> String {
-        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut runs = lock(&self.runs);
         runs.entry(stream_id.to_string())
             .or_insert_with(|| self.resume.new_run_prefix(stream_id, &[String::new()]))
             .clone()
@@ -245,14 +257,27 @@ impl Shared {
         self.downstream_gone.load(Ordering::Relaxed) || self.shutdown.is_triggered()
     }
 
+    pub(super) fn next_number(&self) -> u64 {
+        self.next_number.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(super) fn send(&self, batch: RecordBatch) -> Result<(), Closed> {
-        let mut outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
-        let sent = outputs.send_to("", batch);
+        let mut outputs = lock(&self.outputs);
+        // Once the source has stopped its ports are gone: a late pushed batch goes nowhere.
+        let sent = match outputs.port("") {
+            Some(port) => port.send(batch),
+            None => Err(Closed),
+        };
         if sent.is_err() {
             self.downstream_gone.store(true, Ordering::Relaxed);
         }
         sent
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a lookup or one send: a panic leaves nothing half done.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn reap_finished(connections: &mut Vec<JoinHandle<()>>, shared: &Shared) {

@@ -14,6 +14,10 @@
 //! With a token the client's first bytes are one line `AUTH <token>\n`, then the stream
 //! (see [`auth`]); without one (loopback only) the connection is the plain stream.
 //!
+//! While it runs, the source is also the hub's ingest point for its component id: the daemon's
+//! Arrow Flight `DoPut` with the descriptor path `["<component id>"]` pushes a stream through
+//! the same checks, naming, counters and port as a TCP connection.
+//!
 //! A malformed stream closes its own connection only (with one `error: ...` line written back
 //! to the peer); batches it already delivered stay delivered, other connections go on.
 //!
@@ -23,7 +27,9 @@
 //! bytes that actually arrive, and arrow's `StreamDecoder` decodes each complete message.
 //!
 //! - [`listener`]: options, the accept loop, the connection limit, what connections share.
-//! - [`connection`]: one connection: decoding, checking and delivering its batches.
+//! - [`connection`]: one TCP connection, read message by message.
+//! - [`receiver`]: one pushed stream (a TCP connection or an Arrow Flight `DoPut`): decoding,
+//!   checking and delivering its batches; the source's ingest point in the hub.
 //! - [`framing`]: reading one IPC message off the wire with every length bounded.
 //! - [`auth`]: the `AUTH <token>` line of a source with a token.
 //! - [`stream_schema`]: what a client's schema says the stream is, and the stream's name.
@@ -32,6 +38,7 @@ mod auth;
 mod connection;
 mod framing;
 mod listener;
+mod receiver;
 mod stream_schema;
 #[cfg(test)]
 mod tests;
