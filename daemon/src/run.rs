@@ -90,8 +90,8 @@ async fn serve(
         data_dir: plan.daemon.data_dir.clone(),
         subscriber_queue: plan.daemon.queue_batches,
     };
-    let flight_server = neurod::flight::server(flight_listener, flight, &security)
-        .map_err(anyhow::Error::msg)?;
+    let flight_server =
+        neurod::flight::server(flight_listener, flight, &security).map_err(anyhow::Error::msg)?;
     tokio::spawn(async move {
         if let Err(e) = flight_server.await {
             tracing::error!("Arrow Flight server stopped: {e}");

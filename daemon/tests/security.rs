@@ -250,3 +250,69 @@ fn tls_serves_https_from_pem_files_and_a_mismatched_key_is_refused() {
     // Plain HTTP on the TLS port gets no HTTP answer.
     assert!(request(d.port, "GET", "/healthz", &[], "").is_none());
 }
+
+/// Flight off loopback, over TLS: pyarrow and ADBC are refused without the token or with a wrong
+/// one, and served with it.
+#[test]
+fn flight_off_loopback_needs_the_token_from_pyarrow_and_adbc() {
+    let Some(py) = common::python() else {
+        return;
+    };
+    if !have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "flight");
+    let extra = format!(
+        "listen = \"0.0.0.0:{{port}}\"\nflight_listen = \"0.0.0.0:{{flight_port}}\"\n\
+         token = \"{TOKEN}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let d = start(dir.path(), &config(&extra), |port| {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let flight_up = |p| TcpStream::connect(("127.0.0.1", p)).is_ok();
+    common::wait_for(Duration::from_secs(30), "the Flight listener", || {
+        flight_up(d.flight_port).then_some(())
+    });
+    let code = r#"
+import sys
+import pyarrow.flight as fl
+import adbc_driver_flightsql.dbapi as adbc
+port, token, cert = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+uri = f"grpc+tls://127.0.0.1:{port}"
+client = fl.FlightClient(uri, tls_root_certs=cert.encode())
+for header in [None, b"Bearer wrong"]:
+    opts = fl.FlightCallOptions(headers=[(b"authorization", header)] if header else [])
+    try:
+        list(client.list_flights(options=opts))
+        sys.exit(f"list_flights with {header!r} was served")
+    except fl.FlightUnauthenticatedError:
+        print("pyarrow refused", header)
+ok = fl.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())])
+print("pyarrow served", len(list(client.list_flights(options=ok))))
+tls = {"adbc.flight.sql.client_option.tls_root_certs": cert}
+try:
+    with adbc.connect(uri, db_kwargs=tls) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        sys.exit("adbc without a token was served")
+except adbc.Error as e:
+    print("adbc refused:", type(e).__name__)
+auth = dict(tls, **{"adbc.flight.sql.authorization_header": f"Bearer {token}"})
+with adbc.connect(uri, db_kwargs=auth) as conn, conn.cursor() as cur:
+    cur.execute("SELECT 41 + 1 AS answer")
+    print("adbc served", cur.fetchall())
+"#;
+    let out = common::run_python(
+        &py,
+        code,
+        &[&d.flight_port.to_string(), TOKEN, cert.to_str().unwrap()],
+    );
+    assert_eq!(out.matches("pyarrow refused").count(), 2, "{out}");
+    assert!(out.contains("pyarrow served"), "{out}");
+    assert!(out.contains("adbc refused"), "{out}");
+    assert!(out.contains("adbc served [(42,)]"), "{out}");
+    eprintln!("{out}");
+    assert!(!d.log_text().contains(TOKEN));
+}

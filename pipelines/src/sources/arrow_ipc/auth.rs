@@ -41,7 +41,10 @@ impl Connection<'_> {
             Line::Refused(why) => why,
         };
         let msg = format!("peer {}: unauthorized: {why}", self.peer);
-        self.receiver.shared.metrics.error(UNAUTHORIZED, STAGE, msg.clone());
+        self.receiver
+            .shared
+            .metrics
+            .error(UNAUTHORIZED, STAGE, msg.clone());
         tracing::warn!(component = %self.receiver.shared.component_id, peer = %self.peer,
             "refusing an Arrow IPC connection: {msg}");
         close_with_error(stream, &msg, ERROR_LINGER);
