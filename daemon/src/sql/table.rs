@@ -217,9 +217,12 @@ fn hub_registry_schema(hub: &Hub, key: &str) -> Option<SchemaRef> {
     Some(Arc::new(Schema::new(fields)))
 }
 
-/// The Arrow schema of the newest stored file, or of the oldest segment when nothing is
-/// converted yet.
+/// The Arrow schema of the newest stored file (from the manifest: parsing the footer of a wide
+/// raw file took 10 ms a query), or of the oldest segment when nothing is converted yet.
 fn stored_schema(stored: &StoredStream) -> Result<Option<SchemaRef>> {
+    if let Some(s) = stored.schema.as_ref().and_then(schema_of_json) {
+        return Ok(Some(Arc::new(s)));
+    }
     if let Some(f) = stored.files.last() {
         let reader = storage::open_parquet(&f.path).map_err(external)?;
         return Ok(Some(arrow::record_batch::RecordBatchReader::schema(
@@ -234,6 +237,23 @@ fn stored_schema(stored: &StoredStream) -> Result<Option<SchemaRef>> {
         }
     }
     Ok(None)
+}
+
+/// The Arrow schema a manifest describes; `None` if a type does not parse back.
+fn schema_of_json(json: &storage::SchemaJson) -> Option<Schema> {
+    let fields = json
+        .fields
+        .iter()
+        .map(|f| {
+            Some(Field::new(
+                &f.name,
+                f.data_type.parse::<DataType>().ok()?,
+                f.nullable,
+            ))
+        })
+        .collect::<Option<Vec<Field>>>()?;
+    let metadata = json.metadata.clone().into_iter().collect();
+    Some(Schema::new_with_metadata(fields, metadata))
 }
 
 /// A stream's schema as a table: no metadata (files of one stream differ in it) and every
