@@ -62,9 +62,25 @@ flush_interval_s = 0.5
             .contains(&format!("\"{stream}\""))
             .then_some(())
     });
+    let addr = address(&d);
+    // ListFlights and GetFlightInfo describe it, with its schema and a ticket.
+    let listed = run_python(
+        &py,
+        r#"
+import sys, pyarrow.flight as fl
+client = fl.connect(sys.argv[1])
+paths = [tuple(p.decode() for p in f.descriptor.path) for f in client.list_flights()]
+assert (sys.argv[2],) in paths, paths
+info = client.get_flight_info(fl.FlightDescriptor.for_path(sys.argv[2]))
+assert "sample_index" in info.schema.names and "channel" in info.schema.names, info.schema
+assert info.endpoints and info.endpoints[0].ticket.ticket, info
+print(len(paths), info.schema.names)
+"#,
+        &[&addr, stream],
+    );
+    eprintln!("listed: {listed}");
     let out = dir.path().join("live.arrow");
     let out_s = out.display().to_string();
-    let addr = address(&d);
     run_example(
         &py,
         "flight_subscribe.py",

@@ -159,9 +159,10 @@ impl StreamSchema {
         let Some((table, original)) = self.build_stream(name)? else {
             return Ok(None);
         };
-        let order = Order::of(&table.schema);
+        // The stream's own columns: a derived `time_s` is the table's, not in its files.
+        let order = Order::of(&table.columns);
         let has_time = table
-            .schema
+            .columns
             .field_with_name(TIME_S)
             .is_ok_and(|f| f.data_type() == &DataType::Float64);
         let rate = original
@@ -183,7 +184,7 @@ impl StreamSchema {
         let bounds = order.column().map(bound).unwrap_or_default();
         let snap = table.snapshot(order, &bounds, &bound(TIME_S))?;
         Ok(Some(History {
-            schema: table.schema.clone(),
+            schema: table.columns.clone(),
             files: snap.files,
             memory: snap.memory,
             order: order.column(),
