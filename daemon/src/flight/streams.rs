@@ -12,7 +12,8 @@ pub(super) async fn list(state: &FlightState) -> Result<Vec<FlightInfo>, Status>
     blocking(move || {
         let streams = catalog(&state)?;
         let mut out = Vec::new();
-        for (name, _, _) in streams.entries() {
+        let names: Vec<String> = streams.names().cloned().collect();
+        for name in names {
             // A stream without a readable schema yet (no complete batch) is left out.
             if let Some(info) = describe(&state, &streams, &name)? {
                 out.push(info);
@@ -57,10 +58,8 @@ fn describe(
         return Ok(None);
     };
     let stored = streams
-        .entries()
-        .into_iter()
-        .find(|(n, _, _)| n == id)
-        .and_then(|(_, s, _)| s);
+        .stored(id)
+        .map_err(|e| Status::internal(format!("stream `{id}`: {e}")))?;
     // Rows that flowed through the daemon since it started, else what the store holds.
     let total = match state.hub.stream(id) {
         Some(live) => Some(live.rows),

@@ -212,7 +212,7 @@ impl SqlEngine {
             .register_schema(SCHEMA, streams_schema)
             .map_err(|e| SqlError::Failed(e.to_string()))?;
         ctx.register_catalog(CATALOG, Arc::new(catalog));
-        let neurons = system::neurons_sql(&streams);
+        let neurons = system::neurons_sql(&streams).map_err(|e| SqlError::Failed(e.to_string()))?;
         let view = ctx
             .state()
             .create_logical_plan(&neurons)

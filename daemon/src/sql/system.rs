@@ -12,14 +12,18 @@ use serde::Serialize;
 
 use super::engine::Live;
 use super::table::StreamSchema;
+use pipelines::transforms::predictability::NEURONS_SUFFIX;
 
 /// The stream kind (`neurod.stream_kind`) of the `predictability` transform's label tables.
 const NEURONS_KIND: &str = "neurons";
 
-/// Adds the `streams` and `components` tables to `schema` (a stream of the same name is hidden
-/// by them; `neurons` is a view, see [`neurons_sql`]).
+/// The table listing every stream (built when a query names it: it reads every stream's
+/// directory).
+pub(crate) const STREAMS: &str = "streams";
+
+/// Adds the `components` table to `schema` (`streams` is built when named, `neurons` is a
+/// view, see [`neurons_sql`]; a stream of one of these names is hidden by them).
 pub(crate) fn register(schema: &Arc<StreamSchema>, live: Option<&Live>) -> Result<()> {
-    schema.register_table("streams".into(), streams_table(schema, live)?)?;
     schema.register_table("components".into(), components_table(live)?)?;
     Ok(())
 }
@@ -62,7 +66,10 @@ struct StreamRow {
     last_time_s: Option<f64>,
 }
 
-fn streams_table(schema: &StreamSchema, live: Option<&Live>) -> Result<Arc<dyn TableProvider>> {
+pub(crate) fn streams_table(
+    schema: &StreamSchema,
+    live: Option<&Live>,
+) -> Result<Arc<dyn TableProvider>> {
     use DataType::*;
     let out = fields(&[
         ("name", Utf8),
@@ -84,7 +91,7 @@ fn streams_table(schema: &StreamSchema, live: Option<&Live>) -> Result<Arc<dyn T
         ("last_time_s", Float64),
     ]);
     let mut rows = Vec::new();
-    for (name, stored, key) in schema.entries() {
+    for (name, stored, key) in schema.entries()? {
         let info = live.zip(key).and_then(|(l, k)| l.hub.stream(&k));
         let mut row = StreamRow {
             name: name.clone(),
@@ -200,36 +207,31 @@ fn components_table(live: Option<&Live>) -> Result<Arc<dyn TableProvider>> {
 
 /// The `neurons` view: the latest row of every neuron of every label table
 /// (`<source>.neurons`), with the table's name in `stream`, so it is as fresh as they are.
-pub(crate) fn neurons_sql(schema: &StreamSchema) -> String {
-    let selects: Vec<String> = schema
-        .entries()
-        .into_iter()
-        .filter(|(name, stored, _)| {
-            let stored_kind = stored.as_ref().and_then(|s| {
-                let md = &s.schema.as_ref()?.metadata;
-                md.get(pipelines::stream::keys::STREAM_KIND).cloned()
-            });
-            let kind = stored_kind.or_else(|| schema.live_kind(name));
-            kind.as_deref() == Some(NEURONS_KIND)
-        })
-        .map(|(name, _, _)| {
-            let q = quote_ident(&name);
-            format!(
-                "SELECT '{lit}' AS stream, t.* FROM {q} t \
-                 WHERE t.frame_index = (SELECT max(frame_index) FROM {q})",
-                lit = name.replace('\'', "''")
-            )
-        })
-        .collect();
+pub(crate) fn neurons_sql(schema: &StreamSchema) -> Result<String> {
+    // `predictability` names them `<source>.neurons`: only those directories are read.
+    let mut selects = Vec::new();
+    for name in schema.names().filter(|n| n.ends_with(NEURONS_SUFFIX)) {
+        if schema.kind(name)?.as_deref() != Some(NEURONS_KIND) {
+            continue;
+        }
+        let q = quote_ident(name);
+        selects.push(format!(
+            "SELECT '{lit}' AS stream, t.* FROM {q} t \
+             WHERE t.frame_index = (SELECT max(frame_index) FROM {q})",
+            lit = name.replace('\'', "''")
+        ));
+    }
     if selects.is_empty() {
-        return "SELECT CAST(NULL AS VARCHAR) AS stream, CAST(NULL AS BIGINT) AS frame_index, \
+        return Ok(
+            "SELECT CAST(NULL AS VARCHAR) AS stream, CAST(NULL AS BIGINT) AS frame_index, \
          CAST(NULL AS VARCHAR) AS unit, CAST(NULL AS VARCHAR) AS \"group\", \
          CAST(NULL AS BIGINT) AS n, CAST(NULL AS DOUBLE) AS skew, \
          CAST(NULL AS DOUBLE) AS excess_kurtosis, CAST(NULL AS VARCHAR) AS label, \
          CAST(NULL AS BIGINT) AS labelled_since_frame WHERE false"
-            .to_string();
+                .to_string(),
+        );
     }
-    selects.join(" UNION ALL ")
+    Ok(selects.join(" UNION ALL "))
 }
 
 /// `name` as an SQL identifier, quoted (stream ids hold dots).

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray};
 use arrow::compute::{cast, filter_record_batch};
@@ -43,9 +43,12 @@ use super::engine::Live;
 
 /// Every stream under the data directory and in the hub, by table name (the stream id, or the
 /// hub's `id@producer` key for a second producer of an id), plus the system tables.
+///
+/// A session lists only directory names; a stream's directory is read when a query names its
+/// table (or lists them all: `streams`), so a query costs the same however much is stored.
 pub(crate) struct StreamSchema {
     streams: BTreeMap<String, Where>,
-    hub: Option<Arc<Hub>>,
+    live: Option<Live>,
     /// Tables registered by name (the system tables), and stream tables once built.
     tables: Mutex<BTreeMap<String, Arc<dyn TableProvider>>>,
 }
@@ -53,28 +56,60 @@ pub(crate) struct StreamSchema {
 /// Where a stream's rows are.
 #[derive(Debug, Clone, Default)]
 struct Where {
-    /// The stream directory of the store holding the most rows of it.
-    stored: Option<StoredStream>,
+    /// The stream directories that hold it, one per store, read when first needed ...
+    dirs: Vec<PathBuf>,
+    /// ... as the store holding the most rows of it has it.
+    stored: OnceLock<Option<StoredStream>>,
     /// Its key in the hub, when the daemon has it.
     live: Option<String>,
+}
+
+/// The stream directories under a data directory (`<data>/<store>/<stream>`) or one store.
+fn stream_dirs(data_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let children = |dir: &Path| -> Result<Vec<PathBuf>, StoreError> {
+        let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| StoreError::io(dir, "listing", e))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        out.sort();
+        Ok(out)
+    };
+    if !data_dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let top = children(data_dir)?;
+    if top.iter().any(|d| storage::is_stream_dir(d)) {
+        return Ok(top);
+    }
+    let mut out = Vec::new();
+    for store in top {
+        out.extend(children(&store)?);
+    }
+    Ok(out)
 }
 
 impl StreamSchema {
     pub(crate) fn new(data_dir: &Path, live: Option<&Live>) -> Result<Self, StoreError> {
         let mut streams: BTreeMap<String, Where> = BTreeMap::new();
-        let listed = if data_dir.is_dir() {
-            storage::list_data_dir(data_dir)?
-        } else {
-            Vec::new()
-        };
-        for (_, s) in listed {
-            let w = streams.entry(s.stream_id.clone()).or_default();
-            // Two stores of one stream (a copy for another purpose): the one holding more rows.
-            if w.stored
-                .as_ref()
-                .is_none_or(|o| rows_held(o) < rows_held(&s))
+        for dir in stream_dirs(data_dir)? {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            match name
+                .as_deref()
+                .and_then(storage::layout::stream_id_from_dir_name)
             {
-                w.stored = Some(s);
+                Some(id) => streams.entry(id).or_default().dirs.push(dir),
+                // A store written before reversible names: its ids are in its files.
+                None => {
+                    for s in storage::catalog::read_stream_dir(&dir)? {
+                        streams
+                            .entry(s.stream_id)
+                            .or_default()
+                            .dirs
+                            .push(dir.clone());
+                    }
+                }
             }
         }
         if let Some(live) = live {
@@ -87,23 +122,63 @@ impl StreamSchema {
         }
         Ok(StreamSchema {
             streams,
-            hub: live.map(|l| l.hub.clone()),
+            live: live.cloned(),
             tables: Mutex::new(BTreeMap::new()),
         })
     }
 
-    /// Every stream: its table name, what the store holds, its key in the hub.
-    pub(crate) fn entries(&self) -> Vec<(String, Option<StoredStream>, Option<String>)> {
+    fn hub(&self) -> Option<&Arc<Hub>> {
+        self.live.as_ref().map(|l| &l.hub)
+    }
+
+    /// What the store holding the most rows of `name` has of it (two stores of one stream: a
+    /// copy kept for another purpose). Read once per session.
+    pub(crate) fn stored(&self, name: &str) -> Result<Option<StoredStream>> {
+        let Some(w) = self.streams.get(name) else {
+            return Ok(None);
+        };
+        if let Some(s) = w.stored.get() {
+            return Ok(s.clone());
+        }
+        let mut best: Option<StoredStream> = None;
+        for dir in &w.dirs {
+            for s in storage::catalog::read_stream_dir(dir).map_err(external)? {
+                if s.stream_id == name && best.as_ref().is_none_or(|b| rows_held(b) < rows_held(&s))
+                {
+                    best = Some(s);
+                }
+            }
+        }
+        Ok(w.stored.get_or_init(|| best).clone())
+    }
+
+    /// The table names of the streams.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
+        self.streams.keys()
+    }
+
+    /// Every stream: its table name, what the store holds, its key in the hub (reads every
+    /// stream directory).
+    pub(crate) fn entries(&self) -> Result<Vec<(String, Option<StoredStream>, Option<String>)>> {
         self.streams
             .iter()
-            .map(|(n, w)| (n.clone(), w.stored.clone(), w.live.clone()))
+            .map(|(n, w)| Ok((n.clone(), self.stored(n)?, w.live.clone())))
             .collect()
+    }
+
+    /// `neurod.stream_kind` of a stream, as its newest stored schema or the hub says.
+    pub(crate) fn kind(&self, name: &str) -> Result<Option<String>> {
+        let stored = self.stored(name)?.and_then(|s| {
+            let md = &s.schema.as_ref()?.metadata;
+            md.get(keys::STREAM_KIND).cloned()
+        });
+        Ok(stored.or_else(|| self.live_kind(name)))
     }
 
     /// `neurod.stream_kind` of a stream the hub has.
     pub(crate) fn live_kind(&self, name: &str) -> Option<String> {
         let key = self.streams.get(name)?.live.as_ref()?;
-        self.hub.as_ref()?.stream(key)?.kind
+        self.hub()?.stream(key)?.kind
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<dyn TableProvider>>> {
@@ -121,11 +196,12 @@ impl StreamSchema {
         let Some(w) = self.streams.get(name) else {
             return Ok(None);
         };
-        let live_schema = match (&self.hub, &w.live) {
+        let live_schema = match (self.hub(), &w.live) {
             (Some(hub), Some(key)) => hub.stream(key).and_then(|_| hub_schema(hub, key)),
             _ => None,
         };
-        let schema = match (live_schema, &w.stored) {
+        let stored = self.stored(name)?;
+        let schema = match (live_schema, &stored) {
             (Some(s), _) => s,
             (None, Some(stored)) => match stored_schema(stored)? {
                 Some(s) => s,
@@ -140,8 +216,8 @@ impl StreamSchema {
             schema: with_time_s(&columns, time_rate),
             columns,
             time_rate,
-            stored: w.stored.clone(),
-            hub: self.hub.clone().zip(w.live.clone()),
+            stored,
+            hub: self.hub().cloned().zip(w.live.clone()),
         };
         Ok(Some((table, schema)))
     }
@@ -325,6 +401,7 @@ impl std::fmt::Debug for StreamTable {
 impl SchemaProvider for StreamSchema {
     fn table_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        names.push(super::system::STREAMS.to_string());
         names.extend(self.streams.keys().cloned());
         names.sort();
         names.dedup();
@@ -335,7 +412,11 @@ impl SchemaProvider for StreamSchema {
         if let Some(t) = self.lock().get(name) {
             return Ok(Some(t.clone()));
         }
-        let built = self.build(name)?;
+        let built = if name == super::system::STREAMS {
+            Some(super::system::streams_table(self, self.live.as_ref())?)
+        } else {
+            self.build(name)?
+        };
         if let Some(t) = &built {
             self.lock().insert(name.to_string(), t.clone());
         }
@@ -351,7 +432,9 @@ impl SchemaProvider for StreamSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.streams.contains_key(name) || self.lock().contains_key(name)
+        name == super::system::STREAMS
+            || self.streams.contains_key(name)
+            || self.lock().contains_key(name)
     }
 }
 
