@@ -64,6 +64,9 @@ struct Where {
     live: Option<String>,
 }
 
+/// One stream: its table name, what the store holds, its key in the hub.
+pub(crate) type Entry = (String, Option<StoredStream>, Option<String>);
+
 /// The stream directories under a data directory (`<data>/<store>/<stream>`) or one store.
 fn stream_dirs(data_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let children = |dir: &Path| -> Result<Vec<PathBuf>, StoreError> {
@@ -159,7 +162,7 @@ impl StreamSchema {
 
     /// Every stream: its table name, what the store holds, its key in the hub (reads every
     /// stream directory).
-    pub(crate) fn entries(&self) -> Result<Vec<(String, Option<StoredStream>, Option<String>)>> {
+    pub(crate) fn entries(&self) -> Result<Vec<Entry>> {
         self.streams
             .iter()
             .map(|(n, w)| Ok((n.clone(), self.stored(n)?, w.live.clone())))
