@@ -4,7 +4,7 @@ use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use tonic::Status;
 
 use super::FlightState;
-use crate::sql::table::StreamSchema;
+use crate::sql::catalog::StreamSchema;
 
 /// One `FlightInfo` per stream the hub or the stores know, by id.
 pub(super) async fn list(state: &FlightState) -> Result<Vec<FlightInfo>, Status> {

@@ -29,7 +29,8 @@ use tonic::Status;
 
 use super::streams::{blocking, catalog};
 use super::FlightState;
-use crate::sql::table::{column_range, conform, rows_after, rows_from, table_schema, History};
+use crate::sql::catalog::{table_schema, History};
+use crate::sql::rows::{column_range, conform, rows_after, rows_from};
 
 /// What a `DoGet` ticket asks for: the stream id as plain bytes (live from now), or JSON.
 #[derive(Debug, Deserialize)]

@@ -21,8 +21,8 @@ use futures_util::StreamExt;
 use pipelines::hub::Hub;
 use pipelines::metrics::Metrics;
 
+use super::catalog::StreamSchema;
 use super::system;
-use super::table::StreamSchema;
 
 /// The catalog and schema every table lives in (`neurod.public."rig.spikes"`), as Flight SQL
 /// clients list them.

@@ -7,12 +7,16 @@
 //! latest POYO-SSL labels).
 //!
 //! - [`engine`]: the session, its limits (rows, memory, time) and running a query.
+//! - [`catalog`]: which tables exist (stream directories read when named, the hub's registry).
 //! - [`table`]: one stream as a table: pruning, projection, the memory/disk seam.
+//! - [`rows`]: the order column, filter bounds, and cutting batches by them.
 //! - [`system`]: the `streams`, `components` and `neurons` tables.
 //! - [`format`]: results as a text table, CSV, JSON or Arrow IPC.
 
+pub(crate) mod catalog;
 pub(crate) mod engine;
 pub mod format;
+pub(crate) mod rows;
 mod system;
 pub(crate) mod table;
 

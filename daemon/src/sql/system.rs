@@ -10,8 +10,8 @@ use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::common::Result;
 use serde::Serialize;
 
+use super::catalog::StreamSchema;
 use super::engine::Live;
-use super::table::StreamSchema;
 use pipelines::transforms::predictability::NEURONS_SUFFIX;
 
 /// The stream kind (`neurod.stream_kind`) of the `predictability` transform's label tables.
