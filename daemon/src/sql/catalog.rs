@@ -45,36 +45,10 @@ pub(super) struct Where {
 /// One stream: its table name, what the store holds, its key in the hub.
 pub(crate) type Entry = (String, Option<StoredStream>, Option<String>);
 
-/// The stream directories under a data directory (`<data>/<store>/<stream>`) or one store.
-pub(super) fn stream_dirs(data_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let children = |dir: &Path| -> Result<Vec<PathBuf>, StoreError> {
-        let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| StoreError::io(dir, "listing", e))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        out.sort();
-        Ok(out)
-    };
-    if !data_dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let top = children(data_dir)?;
-    if top.iter().any(|d| storage::is_stream_dir(d)) {
-        return Ok(top);
-    }
-    let mut out = Vec::new();
-    for store in top {
-        out.extend(children(&store)?);
-    }
-    Ok(out)
-}
-
 impl StreamSchema {
     pub(crate) fn new(data_dir: &Path, live: Option<&Live>) -> Result<Self, StoreError> {
         let mut streams: BTreeMap<String, Where> = BTreeMap::new();
-        for dir in stream_dirs(data_dir)? {
+        for dir in storage::catalog::stream_dirs(data_dir)? {
             let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
             match name
                 .as_deref()

@@ -222,6 +222,20 @@ pub fn list_store(store_dir: &Path) -> Result<Vec<StoredStream>, StoreError> {
     Ok(out)
 }
 
+/// The stream directories under a data directory (`<data_dir>/<store>/<stream>/`), or under one
+/// store directory given directly, without reading them (SQL reads only those a query names).
+pub fn stream_dirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let children = subdirs(dir)?;
+    if children.iter().any(|c| is_stream_dir(c)) {
+        return Ok(children);
+    }
+    let mut out = Vec::new();
+    for store in children {
+        out.extend(subdirs(&store)?);
+    }
+    Ok(out)
+}
+
 /// Every stream under a data directory (`<data_dir>/<store>/<stream>/`), or under one store
 /// directory given directly, as (store directory, stream).
 pub fn list_data_dir(dir: &Path) -> Result<Vec<(PathBuf, StoredStream)>, StoreError> {
