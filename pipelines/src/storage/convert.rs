@@ -140,6 +140,13 @@ pub fn writer_properties(
             builder = builder
                 .set_column_dictionary_enabled(path.clone(), false)
                 .set_column_encoding(path.clone(), Encoding::DELTA_BINARY_PACKED);
+        } else if matches!(
+            col.physical_type(),
+            PhysicalType::FLOAT | PhysicalType::DOUBLE
+        ) {
+            // Measured values (amplitudes, times, dF/F) hardly repeat: a dictionary only grows
+            // to its limit and falls back, making files larger and slower to decode.
+            builder = builder.set_column_dictionary_enabled(path.clone(), false);
         }
     }
     Ok(builder.build())
