@@ -146,6 +146,12 @@ impl Hub {
         *lock(&self.retention)
     }
 
+    /// The schema (with its metadata) of the latest batch of the stream with registry key `id`.
+    pub fn schema(&self, id: &str) -> Option<SchemaRef> {
+        let s = lock(&self.streams).get(id).cloned();
+        s?.schema()
+    }
+
     /// The latest batches of the stream with registry key `id`, oldest first: the last
     /// [`Retention::window_s`] seconds, at most [`Retention::max_bytes`]. Empty if unknown.
     pub fn recent(&self, id: &str) -> Vec<RecordBatch> {

@@ -152,7 +152,7 @@ impl StreamSchema {
             return Ok(None);
         };
         let live_schema = match (self.hub(), &w.live) {
-            (Some(hub), Some(key)) => hub.stream(key).and_then(|_| hub_schema(hub, key)),
+            (Some(hub), Some(key)) => hub.schema(key),
             _ => None,
         };
         let stored = self.stored(name)?;
@@ -226,27 +226,6 @@ impl StreamSchema {
 
 pub(super) fn rows_held(s: &StoredStream) -> u64 {
     s.rows() + s.segments.len() as u64
-}
-
-/// The schema of the stream's latest batch in the hub.
-pub(super) fn hub_schema(hub: &Hub, key: &str) -> Option<SchemaRef> {
-    hub.recent(key)
-        .last()
-        .map(|b| b.schema())
-        .or_else(|| hub_registry_schema(hub, key))
-}
-
-pub(super) fn hub_registry_schema(hub: &Hub, key: &str) -> Option<SchemaRef> {
-    let info = hub.stream(key)?;
-    let fields = info.schema?.fields;
-    let fields: Vec<Field> = fields
-        .iter()
-        .filter_map(|f| {
-            let dt: DataType = f.data_type.parse().ok()?;
-            Some(Field::new(&f.name, dt, true))
-        })
-        .collect();
-    Some(Arc::new(Schema::new(fields)))
 }
 
 /// The Arrow schema of the newest stored file (from the manifest: parsing the footer of a wide
