@@ -59,7 +59,7 @@ pub struct Live {
 }
 
 /// Why a query failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SqlError {
     /// The query is not valid SQL, or names a table or column that does not exist.
     #[error("{0}")]
@@ -363,16 +363,7 @@ impl SqlEngine {
 pub fn sql_error(e: DataFusionError, limits: &SqlLimits) -> SqlError {
     if let DataFusionError::External(inner) = &e {
         if let Some(s) = inner.downcast_ref::<SqlError>() {
-            return match s {
-                SqlError::Invalid(m) => SqlError::Invalid(m.clone()),
-                SqlError::TooManyRows { limit } => SqlError::TooManyRows { limit: *limit },
-                SqlError::Memory { limit_mb, detail } => SqlError::Memory {
-                    limit_mb: *limit_mb,
-                    detail: detail.clone(),
-                },
-                SqlError::Timeout(d) => SqlError::Timeout(*d),
-                SqlError::Failed(m) => SqlError::Failed(m.clone()),
-            };
+            return s.clone();
         }
     }
     SqlError::from_datafusion(e, limits)
