@@ -4,3 +4,4 @@
 pub mod flight;
 pub mod security;
 pub mod sql;
+pub mod subscriber;

@@ -18,29 +18,14 @@ use arrow::record_batch::RecordBatch;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use pipelines::edge::Recv;
-use pipelines::hub::{Hub, SubscribeError, SubscribeOptions, Subscription};
-use tokio::sync::Notify;
+use neurod::subscriber::{LiveSubscription, Next};
+use pipelines::hub::{Hub, SubscribeError};
 
 pub const CONTENT_TYPE: &str = "application/vnd.apache.arrow.stream";
 
 /// The response to `GET /streams/{id}`.
 pub fn respond(hub: &Hub, id: &str, queue: usize) -> Response {
-    let notify = Arc::new(Notify::new());
-    let waker = {
-        let notify = notify.clone();
-        Box::new(move || notify.notify_one())
-    };
-    let sub = hub.subscribe(
-        id,
-        SubscribeOptions {
-            capacity: queue,
-            consumer: "http".into(),
-            evict_on_overflow: true,
-            waker: Some(waker),
-        },
-    );
-    let sub = match sub {
+    let sub = match LiveSubscription::open(hub, id, queue, "http") {
         Ok(s) => s,
         Err(e) => {
             let code = match e {
@@ -58,7 +43,7 @@ pub fn respond(hub: &Hub, id: &str, queue: usize) -> Response {
         )
             .into_response();
     };
-    let reader = match Reader::new(sub, notify, schema) {
+    let reader = match Reader::new(sub, schema) {
         Ok(r) => r,
         Err(e) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
@@ -77,8 +62,7 @@ pub fn respond(hub: &Hub, id: &str, queue: usize) -> Response {
 }
 
 struct Reader {
-    sub: Subscription,
-    notify: Arc<Notify>,
+    sub: LiveSubscription,
     writer: StreamWriter<Vec<u8>>,
     schema: SchemaRef,
     /// Encoded bytes not yet handed to the response (the schema message at first).
@@ -89,16 +73,11 @@ struct Reader {
 type Chunk = Result<Bytes, std::io::Error>;
 
 impl Reader {
-    fn new(
-        sub: Subscription,
-        notify: Arc<Notify>,
-        schema: SchemaRef,
-    ) -> Result<Self, arrow::error::ArrowError> {
+    fn new(sub: LiveSubscription, schema: SchemaRef) -> Result<Self, arrow::error::ArrowError> {
         let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
         let pending = std::mem::take(writer.get_mut());
         Ok(Reader {
             sub,
-            notify,
             writer,
             schema,
             pending,
@@ -115,32 +94,22 @@ impl Reader {
         if self.done {
             return None;
         }
-        loop {
-            if self.sub.evicted() {
+        let chunk = match self.sub.next().await {
+            Next::Batch(batch) => self.encode(&batch),
+            Next::Ended => {
+                self.done = true;
+                self.finish()
+            }
+            Next::Evicted => {
                 self.done = true;
                 let why = format!(
                     "stream `{}`: this reader fell behind and was dropped",
                     self.sub.stream_id()
                 );
-                return Some((Err(std::io::Error::other(why)), self));
+                Err(std::io::Error::other(why))
             }
-            match self.sub.try_recv() {
-                Recv::Data(batch) => {
-                    let chunk = self.encode(&batch);
-                    return Some((chunk, self));
-                }
-                Recv::Closed => {
-                    // The subscription closes on eviction too: look again before ending cleanly.
-                    if self.sub.evicted() {
-                        continue;
-                    }
-                    self.done = true;
-                    let chunk = self.finish();
-                    return Some((chunk, self));
-                }
-                Recv::Timeout => self.notify.notified().await,
-            }
-        }
+        };
+        Some((chunk, self))
     }
 
     fn encode(&mut self, batch: &RecordBatch) -> Chunk {

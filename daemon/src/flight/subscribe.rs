@@ -20,17 +20,17 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::FlightData;
 use futures_util::{Stream, StreamExt};
-use pipelines::edge::Recv;
-use pipelines::hub::{SubscribeError, SubscribeOptions, Subscription};
+use pipelines::hub::SubscribeError;
 use pipelines::storage;
 use serde::Deserialize;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::streams::{blocking, catalog};
 use super::FlightState;
 use crate::sql::catalog::{table_schema, History};
 use crate::sql::rows::{column_range, conform, rows_after, rows_from};
+use crate::subscriber::{LiveSubscription, Next};
 
 /// What a `DoGet` ticket asks for: the stream id as plain bytes (live from now), or JSON.
 #[derive(Debug, Deserialize)]
@@ -79,21 +79,8 @@ pub(super) async fn do_get(
     state: &FlightState,
     ticket: StreamTicket,
 ) -> Result<FlightStream, Status> {
-    let notify = Arc::new(Notify::new());
-    let waker = {
-        let notify = notify.clone();
-        Box::new(move || notify.notify_one())
-    };
     // Subscribed before anything stored is read, so that no row falls between the two.
-    let sub = state.hub.subscribe(
-        &ticket.stream,
-        SubscribeOptions {
-            capacity: state.subscriber_queue,
-            consumer: "flight".into(),
-            evict_on_overflow: true,
-            waker: Some(waker),
-        },
-    );
+    let sub = LiveSubscription::open(&state.hub, &ticket.stream, state.subscriber_queue, "flight");
     let id = ticket.stream.clone();
     let sub = match (sub, ticket.from_time_s) {
         (Ok(s), _) => Some(s),
@@ -119,7 +106,7 @@ pub(super) async fn do_get(
                 )));
             };
             tracing::info!(stream = %id, "Flight reader attached");
-            Box::pin(live(Live::new(sub, notify, schema, false)))
+            Box::pin(live(Live::new(sub, schema, false)))
         }
         Some(from) => {
             let history = {
@@ -139,7 +126,7 @@ pub(super) async fn do_get(
             };
             tracing::info!(stream = %id, from_time_s = from, files = history.files.len(),
                 "Flight reader attached, from the past");
-            Box::pin(from_past(history, sub, notify))
+            Box::pin(from_past(history, sub))
         }
     };
     let data = FlightDataEncoderBuilder::new()
@@ -151,8 +138,7 @@ pub(super) async fn do_get(
 /// Stored and retained rows, then live ones past them.
 fn from_past(
     history: History,
-    sub: Option<Subscription>,
-    notify: Arc<Notify>,
+    sub: Option<LiveSubscription>,
 ) -> impl Stream<Item = BatchResult> + Send {
     let schema = history.schema.clone();
     let order = history.order;
@@ -177,7 +163,7 @@ fn from_past(
     let rest = futures_util::stream::once(async move {
         let last = lock(&cut).clone();
         match sub {
-            Some(sub) => live(Live::new(sub, notify, schema, true).after(last)).left_stream(),
+            Some(sub) => live(Live::new(sub, schema, true).after(last)).left_stream(),
             None => futures_util::stream::empty().right_stream(),
         }
     })
@@ -252,8 +238,7 @@ fn read_history(history: History, tx: &mpsc::Sender<BatchResult>) {
 
 /// A live subscription as batches to send.
 struct Live {
-    sub: Subscription,
-    notify: Arc<Notify>,
+    sub: LiveSubscription,
     schema: SchemaRef,
     /// Batches are conformed to `schema` (no metadata, nullable columns: the history's schema).
     as_table: bool,
@@ -262,10 +247,9 @@ struct Live {
 }
 
 impl Live {
-    fn new(sub: Subscription, notify: Arc<Notify>, schema: SchemaRef, as_table: bool) -> Self {
+    fn new(sub: LiveSubscription, schema: SchemaRef, as_table: bool) -> Self {
         Live {
             sub,
-            notify,
             schema,
             as_table,
             cut: None,
@@ -284,24 +268,18 @@ impl Live {
             if self.done {
                 return None;
             }
-            if self.sub.evicted() {
-                self.done = true;
-                let why = format!(
-                    "stream `{}`: this reader fell behind by a whole queue and was dropped; ask again",
-                    self.sub.stream_id()
-                );
-                return Some(Err(FlightError::Tonic(Box::new(
-                    Status::resource_exhausted(why),
-                ))));
-            }
-            let batch = match self.sub.try_recv() {
-                Recv::Data(b) => b,
-                // The subscription closes on eviction too: look again before ending cleanly.
-                Recv::Closed if self.sub.evicted() => continue,
-                Recv::Closed => return None,
-                Recv::Timeout => {
-                    self.notify.notified().await;
-                    continue;
+            let batch = match self.sub.next().await {
+                Next::Batch(b) => b,
+                Next::Ended => return None,
+                Next::Evicted => {
+                    self.done = true;
+                    let why = format!(
+                        "stream `{}`: this reader fell behind by a whole queue and was dropped; ask again",
+                        self.sub.stream_id()
+                    );
+                    return Some(Err(FlightError::Tonic(Box::new(
+                        Status::resource_exhausted(why),
+                    ))));
                 }
             };
             match self.prepare(&batch) {
