@@ -81,12 +81,17 @@ impl StreamTable {
         };
         let mut stored_last: Option<f64> = None;
         let mut any_stored = false;
-        if let Some(stored) = &self.stored {
+        if let Some(listed) = &self.stored {
+            // The session's listing, read moments ago; a segment converted (and removed) since
+            // is a Parquet file when the directory is read again.
+            let mut current = listed.clone();
             let mut tries = 0;
             let part = loop {
-                // A segment converted (and removed) while we read is a Parquet file on a reread.
-                match self.stored_part(stored, order, bounds, time) {
-                    Err(e) if is_not_found(&e) && tries < 5 => tries += 1,
+                match self.stored_part(&current, order, bounds, time) {
+                    Err(e) if is_not_found(&e) && tries < 5 => {
+                        tries += 1;
+                        current = self.reread(listed)?;
+                    }
                     other => break other?,
                 }
             };
@@ -113,7 +118,7 @@ impl StreamTable {
     /// stored, and whether anything is stored.
     fn stored_part(
         &self,
-        stored: &StoredStream,
+        current: &StoredStream,
         order: Order,
         bounds: &Bounds,
         time: &Bounds,
@@ -124,7 +129,6 @@ impl StreamTable {
         };
         let mut last: Option<f64> = None;
         let mut any = false;
-        let current = self.reread(stored)?;
         for f in &current.files {
             any |= f.entry.rows > 0;
             last = max_opt(last, order.file_last(&f.entry));
@@ -140,7 +144,7 @@ impl StreamTable {
                 snap.files.push(f.path.clone());
             }
         }
-        for b in segment_batches(&current, &self.id)? {
+        for b in segment_batches(current, &self.id)? {
             any |= b.num_rows() > 0;
             if let Some(c) = order.column() {
                 last = max_opt(last, column_range(&b, c).1);
