@@ -227,18 +227,6 @@ impl SqlEngine {
         Ok(ctx)
     }
 
-    /// The tables a query can name, sorted.
-    pub async fn table_names(&self) -> Result<Vec<String>, SqlError> {
-        let ctx = self.session().await?;
-        let mut names = ctx
-            .catalog(CATALOG)
-            .and_then(|c| c.schema(SCHEMA))
-            .map(|s| s.table_names())
-            .unwrap_or_default();
-        names.sort();
-        Ok(names)
-    }
-
     /// The schema of a query's result, without running it.
     pub async fn schema_of(&self, sql: &str) -> Result<SchemaRef, SqlError> {
         let sql = sql.to_string();
