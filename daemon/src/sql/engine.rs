@@ -199,7 +199,10 @@ impl SqlEngine {
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true)
-            .with_target_partitions(QUERY_THREADS);
+            .with_target_partitions(QUERY_THREADS)
+            // Stream tables spread their files over the threads themselves, by pages
+            // (`split`); DataFusion's own split, by bytes, would undo that.
+            .with_repartition_file_scans(false);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let streams = StreamSchema::new(&self.inner.data_dir, self.inner.live.as_ref())
             .map_err(|e| SqlError::Failed(e.to_string()))?;

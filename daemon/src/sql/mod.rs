@@ -10,6 +10,7 @@
 //! - [`catalog`]: which tables exist (stream directories read when named, the hub's registry).
 //! - [`table`]: one stream as a table: pruning, projection, the memory/disk seam.
 //! - [`rows`]: the order column, filter bounds, and cutting batches by them.
+//! - [`split`]: a few files' rows spread over the query threads at page boundaries.
 //! - [`system`]: the `streams`, `components` and `neurons` tables.
 //! - [`format`]: results as a text table, CSV, JSON or Arrow IPC.
 
@@ -17,6 +18,7 @@ pub(crate) mod catalog;
 pub(crate) mod engine;
 pub mod format;
 pub(crate) mod rows;
+mod split;
 mod system;
 pub(crate) mod table;
 

@@ -23,7 +23,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, DataFusionError, Result};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
@@ -36,6 +36,7 @@ use pipelines::stream::{stream_id_of, SAMPLE_INDEX, TIME_S};
 
 use super::catalog::external;
 use super::rows::{column_range, conform, max_opt, may_hold, mentions, rows_after, Bounds, Order};
+use super::split;
 
 impl std::fmt::Debug for StreamTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -170,13 +171,14 @@ impl StreamTable {
             }))
     }
 
-    fn parquet_exec(
+    async fn parquet_exec(
         &self,
         state: &dyn Session,
         files: &[PathBuf],
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
+        limits: &[(&str, &Bounds)],
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut source = ParquetSource::new(self.columns.clone());
         if let Some(predicate) = conjunction(filters.iter().cloned()) {
@@ -197,11 +199,7 @@ impl StreamTable {
             partitioned.push(f);
         }
         let partitions = state.config().target_partitions().max(1);
-        let per_group = partitioned.len().div_ceil(partitions).max(1);
-        let groups: Vec<FileGroup> = partitioned
-            .chunks(per_group)
-            .map(|c| FileGroup::new(c.to_vec()))
-            .collect();
+        let groups = split::file_groups(state, partitioned, limits, partitions).await?;
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
                 .with_file_groups(groups)
@@ -266,8 +264,14 @@ impl TableProvider for StreamTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match self.time_rate {
-            Some(rate) => self.scan_with_time(state, rate, projection, filters, limit),
-            None => self.scan_columns(state, projection, filters, limit, Bounds::default()),
+            Some(rate) => {
+                self.scan_with_time(state, rate, projection, filters, limit)
+                    .await
+            }
+            None => {
+                self.scan_columns(state, projection, filters, limit, Bounds::default())
+                    .await
+            }
         }
     }
 }
@@ -276,7 +280,7 @@ impl StreamTable {
     /// A scan of a table whose `time_s` is derived: the stream's columns (with `sample_index`
     /// if `time_s` is wanted), `time_s` bounds turned into `sample_index` bounds, then
     /// `time_s` computed.
-    fn scan_with_time(
+    async fn scan_with_time(
         &self,
         state: &dyn Session,
         rate: f64,
@@ -310,7 +314,9 @@ impl StreamTable {
                 datafusion::prelude::col(SAMPLE_INDEX).lt_eq(datafusion::prelude::lit(hi as i64))
             }))
             .collect();
-        let plan = self.scan_columns(state, Some(&inner), &own, limit, by_time)?;
+        let plan = self
+            .scan_columns(state, Some(&inner), &own, limit, by_time)
+            .await?;
         let inner_schema = plan.schema();
         let df_schema = DFSchema::try_from(inner_schema.as_ref().clone())?;
         let mut exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> =
@@ -338,7 +344,7 @@ impl StreamTable {
     }
 
     /// A scan of the stream's own columns; `extra` narrows the index bounds further.
-    fn scan_columns(
+    async fn scan_columns(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
@@ -361,7 +367,14 @@ impl StreamTable {
         let snap = self.snapshot(order, &bounds, &time)?;
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !snap.files.is_empty() {
-            inputs.push(self.parquet_exec(state, &snap.files, projection, filters, limit)?);
+            let mut limits = vec![(TIME_S, &time)];
+            if let Some(c) = order.column() {
+                limits.insert(0, (c, &bounds));
+            }
+            let exec = self
+                .parquet_exec(state, &snap.files, projection, filters, limit, &limits)
+                .await?;
+            inputs.push(exec);
         }
         if !snap.memory.is_empty() || inputs.is_empty() {
             let exec = MemorySourceConfig::try_new_exec(
