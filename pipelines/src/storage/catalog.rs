@@ -171,6 +171,9 @@ pub fn read_stream_dir(dir: &Path) -> Result<Vec<StoredStream>, StoreError> {
     }
     segments.sort();
     let mut by_id: BTreeMap<String, StoredStream> = BTreeMap::new();
+    // Each stream's newest schema, described once after the loop (wide probes' schemas are
+    // large, and a query reads this for every stream it names).
+    let mut newest: BTreeMap<String, usize> = BTreeMap::new();
     for f in &manifest.files {
         let schema = manifest.schemas.get(f.schema);
         let id = schema
@@ -178,7 +181,7 @@ pub fn read_stream_dir(dir: &Path) -> Result<Vec<StoredStream>, StoreError> {
             .unwrap_or(&manifest.stream_id)
             .to_string();
         let s = by_id.entry(id.clone()).or_insert_with(|| StoredStream {
-            stream_id: id,
+            stream_id: id.clone(),
             dir: dir.to_path_buf(),
             layout: None,
             sampling_hz: None,
@@ -186,14 +189,22 @@ pub fn read_stream_dir(dir: &Path) -> Result<Vec<StoredStream>, StoreError> {
             files: Vec::new(),
             segments: Vec::new(),
         });
-        s.layout = schema.and_then(|s| s.metadata.get(crate::stream::keys::LAYOUT).cloned());
-        s.sampling_hz =
-            schema.and_then(|s| s.metadata.get(crate::stream::keys::SAMPLING_HZ).cloned());
-        s.schema = schema.cloned();
         s.files.push(StoredFile {
             path: dir.join(&f.name),
             entry: f.clone(),
         });
+        newest.insert(id, f.schema);
+    }
+    for (id, at) in newest {
+        let (Some(s), Some(schema)) = (by_id.get_mut(&id), manifest.schemas.get(at)) else {
+            continue;
+        };
+        s.layout = schema.metadata.get(crate::stream::keys::LAYOUT).cloned();
+        s.sampling_hz = schema
+            .metadata
+            .get(crate::stream::keys::SAMPLING_HZ)
+            .cloned();
+        s.schema = Some(schema.clone());
     }
     if !segments.is_empty() || by_id.is_empty() {
         let s = by_id

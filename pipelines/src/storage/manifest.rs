@@ -161,6 +161,8 @@ pub fn part_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 /// still has the same name and size are kept, other files' footers are read.
 pub fn build_manifest(dir: &Path, previous: Option<&Manifest>) -> Result<Manifest, StoreError> {
     let mut schemas: Vec<SchemaJson> = Vec::new();
+    // (index in `previous`, index in `schemas`) of the schemas kept so far.
+    let mut kept: Vec<(usize, usize)> = Vec::new();
     let mut files = Vec::new();
     for (_, path) in part_files(dir)? {
         let name = path
@@ -175,17 +177,27 @@ pub fn build_manifest(dir: &Path, previous: Option<&Manifest>) -> Result<Manifes
                 .files
                 .iter()
                 .find(|f| f.name == name && f.bytes == bytes)?;
-            Some((f.clone(), m.schemas.get(f.schema)?.clone()))
+            Some((f.clone(), m.schemas.get(f.schema)?))
         });
-        let (mut entry, schema) = match known {
-            Some(k) => k,
-            None => describe_part(&path)?,
-        };
-        entry.schema = match schemas.iter().position(|s| *s == schema) {
-            Some(i) => i,
+        // Schemas are compared (wide probes have hundreds of fields) only once per distinct
+        // schema of `previous`, not once per file: a query reads this for every stream it names.
+        let mut entry = match known {
+            Some((mut entry, schema)) => {
+                let at = match kept.iter().find(|(old, _)| *old == entry.schema) {
+                    Some(&(_, at)) => at,
+                    None => {
+                        let at = intern(&mut schemas, schema.clone());
+                        kept.push((entry.schema, at));
+                        at
+                    }
+                };
+                entry.schema = at;
+                entry
+            }
             None => {
-                schemas.push(schema);
-                schemas.len() - 1
+                let (mut entry, schema) = describe_part(&path)?;
+                entry.schema = intern(&mut schemas, schema);
+                entry
             }
         };
         files.push(entry);
@@ -211,6 +223,17 @@ pub fn build_manifest(dir: &Path, previous: Option<&Manifest>) -> Result<Manifes
         schemas,
         files,
     })
+}
+
+/// The index of `schema` in `schemas`, added if new.
+fn intern(schemas: &mut Vec<SchemaJson>, schema: SchemaJson) -> usize {
+    match schemas.iter().position(|s| *s == schema) {
+        Some(i) => i,
+        None => {
+            schemas.push(schema);
+            schemas.len() - 1
+        }
+    }
 }
 
 /// Brings the manifest of `dir` up to date with its files, writing it only if it changed.
