@@ -181,7 +181,7 @@ pub fn build_manifest(dir: &Path, previous: Option<&Manifest>) -> Result<Manifes
         });
         // Schemas are compared (wide probes have hundreds of fields) only once per distinct
         // schema of `previous`, not once per file: a query reads this for every stream it names.
-        let mut entry = match known {
+        let entry = match known {
             Some((mut entry, schema)) => {
                 let at = match kept.iter().find(|(old, _)| *old == entry.schema) {
                     Some(&(_, at)) => at,
