@@ -291,7 +291,7 @@ mod tests {
 mod scans {
     use std::sync::Arc;
 
-    use arrow::array::{AsArray, Int32Array, Int64Array};
+    use arrow::array::{ArrayRef, AsArray, Int32Array, Int64Array};
     use arrow::datatypes::{DataType, Field, Int64Type, Schema};
     use arrow::record_batch::RecordBatch;
     use pipelines::storage::layout::{segment_path, stream_dir_name};
@@ -301,6 +301,7 @@ mod scans {
     use crate::sql::{SqlEngine, SqlLimits};
 
     const ROWS_PER_FILE: i64 = 5_000;
+    const COPIES: usize = 17;
 
     /// Three files of 5 000 rows (`sample_index` 0..15 000, `v` = index mod 7), in row
     /// groups of a few hundred rows and pages of 100.
@@ -308,12 +309,16 @@ mod scans {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("disk").join(stream_dir_name("t.events"));
         std::fs::create_dir_all(&dir).unwrap();
+        // `v` and its copies `c0`..: enough columns that a read of all of them is a wide one,
+        // which filters rows as it decodes them.
+        let mut fields = vec![
+            Field::new("sample_index", DataType::Int64, false),
+            Field::new("v", DataType::Int32, false),
+        ];
+        fields.extend((0..COPIES).map(|c| Field::new(format!("c{c}"), DataType::Int32, false)));
         let schema = Arc::new(
-            Schema::new(vec![
-                Field::new("sample_index", DataType::Int64, false),
-                Field::new("v", DataType::Int32, false),
-            ])
-            .with_metadata([(keys::STREAM_ID.to_string(), "t.events".to_string())].into()),
+            Schema::new(fields)
+                .with_metadata([(keys::STREAM_ID.to_string(), "t.events".to_string())].into()),
         );
         let opts = ParquetOptions {
             max_row_group_bytes: 2_000,
@@ -326,9 +331,12 @@ mod scans {
             for b in 0..ROWS_PER_FILE / 100 {
                 let first = file * ROWS_PER_FILE + b * 100;
                 let idx = Int64Array::from_iter_values(first..first + 100);
-                let v = Int32Array::from_iter_values((first..first + 100).map(|i| (i % 7) as i32));
-                let batch =
-                    RecordBatch::try_new(schema.clone(), vec![Arc::new(idx), Arc::new(v)]).unwrap();
+                let v: ArrayRef = Arc::new(Int32Array::from_iter_values(
+                    (first..first + 100).map(|i| (i % 7) as i32),
+                ));
+                let mut columns: Vec<ArrayRef> = vec![Arc::new(idx), v.clone()];
+                columns.extend((0..COPIES).map(|_| v.clone()));
+                let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
                 seg.write(&batch).unwrap();
             }
             seg.finish().unwrap();
@@ -359,21 +367,23 @@ mod scans {
             (4_990, 10_010),
             (14_000, 99_999),
         ] {
+            let copies: Vec<String> = (0..COPIES)
+                .map(|c| format!("CAST(c{c} AS BIGINT)"))
+                .collect();
             let got = numbers(
                 &engine,
                 &format!(
                     "SELECT count(*), count(DISTINCT sample_index), min(sample_index), \
-                     max(sample_index), sum(CAST(v AS BIGINT)) FROM \"t.events\" \
-                     WHERE sample_index >= {lo} AND sample_index < {hi}"
+                     max(sample_index), sum(CAST(v AS BIGINT)), sum({}) FROM \"t.events\" \
+                     WHERE sample_index >= {lo} AND sample_index < {hi}",
+                    copies.join(" + ")
                 ),
             );
             let hi = hi.min(total);
             let sum: i64 = (lo..hi).map(|i| i % 7).sum();
-            assert_eq!(
-                got,
-                vec![hi - lo, hi - lo, lo, hi - 1, sum],
-                "range {lo}..{hi}"
-            );
+            let n = hi - lo;
+            let all = sum * COPIES as i64;
+            assert_eq!(got, vec![n, n, lo, hi - 1, sum, all], "range {lo}..{hi}");
         }
     }
 }
