@@ -1,6 +1,8 @@
 //! The parts of `neurod` that benchmarks and tests drive directly: SQL over live and stored
-//! streams ([`sql`]) and the Arrow Flight / Flight SQL service ([`flight`]).
+//! streams ([`sql`]), the Arrow Flight / Flight SQL service ([`flight`]) and exports of stored
+//! sessions ([`export`]).
 
+pub mod export;
 pub mod flight;
 pub mod security;
 pub mod sql;

@@ -70,6 +70,9 @@ enum Command {
     /// SQL over the streams stored under a data directory (every stream is a table named by its
     /// id; `streams` lists them). Without a query, an interactive prompt.
     Sql(sql_cli::Args),
+    /// Write stored streams as one file: temporaldata HDF5 (POYO training; optionally one
+    /// POYO-SSL population) or NWB.
+    Export(neurod::export::Args),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Ls { json, data_dir } => ls::ls(&data_dir, json),
         Command::TrainTeb(args) => train_teb::train_teb(*args),
         Command::Sql(args) => sql_cli::sql(args),
+        Command::Export(args) => neurod::export::export(args),
     }
 }
 

@@ -1,0 +1,129 @@
+//! The temporaldata objects as HDF5 groups, the way `temporaldata`'s `to_hdf5` lays them out
+//! (datasets, an `object` attribute naming the class, `timekeys`, `_unicode_keys`, a `domain`
+//! group), written with rust-hdf5, a pure-Rust HDF5 writer: no system libhdf5 to install, so
+//! the daemon still builds on a bare machine. Large arrays are chunked, deflate-compressed and
+//! appended to as the store is read, so an export holds one chunk per column in memory whatever
+//! the session's length.
+
+use rust_hdf5::{H5Dataset, H5Group};
+
+pub type Result<T> = std::result::Result<T, rust_hdf5::Hdf5Error>;
+
+/// Rows per chunk of an appended column (and per append).
+pub const CHUNK_ROWS: usize = 1 << 16;
+const DEFLATE: u32 = 4;
+
+/// A column written in appends: `rows` per row (1 for a vector, N for a T × N matrix).
+pub struct Column<T: rust_hdf5::H5Type + Copy> {
+    ds: H5Dataset,
+    width: usize,
+    written: usize,
+    pending: Vec<T>,
+}
+
+impl<T: rust_hdf5::H5Type + Copy> Column<T> {
+    /// A vector (`width` 0) or a matrix of `width` columns, empty until pushed to.
+    pub fn create(group: &H5Group, name: &str, width: usize) -> Result<Self> {
+        let ds = match CHUNK_ROWS.checked_div(width) {
+            None => group
+                .new_dataset::<T>()
+                .shape([0usize])
+                .chunk(&[CHUNK_ROWS])
+                .max_shape(&[None])
+                .deflate(DEFLATE)
+                .create(name)?,
+            Some(rows) => group
+                .new_dataset::<T>()
+                .shape([0usize, width])
+                .chunk(&[rows.max(1), width])
+                .max_shape(&[None, Some(width)])
+                .deflate(DEFLATE)
+                .create(name)?,
+        };
+        Ok(Column {
+            ds,
+            width,
+            written: 0,
+            pending: Vec::new(),
+        })
+    }
+
+    /// One value (a vector) or one row of `width` values (a matrix).
+    pub fn push(&mut self, row: &[T]) -> Result<()> {
+        self.pending.extend_from_slice(row);
+        if self.pending.len() >= CHUNK_ROWS.max(self.width) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        let per_row = self.width.max(1);
+        let rows = self.pending.len() / per_row;
+        if rows == 0 {
+            return Ok(());
+        }
+        let end = self.written + rows;
+        if self.width == 0 {
+            self.ds.extend(&[end])?;
+            self.ds
+                .write_slice(&[self.written], &[rows], &self.pending)?;
+        } else {
+            self.ds.extend(&[end, self.width])?;
+            self.ds
+                .write_slice(&[self.written, 0], &[rows, self.width], &self.pending)?;
+        }
+        self.written = end;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Rows written so far (flushed or not).
+    pub fn rows(&self) -> usize {
+        self.written + self.pending.len() / self.width.max(1)
+    }
+}
+
+/// A small array written at once.
+pub fn array<T: rust_hdf5::H5Type>(group: &H5Group, name: &str, values: &[T]) -> Result<()> {
+    group
+        .new_dataset::<T>()
+        .shape([values.len()])
+        .create(name)?
+        .write_raw(values)
+}
+
+/// Strings, which temporaldata lists in `_unicode_keys` and reads back as numpy `U` arrays.
+pub fn strings(group: &H5Group, name: &str, values: &[String]) -> Result<()> {
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    group.write_vlen_strings(name, &refs)?;
+    Ok(())
+}
+
+/// An `Interval` (the `domain` of an object): `start` and `end` in seconds.
+pub fn interval(group: &H5Group, start: &[f64], end: &[f64]) -> Result<()> {
+    array(group, "start", start)?;
+    array(group, "end", end)?;
+    group.set_attr_string_array("_unicode_keys", &[])?;
+    group.set_attr_string_array("timekeys", &["start", "end"])?;
+    group.set_attr_string("object", "Interval")
+}
+
+/// The attributes that make `group` an `IrregularTimeSeries` (`timestamps` its time key).
+pub fn irregular(group: &H5Group, unicode_keys: &[&str]) -> Result<()> {
+    group.set_attr_string_array("_unicode_keys", unicode_keys)?;
+    group.set_attr_string_array("timekeys", &["timestamps"])?;
+    group.set_attr_string("object", "IrregularTimeSeries")
+}
+
+/// The attributes that make `group` an `ArrayDict`.
+pub fn array_dict(group: &H5Group, unicode_keys: &[&str]) -> Result<()> {
+    group.set_attr_string_array("_unicode_keys", unicode_keys)?;
+    group.set_attr_string("object", "ArrayDict")
+}
+
+/// The attributes that make `group` a `RegularTimeSeries` sampled at `rate_hz`.
+pub fn regular(group: &H5Group, rate_hz: f64) -> Result<()> {
+    group.set_attr_numeric("sampling_rate", &rate_hz)?;
+    group.set_attr_string("object", "RegularTimeSeries")
+}

@@ -1,0 +1,325 @@
+//! `neurod export`: a stored session, straight from the store's Parquet files, as a file for
+//! training or sharing.
+//!
+//! - [`temporaldata`]: one temporaldata `Data` HDF5 file (POYO's tooling), spikes, units,
+//!   dF/F, optionally one POYO-SSL population only.
+//! - [`h5`]: temporaldata's objects as HDF5 groups, appended to chunk by chunk.
+//!
+//! Streams are read file by file, batch by batch, a few columns at a time, so memory stays
+//! bounded whatever the session's length. Only finished Parquet files are read: a live
+//! segment of a running recording is exported once the store has converted it.
+
+mod h5;
+mod temporaldata;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use arrow::array::{AsArray, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::Float64Type;
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use pipelines::storage::catalog::list_data_dir;
+use pipelines::storage::StoredStream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One temporaldata `Data` HDF5 file (`Data.from_hdf5`), for POYO training.
+    Temporaldata,
+    /// NWB 2.x, for sharing (DANDI).
+    Nwb,
+}
+
+/// Which POYO-SSL population of neurons to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Population {
+    /// The pretraining corpus: neurons whose traces are predictable.
+    Predictable,
+    /// The fine-tuning set: neurons whose traces are unpredictable.
+    Unpredictable,
+    /// Every unit and neuron.
+    All,
+}
+
+impl Population {
+    fn admits(self, label: &str) -> bool {
+        match self {
+            Population::All => true,
+            Population::Predictable => label == "predictable",
+            Population::Unpredictable => label == "unpredictable",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The data directory (or one store's directory) to export from.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    #[arg(long, value_enum)]
+    format: Format,
+    /// The file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Only these streams (ids, comma-separated); by default every stream the format holds.
+    #[arg(long, value_delimiter = ',')]
+    streams: Vec<String>,
+    /// Only the neurons of this POYO-SSL population, as labelled last in the session.
+    #[arg(long, value_enum, default_value = "all")]
+    population: Population,
+    /// From this time (s) on.
+    #[arg(long)]
+    from_s: Option<f64>,
+    /// Up to this time (s).
+    #[arg(long)]
+    to_s: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{0}: {1}")]
+    Stream(String, String),
+    #[error("writing {path}: {message}", path = .0.display(), message = .1)]
+    Write(PathBuf, String),
+    #[error("nothing to export: {0}")]
+    Nothing(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+pub fn export(args: Args) -> ExitCode {
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("neurod export: {e}");
+            // A half-written file is not an export.
+            let _ = std::fs::remove_file(&args.out);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), ExportError> {
+    let sel = Selection::new(args)?;
+    let progress = Progress::new(sel.rows());
+    match args.format {
+        Format::Temporaldata => temporaldata::export(&sel, &args.out, &progress)?,
+        Format::Nwb => {
+            return Err(ExportError::Nothing(
+                "NWB export is not built yet; use --format temporaldata".into(),
+            ))
+        }
+    }
+    progress.done(&args.out);
+    Ok(())
+}
+
+/// What an export reads: the streams chosen, every stream stored (to find a spike stream's
+/// probe and a trace stream's labels), the time range and the population.
+pub(crate) struct Selection {
+    all: Vec<StoredStream>,
+    chosen: Vec<StoredStream>,
+    from_s: Option<f64>,
+    to_s: Option<f64>,
+    population: Population,
+    /// The session's time span, from the chosen streams' manifests, within the range asked for.
+    span: (f64, f64),
+    session: String,
+}
+
+impl Selection {
+    fn new(args: &Args) -> Result<Self, ExportError> {
+        let listed =
+            list_data_dir(&args.data_dir).map_err(|e| ExportError::Store(e.to_string()))?;
+        let mut all: Vec<StoredStream> = Vec::new();
+        // One stream stored by two sinks (a port's copy): the copy holding more rows.
+        for (_, s) in listed {
+            match all.iter_mut().find(|a| a.stream_id == s.stream_id) {
+                Some(a) if rows(a) >= rows(&s) => {}
+                Some(a) => *a = s,
+                None => all.push(s),
+            }
+        }
+        for id in &args.streams {
+            if !all.iter().any(|s| &s.stream_id == id) {
+                return Err(ExportError::Stream(
+                    id.clone(),
+                    format!("no such stream stored under {}", args.data_dir.display()),
+                ));
+            }
+        }
+        let chosen: Vec<StoredStream> = all
+            .iter()
+            .filter(|s| args.streams.is_empty() || args.streams.contains(&s.stream_id))
+            .cloned()
+            .collect();
+        let first = chosen
+            .iter()
+            .filter_map(StoredStream::first_time_s)
+            .reduce(f64::min);
+        let last = chosen
+            .iter()
+            .filter_map(StoredStream::last_time_s)
+            .reduce(f64::max);
+        let span = (
+            args.from_s.or(first).unwrap_or(0.0),
+            args.to_s.or(last).unwrap_or(0.0),
+        );
+        let session = args
+            .data_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "session".into());
+        Ok(Selection {
+            all,
+            chosen,
+            from_s: args.from_s,
+            to_s: args.to_s,
+            population: args.population,
+            span,
+            session,
+        })
+    }
+
+    fn stream(&self, id: &str) -> Option<StoredStream> {
+        self.all.iter().find(|s| s.stream_id == id).cloned()
+    }
+
+    /// The chosen streams of a `neurod.stream_kind`; for traces, those with POYO-SSL labels
+    /// first (the ports' copies of a trace stream come after it).
+    fn of_kind(&self, kind: &str) -> Vec<StoredStream> {
+        let mut out: Vec<StoredStream> = self
+            .chosen
+            .iter()
+            .filter(|s| {
+                s.schema
+                    .as_ref()
+                    .and_then(|sc| sc.metadata.get("neurod.stream_kind"))
+                    .is_some_and(|k| k == kind)
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|s| self.stream(&format!("{}.neurons", s.stream_id)).is_none());
+        out
+    }
+
+    fn rows(&self) -> u64 {
+        self.chosen.iter().map(rows).sum()
+    }
+
+    /// The stream's rows, `columns` of them, file by file, batch by batch.
+    fn batches<'a>(
+        &self,
+        s: &'a StoredStream,
+        columns: &'a [&'a str],
+    ) -> impl Iterator<Item = Result<RecordBatch, ExportError>> + 'a {
+        let from = self.from_s;
+        let to = self.to_s;
+        s.files
+            .iter()
+            // Files wholly outside the time range are not opened.
+            .filter(move |f| {
+                let before = matches!((f.entry.last_time_s, from), (Some(l), Some(a)) if l < a);
+                let after = matches!((f.entry.first_time_s, to), (Some(b), Some(z)) if b > z);
+                !(before || after)
+            })
+            .flat_map(move |f| match read_columns(&f.path, columns) {
+                Ok(reader) => reader,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            })
+            .map(move |b| b.map_err(|e| ExportError::Stream(s.stream_id.clone(), e)))
+    }
+
+    /// `batch`'s rows whose time (column `at`, seconds) lies in the range asked for.
+    fn in_time(&self, batch: &RecordBatch, at: usize) -> Result<RecordBatch, ExportError> {
+        if self.from_s.is_none() && self.to_s.is_none() {
+            return Ok(batch.clone());
+        }
+        let Some(t) = batch.column(at).as_primitive_opt::<Float64Type>() else {
+            return Ok(batch.clone());
+        };
+        let keep: BooleanArray = t
+            .iter()
+            .map(|v| {
+                Some(v.is_some_and(|v| {
+                    self.from_s.is_none_or(|a| v >= a) && self.to_s.is_none_or(|z| v < z)
+                }))
+            })
+            .collect();
+        filter_record_batch(batch, &keep).map_err(|e| ExportError::Store(e.to_string()))
+    }
+}
+
+fn rows(s: &StoredStream) -> u64 {
+    s.files.iter().map(|f| f.entry.rows).sum()
+}
+
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch, String>>>;
+
+/// One Parquet file's `columns` (in that order), batch by batch.
+fn read_columns(path: &Path, columns: &[&str]) -> Result<Batches, String> {
+    let what = |e: &dyn std::fmt::Display| format!("reading {}: {e}", path.display());
+    let file = File::open(path).map_err(|e| what(&e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| what(&e))?;
+    let schema = builder.schema().clone();
+    let mut roots = Vec::with_capacity(columns.len());
+    for c in columns {
+        let i = schema
+            .index_of(c)
+            .map_err(|_| format!("{}: no column `{c}`", path.display()))?;
+        roots.push(i);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| what(&e))?;
+    // The reader yields the columns in file order; put them in the order asked for.
+    let mut sorted = roots.clone();
+    sorted.sort_unstable();
+    let order: Vec<usize> = roots
+        .iter()
+        .map(|r| sorted.iter().position(|s| s == r).unwrap_or(0))
+        .collect();
+    let path = path.to_path_buf();
+    Ok(Box::new(reader.map(move |b| {
+        let b = b.map_err(|e| format!("reading {}: {e}", path.display()))?;
+        b.project(&order)
+            .map_err(|e| format!("reading {}: {e}", path.display()))
+    })))
+}
+
+/// A progress bar over the rows read, on a terminal only.
+pub(crate) struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} rows ({eta} left)",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Progress { bar }
+    }
+
+    fn rows(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    fn done(&self, out: &Path) {
+        self.bar.finish_and_clear();
+        let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "wrote {} ({:.1} MiB)",
+            out.display(),
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
+}

@@ -1,0 +1,666 @@
+//! A stored session as one temporaldata `Data` HDF5 file (what POYO's tooling, torch_brain and
+//! brainsets, loads with `Data.from_hdf5`):
+//! - `spikes`: `IrregularTimeSeries` of every spike stream, merged in time order: `timestamps`
+//!   (s), `unit_index` (into `units`), `amplitude_uv`;
+//! - `units`: `ArrayDict`, the probes' channels then the ROIs: `id`, `kind` (`channel`/`roi`),
+//!   `channel`, `roi`, `x_um`, `y_um`, `shank`, `label`, `skew`, `excess_kurtosis`,
+//!   `trace_index` (the unit's column in `calcium_traces.df_over_f`, −1 for channels);
+//! - `calcium_traces`: `RegularTimeSeries` `df_over_f` (frames × ROIs) at the imaging rate;
+//! - `domain`: the session's time span; `session_id`, `data_dir`, `neurod_version` attributes.
+//!
+//! With a population, only the ROIs labelled so (their last label in the `.neurons` table) are
+//! written; channels are not labelled and are left out.
+
+use std::path::Path;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow::record_batch::RecordBatch;
+use pipelines::storage::{SchemaJson, StoredStream};
+use rust_hdf5::H5File;
+
+use super::h5::{self, Column};
+use super::{ExportError, Population, Progress, Selection};
+
+/// One probe's channels as units.
+struct Probe {
+    spikes: StoredStream,
+    /// (name, x µm, y µm, shank) per channel index.
+    channels: Vec<(String, f64, f64, i64)>,
+    first_unit: usize,
+}
+
+/// One imaging plane's ROIs as units.
+struct Plane {
+    traces: StoredStream,
+    rate_hz: f64,
+    /// The ROIs exported, ascending, with (label, skew, excess kurtosis).
+    rois: Vec<(i32, String, f64, f64)>,
+}
+
+pub fn export(sel: &Selection, out: &Path, progress: &Progress) -> Result<(), ExportError> {
+    let h5err = |e: rust_hdf5::Hdf5Error| ExportError::Write(out.to_path_buf(), e.to_string());
+    let mut probes = Vec::new();
+    let mut units = 0;
+    for s in sel.of_kind("spikes") {
+        let channels = channels_of(sel, &s)?;
+        let n = channels.len();
+        probes.push(Probe {
+            spikes: s,
+            channels,
+            first_unit: units,
+        });
+        units += n;
+    }
+    let mut planes = Vec::new();
+    for s in sel
+        .of_kind("traces")
+        .into_iter()
+        .filter(|s| has_column(s, "dff"))
+    {
+        let rois = rois_of(sel, &s)?;
+        let rate_hz = s
+            .sampling_hz
+            .as_deref()
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| ExportError::Stream(s.stream_id.clone(), "no sampling rate".into()))?;
+        planes.push(Plane {
+            traces: s,
+            rate_hz,
+            rois,
+        });
+    }
+    if sel.population != Population::All {
+        probes.clear();
+    }
+    if probes.is_empty() && planes.is_empty() {
+        return Err(ExportError::Nothing(
+            "no spike stream and no dF/F traces stored (in the selection)".into(),
+        ));
+    }
+    let file = H5File::create(out).map_err(h5err)?;
+    let (mut start, mut end) = (f64::INFINITY, f64::NEG_INFINITY);
+    if !probes.is_empty() {
+        let (s, e) = write_spikes(&file, &probes, sel, progress).map_err(|e| e.at(out))?;
+        start = start.min(s);
+        end = end.max(e);
+    }
+    if let Some(plane) = planes.first() {
+        // One plane per file: temporaldata has one `calcium_traces`.
+        let (s, e) = write_traces(&file, plane, sel, progress).map_err(|e| e.at(out))?;
+        start = start.min(s);
+        end = end.max(e);
+    }
+    if sel.population == Population::All {
+        for b in sel.of_kind("behaviour") {
+            write_behaviour(&file, &b, sel, progress).map_err(|e| e.at(out))?;
+        }
+    }
+    write_units(&file, &probes, planes.first()).map_err(h5err)?;
+    let probe_names: Vec<String> = probes
+        .iter()
+        .map(|p| {
+            let model = p
+                .spikes
+                .schema
+                .as_ref()
+                .and_then(|s| s.metadata.get("neurod.probe"));
+            format!(
+                "{}: {}",
+                p.spikes.stream_id,
+                model.map_or("unknown probe", String::as_str)
+            )
+        })
+        .collect();
+    let probe_refs: Vec<&str> = probe_names.iter().map(String::as_str).collect();
+    file.set_attr_string_array("probes", &probe_refs)
+        .map_err(h5err)?;
+    if !start.is_finite() {
+        (start, end) = (sel.from_s.unwrap_or(0.0), sel.to_s.unwrap_or(0.0));
+    }
+    let domain = file.create_group("domain").map_err(h5err)?;
+    h5::interval(&domain, &[start], &[end]).map_err(h5err)?;
+    file.set_attr_string("session_id", &sel.session)
+        .map_err(h5err)?;
+    file.set_attr_string("neurod_version", env!("CARGO_PKG_VERSION"))
+        .map_err(h5err)?;
+    file.set_attr_string("object", "Data").map_err(h5err)?;
+    file.set_attr_numeric("absolute_start", &0.0f64)
+        .map_err(h5err)?;
+    file.close().map_err(h5err)
+}
+
+fn has_column(s: &StoredStream, name: &str) -> bool {
+    s.schema
+        .as_ref()
+        .is_some_and(|sc| sc.fields.iter().any(|f| f.name == name))
+}
+
+/// The probe's channels, from the stored raw stream's field metadata (`neurod.x_um`...), else
+/// numbered from the spikes seen.
+fn channels_of(
+    sel: &Selection,
+    spikes: &StoredStream,
+) -> Result<Vec<(String, f64, f64, i64)>, ExportError> {
+    let source = spikes
+        .schema
+        .as_ref()
+        .and_then(|s| s.metadata.get("neurod.source_stream").cloned());
+    if let Some(raw) = source.and_then(|id| sel.stream(&id)) {
+        if let Some(schema) = &raw.schema {
+            let chans = probe_channels(&raw.stream_id, schema);
+            if !chans.is_empty() {
+                return Ok(chans);
+            }
+        }
+    }
+    let mut max = -1i64;
+    for batch in sel.batches(spikes, &["channel"]) {
+        let batch = batch?;
+        if let Some(c) = batch.column(0).as_primitive_opt::<Int32Type>() {
+            max = max.max(c.iter().flatten().map(i64::from).max().unwrap_or(-1));
+        }
+    }
+    Ok((0..=max)
+        .map(|c| {
+            (
+                format!("{}/ch{c}", spikes.stream_id),
+                f64::NAN,
+                f64::NAN,
+                -1,
+            )
+        })
+        .collect())
+}
+
+fn probe_channels(raw_id: &str, schema: &SchemaJson) -> Vec<(String, f64, f64, i64)> {
+    let num = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+        m.get(k).and_then(|v| v.parse::<f64>().ok())
+    };
+    schema
+        .fields
+        .iter()
+        .filter(|f| {
+            f.metadata
+                .get("neurod.channel_kind")
+                .is_some_and(|k| k == "ap" || k == "lfp" || k == "ephys")
+        })
+        .map(|f| {
+            (
+                format!("{raw_id}/{}", f.name),
+                num(&f.metadata, "neurod.x_um").unwrap_or(f64::NAN),
+                num(&f.metadata, "neurod.y_um").unwrap_or(f64::NAN),
+                num(&f.metadata, "neurod.shank").map_or(-1, |s| s as i64),
+            )
+        })
+        .collect()
+}
+
+/// The plane's ROIs with their last label, skewness and kurtosis (from `<traces>.neurons`),
+/// those of the selected population only.
+fn rois_of(
+    sel: &Selection,
+    traces: &StoredStream,
+) -> Result<Vec<(i32, String, f64, f64)>, ExportError> {
+    let mut last: std::collections::BTreeMap<i32, (i64, String, f64, f64)> = Default::default();
+    if let Some(neurons) = sel.stream(&format!("{}.neurons", traces.stream_id)) {
+        let cols = ["frame_index", "unit", "label", "skew", "excess_kurtosis"];
+        for batch in sel.batches(&neurons, &cols) {
+            let b = batch?;
+            let bad = |c: &str| {
+                ExportError::Stream(
+                    neurons.stream_id.clone(),
+                    format!("column `{c}` of an unexpected type"),
+                )
+            };
+            let frame = b
+                .column(0)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| bad("frame_index"))?;
+            let unit = b
+                .column(1)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| bad("unit"))?;
+            let label = b
+                .column(2)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| bad("label"))?;
+            let skew = b
+                .column(3)
+                .as_primitive_opt::<Float64Type>()
+                .ok_or_else(|| bad("skew"))?;
+            let kurt = b
+                .column(4)
+                .as_primitive_opt::<Float64Type>()
+                .ok_or_else(|| bad("excess_kurtosis"))?;
+            for i in 0..b.num_rows() {
+                // A unit of a trace stream is its ROI (groups, named otherwise, are not ROIs).
+                let Ok(roi) = unit.value(i).parse::<i32>() else {
+                    continue;
+                };
+                let entry = (
+                    frame.value(i),
+                    label.value(i).to_string(),
+                    skew.value(i),
+                    kurt.value(i),
+                );
+                let e = last.entry(roi).or_insert_with(|| entry.clone());
+                if entry.0 >= e.0 {
+                    *e = entry;
+                }
+            }
+        }
+    } else {
+        let mut max = -1;
+        for batch in sel.batches(traces, &["roi"]) {
+            if let Some(c) = batch?.column(0).as_primitive_opt::<Int32Type>() {
+                max = max.max(c.iter().flatten().max().unwrap_or(-1));
+            }
+        }
+        for r in 0..=max {
+            last.insert(r, (0, "unlabelled".into(), f64::NAN, f64::NAN));
+        }
+    }
+    Ok(last
+        .into_iter()
+        .filter(|(_, (_, label, _, _))| sel.population.admits(label))
+        .map(|(roi, (_, label, skew, kurt))| (roi, label, skew, kurt))
+        .collect())
+}
+
+/// A write failure, before the file's name is known to it.
+pub(super) struct WriteError(String);
+
+impl From<rust_hdf5::Hdf5Error> for WriteError {
+    fn from(e: rust_hdf5::Hdf5Error) -> Self {
+        WriteError(e.to_string())
+    }
+}
+
+pub(super) enum Failed {
+    Read(ExportError),
+    Write(WriteError),
+}
+
+impl From<ExportError> for Failed {
+    fn from(e: ExportError) -> Self {
+        Failed::Read(e)
+    }
+}
+
+impl From<rust_hdf5::Hdf5Error> for Failed {
+    fn from(e: rust_hdf5::Hdf5Error) -> Self {
+        Failed::Write(e.into())
+    }
+}
+
+impl Failed {
+    fn at(self, out: &Path) -> ExportError {
+        match self {
+            Failed::Read(e) => e,
+            Failed::Write(WriteError(e)) => ExportError::Write(out.to_path_buf(), e),
+        }
+    }
+}
+
+/// A spike stream read batch by batch, one row at a time.
+struct Cursor<'a> {
+    batches: Box<dyn Iterator<Item = Result<RecordBatch, ExportError>> + 'a>,
+    batch: Option<RecordBatch>,
+    row: usize,
+    first_unit: usize,
+}
+
+impl Cursor<'_> {
+    /// The current row, reading the next batch where needed: (time, channel, amplitude).
+    fn peek(&mut self) -> Result<Option<(f64, i32, f32)>, ExportError> {
+        loop {
+            if let Some(b) = &self.batch {
+                if self.row < b.num_rows() {
+                    let t = b.column(0).as_primitive::<Float64Type>().value(self.row);
+                    let c = b.column(1).as_primitive::<Int32Type>().value(self.row);
+                    let a = b
+                        .column(2)
+                        .as_primitive_opt::<Float32Type>()
+                        .map_or(f32::NAN, |a| a.value(self.row));
+                    return Ok(Some((t, c, a)));
+                }
+            }
+            match self.batches.next() {
+                None => return Ok(None),
+                Some(b) => {
+                    let b = b?;
+                    self.row = 0;
+                    self.batch = Some(b);
+                }
+            }
+        }
+    }
+}
+
+/// Every spike of every probe in time order (a merge of the streams, each sorted by time).
+fn write_spikes(
+    file: &H5File,
+    probes: &[Probe],
+    sel: &Selection,
+    progress: &Progress,
+) -> Result<(f64, f64), Failed> {
+    let g = file.create_group("spikes")?;
+    let mut ts = Column::<f64>::create(&g, "timestamps", 0)?;
+    let mut unit = Column::<i64>::create(&g, "unit_index", 0)?;
+    let mut amp = Column::<f32>::create(&g, "amplitude_uv", 0)?;
+    let mut cursors: Vec<Cursor> = Vec::new();
+    for p in probes {
+        for name in ["time_s", "channel", "amplitude_uv"] {
+            if !has_column(&p.spikes, name) {
+                return Err(ExportError::Stream(
+                    p.spikes.stream_id.clone(),
+                    format!("no `{name}` column: not a spike stream"),
+                )
+                .into());
+            }
+        }
+        let batches = sel.batches(&p.spikes, &["time_s", "channel", "amplitude_uv"]);
+        cursors.push(Cursor {
+            batches: Box::new(batches.map(|b| b.and_then(|b| sel.in_time(&b, 0)))),
+            batch: None,
+            row: 0,
+            first_unit: p.first_unit,
+        });
+    }
+    let n_channels: Vec<usize> = probes.iter().map(|p| p.channels.len()).collect();
+    // The 1 s index temporaldata's lazy loader slices by: for each second of the domain
+    // (`arange(start, end + 1)`), the index of the first spike at or after it.
+    let (start, end) = sel.span;
+    let grid = ((end + 1.0 - start).ceil().max(0.0)) as usize;
+    let mut index: Vec<i64> = Vec::with_capacity(grid);
+    let mut seen = 0u64;
+    loop {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, c) in cursors.iter_mut().enumerate() {
+            if let Some((t, _, _)) = c.peek()? {
+                if best.is_none_or(|(_, bt)| t < bt) {
+                    best = Some((i, t));
+                }
+            }
+        }
+        let Some((i, _)) = best else { break };
+        let c = &mut cursors[i];
+        if let Some((t, ch, a)) = c.peek()? {
+            let ch = usize::try_from(ch).unwrap_or(usize::MAX);
+            if ch >= n_channels[i] {
+                return Err(ExportError::Stream(
+                    probes[i].spikes.stream_id.clone(),
+                    format!(
+                        "a spike on channel {ch}, past the probe's {} channels",
+                        n_channels[i]
+                    ),
+                )
+                .into());
+            }
+            while index.len() < grid && start + index.len() as f64 <= t {
+                index.push(seen as i64);
+            }
+            ts.push(&[t])?;
+            unit.push(&[(c.first_unit + ch) as i64])?;
+            amp.push(&[a])?;
+            c.row += 1;
+            seen += 1;
+            if seen.is_multiple_of(65_536) {
+                progress.rows(65_536);
+            }
+        }
+    }
+    progress.rows(seen % 65_536);
+    index.resize(grid, seen as i64);
+    ts.flush()?;
+    unit.flush()?;
+    amp.flush()?;
+    h5::array(&g, "timestamp_indices_1s", &index)?;
+    let domain = g.create_group("domain")?;
+    h5::interval(&domain, &[start], &[end])?;
+    h5::irregular(&g, &[])?;
+    Ok((start, end))
+}
+
+/// dF/F as frames × ROIs, a row per frame of the plane's rate (a frame no ROI has is NaN).
+fn write_traces(
+    file: &H5File,
+    plane: &Plane,
+    sel: &Selection,
+    progress: &Progress,
+) -> Result<(f64, f64), Failed> {
+    let g = file.create_group("calcium_traces")?;
+    let n = plane.rois.len();
+    let at: std::collections::HashMap<i32, usize> = plane
+        .rois
+        .iter()
+        .enumerate()
+        .map(|(k, r)| (r.0, k))
+        .collect();
+    let mut dff = Column::<f32>::create(&g, "df_over_f", n.max(1))?;
+    let mut row = vec![f32::NAN; n.max(1)];
+    let mut frame: Option<(i64, f64)> = None;
+    let mut first: Option<(i64, f64)> = None;
+    let cols = ["frame_index", "time_s", "roi", "dff"];
+    for batch in sel.batches(&plane.traces, &cols) {
+        let b = sel.in_time(&batch?, 1)?;
+        let bad = |c: &str| {
+            ExportError::Stream(
+                plane.traces.stream_id.clone(),
+                format!("column `{c}` of an unexpected type"),
+            )
+        };
+        let fi = b
+            .column(0)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad("frame_index"))?;
+        let t = b
+            .column(1)
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| bad("time_s"))?;
+        let roi = b
+            .column(2)
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| bad("roi"))?;
+        let v = b
+            .column(3)
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| bad("dff"))?;
+        for i in 0..b.num_rows() {
+            let f = fi.value(i);
+            match frame {
+                Some((cur, _)) if cur == f => {}
+                Some((cur, _)) => {
+                    // Frames missing in between (none normally) become rows of NaN.
+                    dff.push(&row)?;
+                    row.fill(f32::NAN);
+                    for _ in cur + 1..f {
+                        dff.push(&row)?;
+                    }
+                    frame = Some((f, t.value(i)));
+                }
+                None => {
+                    frame = Some((f, t.value(i)));
+                    first = frame;
+                }
+            }
+            if let Some(&k) = at.get(&roi.value(i)) {
+                row[k] = if v.is_null(i) { f32::NAN } else { v.value(i) };
+            }
+        }
+        progress.rows(b.num_rows() as u64);
+    }
+    if frame.is_some() {
+        dff.push(&row)?;
+    }
+    dff.flush()?;
+    let start = first.map_or(0.0, |(_, t)| t);
+    let end = start + dff.rows() as f64 / plane.rate_hz;
+    let domain = g.create_group("domain")?;
+    h5::interval(&domain, &[start], &[end])?;
+    h5::regular(&g, plane.rate_hz)?;
+    Ok((start, end))
+}
+
+fn write_units(file: &H5File, probes: &[Probe], plane: Option<&Plane>) -> h5::Result<()> {
+    let g = file.create_group("units")?;
+    let mut id = Vec::new();
+    let mut kind = Vec::new();
+    let mut label = Vec::new();
+    let (mut channel, mut roi, mut shank, mut trace) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut x, mut y, mut skew, mut kurt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for p in probes {
+        for (c, (name, cx, cy, sh)) in p.channels.iter().enumerate() {
+            id.push(name.clone());
+            kind.push("channel".to_string());
+            label.push("unlabelled".to_string());
+            channel.push(c as i64);
+            roi.push(-1i64);
+            shank.push(*sh);
+            trace.push(-1i64);
+            x.push(*cx);
+            y.push(*cy);
+            skew.push(f64::NAN);
+            kurt.push(f64::NAN);
+        }
+    }
+    if let Some(plane) = plane {
+        for (k, (r, l, s, ku)) in plane.rois.iter().enumerate() {
+            id.push(format!("{}/roi{r}", plane.traces.stream_id));
+            kind.push("roi".to_string());
+            label.push(l.clone());
+            channel.push(-1);
+            roi.push(i64::from(*r));
+            shank.push(-1);
+            trace.push(k as i64);
+            x.push(f64::NAN);
+            y.push(f64::NAN);
+            skew.push(*s);
+            kurt.push(*ku);
+        }
+    }
+    h5::strings(&g, "id", &id)?;
+    h5::strings(&g, "kind", &kind)?;
+    h5::strings(&g, "label", &label)?;
+    h5::array(&g, "channel", &channel)?;
+    h5::array(&g, "roi", &roi)?;
+    h5::array(&g, "shank", &shank)?;
+    h5::array(&g, "trace_index", &trace)?;
+    h5::array(&g, "x_um", &x)?;
+    h5::array(&g, "y_um", &y)?;
+    h5::array(&g, "skew", &skew)?;
+    h5::array(&g, "excess_kurtosis", &kurt)?;
+    h5::array_dict(&g, &["id", "kind", "label"])
+}
+
+/// A numeric column of a behaviour stream, as written.
+enum Values {
+    F32(Column<f32>),
+    F64(Column<f64>),
+    I64(Column<i64>),
+}
+
+/// A behaviour stream (running speed, licks...) as an `IrregularTimeSeries` named after the
+/// stream's last id part: `timestamps` and each numeric column but the index.
+fn write_behaviour(
+    file: &H5File,
+    stream: &StoredStream,
+    sel: &Selection,
+    progress: &Progress,
+) -> Result<(), Failed> {
+    let Some(schema) = &stream.schema else {
+        return Ok(());
+    };
+    let name: String = stream
+        .stream_id
+        .rsplit('.')
+        .next()
+        .unwrap_or("behaviour")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let g = file.create_group(&name)?;
+    let mut names: Vec<&str> = vec!["time_s"];
+    let mut values = Vec::new();
+    for f in &schema.fields {
+        if matches!(f.name.as_str(), "time_s" | "sample_index" | "frame_index") {
+            continue;
+        }
+        let column = match f.data_type.as_str() {
+            "Float32" => Values::F32(Column::create(&g, &f.name, 0)?),
+            "Float64" => Values::F64(Column::create(&g, &f.name, 0)?),
+            "Int8" | "Int16" | "Int32" | "Int64" | "UInt8" | "UInt16" | "UInt32" => {
+                Values::I64(Column::create(&g, &f.name, 0)?)
+            }
+            _ => continue,
+        };
+        names.push(&f.name);
+        values.push(column);
+    }
+    if !has_column(stream, "time_s") {
+        return Err(
+            ExportError::Stream(stream.stream_id.clone(), "no `time_s` column".into()).into(),
+        );
+    }
+    let mut ts = Column::<f64>::create(&g, "timestamps", 0)?;
+    let (start, end) = sel.span;
+    let grid = ((end + 1.0 - start).ceil().max(0.0)) as usize;
+    let mut index: Vec<i64> = Vec::with_capacity(grid);
+    let mut seen = 0i64;
+    for batch in sel.batches(stream, &names) {
+        let b = sel.in_time(&batch?, 0)?;
+        let t = b.column(0).as_primitive::<Float64Type>();
+        for v in t.values() {
+            while index.len() < grid && start + index.len() as f64 <= *v {
+                index.push(seen);
+            }
+            ts.push(&[*v])?;
+            seen += 1;
+        }
+        for (k, column) in values.iter_mut().enumerate() {
+            let c = arrow::compute::cast(
+                b.column(k + 1),
+                &match column {
+                    Values::F32(_) => arrow::datatypes::DataType::Float32,
+                    Values::F64(_) => arrow::datatypes::DataType::Float64,
+                    Values::I64(_) => arrow::datatypes::DataType::Int64,
+                },
+            )
+            .map_err(|e| ExportError::Stream(stream.stream_id.clone(), e.to_string()))?;
+            match column {
+                Values::F32(w) => {
+                    for v in c.as_primitive::<Float32Type>().iter() {
+                        w.push(&[v.unwrap_or(f32::NAN)])?;
+                    }
+                }
+                Values::F64(w) => {
+                    for v in c.as_primitive::<Float64Type>().iter() {
+                        w.push(&[v.unwrap_or(f64::NAN)])?;
+                    }
+                }
+                Values::I64(w) => {
+                    for v in c.as_primitive::<Int64Type>().iter() {
+                        w.push(&[v.unwrap_or(0)])?;
+                    }
+                }
+            }
+        }
+        progress.rows(b.num_rows() as u64);
+    }
+    index.resize(grid, seen);
+    ts.flush()?;
+    for c in &mut values {
+        match c {
+            Values::F32(w) => w.flush()?,
+            Values::F64(w) => w.flush()?,
+            Values::I64(w) => w.flush()?,
+        }
+    }
+    h5::array(&g, "timestamp_indices_1s", &index)?;
+    let domain = g.create_group("domain")?;
+    h5::interval(&domain, &[start], &[end])?;
+    h5::irregular(&g, &[])?;
+    Ok(())
+}
