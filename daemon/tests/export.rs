@@ -1,14 +1,15 @@
 //! `neurod export --format temporaldata` of the main job's data (config.toml, shortened), loaded
 //! by `temporaldata` (pip) and compared value by value with the stored files read by pyarrow:
 //! spike times, unit indices and amplitudes, the units' POYO-SSL labels, dF/F, running speed; and a
-//! `--population predictable` export holds exactly the predictable neurons.
+//! `--population predictable` export holds exactly the predictable neurons. Then the same for
+//! real recordings: an Open Ephys recording through spike detection, and a Suite2p session.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::{neurod, python, run_python, run_to_end};
+use common::{header, neurod, python, run_python, run_to_end, shared_data};
 
 const CHECK: &str = r#"
 import sys, numpy as np, h5py, pyarrow.dataset as ds
@@ -155,4 +156,148 @@ fn an_unknown_stream_or_format_not_built_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(err.contains("nope: no such stream stored"), "{err}");
     assert!(!dir.path().join("x.h5").exists());
+}
+
+/// A real session's export against its stored streams: `spikes` (a spike stream id, or `-`)
+/// and `traces` (a dF/F trace stream id, or `-`), each value equal.
+const CHECK_REAL: &str = r#"
+import sys, numpy as np, h5py, pyarrow.dataset as ds
+from temporaldata import Data
+
+data, out, spikes_id, traces_id, channels = sys.argv[1:6]
+channels = int(channels)
+with h5py.File(out, "r") as f:
+    d = Data.from_hdf5(f, lazy=False)
+    kind = d.units.kind
+    if spikes_id != "-":
+        s = ds.dataset(f"{data}/store/{spikes_id}", format="parquet").to_table()
+        t = s["time_s"].to_numpy()
+        order = np.argsort(t, kind="stable")
+        assert len(t) > 0 and np.array_equal(d.spikes.timestamps, t[order]), (len(d.spikes), len(t))
+        assert np.array_equal(d.units.channel[d.spikes.unit_index], s["channel"].to_numpy()[order])
+        assert (kind == "channel").sum() == channels, ((kind == "channel").sum(), channels)
+    if traces_id != "-":
+        t = ds.dataset(f"{data}/store/{traces_id}", format="parquet").to_table()
+        fi, r = t["frame_index"].to_numpy(), t["roi"].to_numpy()
+        rois = sorted(set(r.tolist()))
+        grid = np.full((fi.max() - fi.min() + 1, len(rois)), np.nan, dtype=np.float32)
+        grid[fi - fi.min(), [rois.index(x) for x in r]] = t["dff"].to_numpy()
+        units = np.flatnonzero(kind == "roi")
+        assert sorted(d.units.roi[units].tolist()) == rois
+        cols = d.units.trace_index[units]
+        order = [rois.index(x) for x in d.units.roi[units]]
+        assert np.array_equal(d.calcium_traces.df_over_f[:, cols], grid[:, order], equal_nan=True)
+        labels = set(d.units.label[units])
+        assert labels <= {"predictable", "unpredictable", "unlabelled"}, labels
+print("ok")
+"#;
+
+fn check_real(py: &Path, data: &Path, out: &Path, spikes: &str, traces: &str, channels: usize) {
+    let got = run_python(
+        py,
+        CHECK_REAL,
+        &[
+            &data.display().to_string(),
+            &out.display().to_string(),
+            spikes,
+            traces,
+            &channels.to_string(),
+        ],
+    );
+    assert!(got.contains("ok"), "{got}");
+}
+
+#[test]
+fn temporaldata_export_of_a_real_open_ephys_recording_holds_its_spikes() {
+    let (Some(shared), Some(py)) = (shared_data(), python()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let recording = shared.join("openephys-16ch-40khz/experiment1/recording1");
+    let config = format!(
+        r#"{}
+[sources.oe16]
+type = "openephys"
+path = "{}"
+pace = "max"
+
+[transforms.spikes]
+type = "spike_detect"
+inputs = ["oe16"]
+calibration_s = 0.5
+
+[sinks.store]
+type = "store"
+inputs = ["oe16", "spikes"]
+"#,
+        header(),
+        recording.display()
+    );
+    let data = run_to_end(dir.path(), &config, Duration::from_secs(120));
+    let out = dir.path().join("oe16.h5");
+    export(&data, &out, &[]);
+    let ids = stream_ids(&data);
+    let spikes = ids
+        .iter()
+        .find(|id| id.ends_with(".spikes"))
+        .unwrap_or_else(|| panic!("no spike stream stored: {ids:?}"));
+    check_real(&py, &data, &out, spikes, "-", 16);
+}
+
+#[test]
+fn temporaldata_export_of_the_suite2p_session_holds_its_traces_and_labels() {
+    let (Some(shared), Some(py)) = (shared_data(), python()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plane = shared.join("suite2p-fissa");
+    let config = format!(
+        r#"{}
+[sources.s2p]
+type = "suite2p"
+path = "{}"
+rate_hz = 30
+pace = "max"
+
+[transforms.dff]
+type = "dff"
+inputs = ["s2p"]
+
+[transforms.moments]
+type = "moments"
+inputs = ["dff"]
+
+[transforms.pred]
+type = "predictability"
+inputs = ["moments", "dff"]
+
+[sinks.store]
+type = "store"
+inputs = ["dff", "moments", "pred", "pred.predictable", "pred.unpredictable"]
+"#,
+        header(),
+        plane.display()
+    );
+    let data = run_to_end(dir.path(), &config, Duration::from_secs(120));
+    let out = dir.path().join("s2p.h5");
+    export(&data, &out, &[]);
+    check_real(&py, &data, &out, "-", "s2p.suite2p-fissa.dff", 0);
+}
+
+/// The stream ids stored under `data/store`.
+fn stream_ids(data: &Path) -> Vec<String> {
+    let out = neurod()
+        .args(["ls", "--json", "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("neurod ls runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls --json");
+    v.as_array()
+        .or_else(|| v["streams"].as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["stream_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
