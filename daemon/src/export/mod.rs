@@ -95,8 +95,6 @@ pub fn export(args: Args) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("neurod export: {e}");
-            // A half-written file is not an export.
-            let _ = std::fs::remove_file(&args.out);
             ExitCode::FAILURE
         }
     }
@@ -104,15 +102,26 @@ pub fn export(args: Args) -> ExitCode {
 
 fn run(args: &Args) -> Result<(), ExportError> {
     let sel = Selection::new(args)?;
-    let progress = Progress::new(sel.rows());
-    match args.format {
-        Format::Temporaldata => temporaldata::export(&sel, &args.out, &progress)?,
-        Format::Nwb => {
-            return Err(ExportError::Nothing(
-                "NWB export is not built yet; use --format temporaldata".into(),
-            ))
-        }
+    if args.format == Format::Nwb {
+        return Err(ExportError::Nothing(
+            "NWB export is not built yet; use --format temporaldata".into(),
+        ));
     }
+    // Written beside the destination and renamed into place once complete: a failed or
+    // interrupted export leaves no half-written file under the name asked for, and an existing
+    // file there is replaced only by a whole export.
+    let mut name = args.out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    let partial = args.out.with_file_name(name);
+    let progress = Progress::new(sel.rows());
+    let written = temporaldata::export(&sel, &partial, &progress).and_then(|()| {
+        std::fs::rename(&partial, &args.out)
+            .map_err(|e| ExportError::Write(args.out.clone(), e.to_string()))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written?;
     progress.done(&args.out);
     Ok(())
 }
@@ -207,8 +216,13 @@ impl Selection {
         out
     }
 
+    /// The rows an export reads: those of the spike, trace and behaviour streams.
     fn rows(&self) -> u64 {
-        self.chosen.iter().map(rows).sum()
+        ["spikes", "traces", "behaviour"]
+            .iter()
+            .flat_map(|k| self.of_kind(k))
+            .map(|s| rows(&s))
+            .sum()
     }
 
     /// The stream's rows, `columns` of them, file by file, batch by batch.
