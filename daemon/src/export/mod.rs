@@ -3,6 +3,7 @@
 //!
 //! - [`temporaldata`]: one temporaldata `Data` HDF5 file (POYO's tooling), spikes, units,
 //!   dF/F, optionally one POYO-SSL population only.
+//! - [`units`]: the units (probe channels, ROIs with their POYO-SSL labels) and their table.
 //! - [`h5`]: temporaldata's objects as HDF5 groups, appended to chunk by chunk.
 //!
 //! Streams are read file by file, batch by batch, a few columns at a time, so memory stays
@@ -11,6 +12,7 @@
 
 mod h5;
 mod temporaldata;
+mod units;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

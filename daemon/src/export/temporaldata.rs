@@ -6,7 +6,8 @@
 //!   `channel`, `roi`, `x_um`, `y_um`, `shank`, `label`, `skew`, `excess_kurtosis`,
 //!   `trace_index` (the unit's column in `calcium_traces.df_over_f`, −1 for channels);
 //! - `calcium_traces`: `RegularTimeSeries` `df_over_f` (frames × ROIs) at the imaging rate;
-//! - `domain`: the session's time span; `session_id`, `data_dir`, `neurod_version` attributes.
+//! - behaviour streams as `IrregularTimeSeries` named after their id's last part;
+//! - `domain`: the session's time span; `session_id`, `probes`, `neurod_version` attributes.
 //!
 //! With a population, only the ROIs labelled so (their last label in the `.neurons` table) are
 //! written; channels are not labelled and are left out.
@@ -16,27 +17,12 @@ use std::path::Path;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow::record_batch::RecordBatch;
-use pipelines::storage::{SchemaJson, StoredStream};
+use pipelines::storage::StoredStream;
 use rust_hdf5::H5File;
 
 use super::h5::{self, Column};
+use super::units::{channels_of, has_column, rois_of, write_units, Plane, Probe};
 use super::{ExportError, Population, Progress, Selection};
-
-/// One probe's channels as units.
-struct Probe {
-    spikes: StoredStream,
-    /// (name, x µm, y µm, shank) per channel index.
-    channels: Vec<(String, f64, f64, i64)>,
-    first_unit: usize,
-}
-
-/// One imaging plane's ROIs as units.
-struct Plane {
-    traces: StoredStream,
-    rate_hz: f64,
-    /// The ROIs exported, ascending, with (label, skew, excess kurtosis).
-    rois: Vec<(i32, String, f64, f64)>,
-}
 
 pub fn export(sel: &Selection, out: &Path, progress: &Progress) -> Result<(), ExportError> {
     let h5err = |e: rust_hdf5::Hdf5Error| ExportError::Write(out.to_path_buf(), e.to_string());
@@ -128,144 +114,6 @@ pub fn export(sel: &Selection, out: &Path, progress: &Progress) -> Result<(), Ex
     file.set_attr_numeric("absolute_start", &0.0f64)
         .map_err(h5err)?;
     file.close().map_err(h5err)
-}
-
-fn has_column(s: &StoredStream, name: &str) -> bool {
-    s.schema
-        .as_ref()
-        .is_some_and(|sc| sc.fields.iter().any(|f| f.name == name))
-}
-
-/// The probe's channels, from the stored raw stream's field metadata (`neurod.x_um`...), else
-/// numbered from the spikes seen.
-fn channels_of(
-    sel: &Selection,
-    spikes: &StoredStream,
-) -> Result<Vec<(String, f64, f64, i64)>, ExportError> {
-    let source = spikes
-        .schema
-        .as_ref()
-        .and_then(|s| s.metadata.get("neurod.source_stream").cloned());
-    if let Some(raw) = source.and_then(|id| sel.stream(&id)) {
-        if let Some(schema) = &raw.schema {
-            let chans = probe_channels(&raw.stream_id, schema);
-            if !chans.is_empty() {
-                return Ok(chans);
-            }
-        }
-    }
-    let mut max = -1i64;
-    for batch in sel.batches(spikes, &["channel"]) {
-        let batch = batch?;
-        if let Some(c) = batch.column(0).as_primitive_opt::<Int32Type>() {
-            max = max.max(c.iter().flatten().map(i64::from).max().unwrap_or(-1));
-        }
-    }
-    Ok((0..=max)
-        .map(|c| {
-            (
-                format!("{}/ch{c}", spikes.stream_id),
-                f64::NAN,
-                f64::NAN,
-                -1,
-            )
-        })
-        .collect())
-}
-
-fn probe_channels(raw_id: &str, schema: &SchemaJson) -> Vec<(String, f64, f64, i64)> {
-    let num = |m: &std::collections::BTreeMap<String, String>, k: &str| {
-        m.get(k).and_then(|v| v.parse::<f64>().ok())
-    };
-    schema
-        .fields
-        .iter()
-        .filter(|f| {
-            f.metadata
-                .get("neurod.channel_kind")
-                .is_some_and(|k| k == "ap" || k == "lfp" || k == "ephys")
-        })
-        .map(|f| {
-            (
-                format!("{raw_id}/{}", f.name),
-                num(&f.metadata, "neurod.x_um").unwrap_or(f64::NAN),
-                num(&f.metadata, "neurod.y_um").unwrap_or(f64::NAN),
-                num(&f.metadata, "neurod.shank").map_or(-1, |s| s as i64),
-            )
-        })
-        .collect()
-}
-
-/// The plane's ROIs with their last label, skewness and kurtosis (from `<traces>.neurons`),
-/// those of the selected population only.
-fn rois_of(
-    sel: &Selection,
-    traces: &StoredStream,
-) -> Result<Vec<(i32, String, f64, f64)>, ExportError> {
-    let mut last: std::collections::BTreeMap<i32, (i64, String, f64, f64)> = Default::default();
-    if let Some(neurons) = sel.stream(&format!("{}.neurons", traces.stream_id)) {
-        let cols = ["frame_index", "unit", "label", "skew", "excess_kurtosis"];
-        for batch in sel.batches(&neurons, &cols) {
-            let b = batch?;
-            let bad = |c: &str| {
-                ExportError::Stream(
-                    neurons.stream_id.clone(),
-                    format!("column `{c}` of an unexpected type"),
-                )
-            };
-            let frame = b
-                .column(0)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(|| bad("frame_index"))?;
-            let unit = b
-                .column(1)
-                .as_string_opt::<i32>()
-                .ok_or_else(|| bad("unit"))?;
-            let label = b
-                .column(2)
-                .as_string_opt::<i32>()
-                .ok_or_else(|| bad("label"))?;
-            let skew = b
-                .column(3)
-                .as_primitive_opt::<Float64Type>()
-                .ok_or_else(|| bad("skew"))?;
-            let kurt = b
-                .column(4)
-                .as_primitive_opt::<Float64Type>()
-                .ok_or_else(|| bad("excess_kurtosis"))?;
-            for i in 0..b.num_rows() {
-                // A unit of a trace stream is its ROI (groups, named otherwise, are not ROIs).
-                let Ok(roi) = unit.value(i).parse::<i32>() else {
-                    continue;
-                };
-                let entry = (
-                    frame.value(i),
-                    label.value(i).to_string(),
-                    skew.value(i),
-                    kurt.value(i),
-                );
-                let e = last.entry(roi).or_insert_with(|| entry.clone());
-                if entry.0 >= e.0 {
-                    *e = entry;
-                }
-            }
-        }
-    } else {
-        let mut max = -1;
-        for batch in sel.batches(traces, &["roi"]) {
-            if let Some(c) = batch?.column(0).as_primitive_opt::<Int32Type>() {
-                max = max.max(c.iter().flatten().max().unwrap_or(-1));
-            }
-        }
-        for r in 0..=max {
-            last.insert(r, (0, "unlabelled".into(), f64::NAN, f64::NAN));
-        }
-    }
-    Ok(last
-        .into_iter()
-        .filter(|(_, (_, label, _, _))| sel.population.admits(label))
-        .map(|(roi, (_, label, skew, kurt))| (roi, label, skew, kurt))
-        .collect())
 }
 
 /// A write failure, before the file's name is known to it.
@@ -501,58 +349,6 @@ fn write_traces(
     h5::interval(&domain, &[start], &[end])?;
     h5::regular(&g, plane.rate_hz)?;
     Ok((start, end))
-}
-
-fn write_units(file: &H5File, probes: &[Probe], plane: Option<&Plane>) -> h5::Result<()> {
-    let g = file.create_group("units")?;
-    let mut id = Vec::new();
-    let mut kind = Vec::new();
-    let mut label = Vec::new();
-    let (mut channel, mut roi, mut shank, mut trace) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut x, mut y, mut skew, mut kurt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for p in probes {
-        for (c, (name, cx, cy, sh)) in p.channels.iter().enumerate() {
-            id.push(name.clone());
-            kind.push("channel".to_string());
-            label.push("unlabelled".to_string());
-            channel.push(c as i64);
-            roi.push(-1i64);
-            shank.push(*sh);
-            trace.push(-1i64);
-            x.push(*cx);
-            y.push(*cy);
-            skew.push(f64::NAN);
-            kurt.push(f64::NAN);
-        }
-    }
-    if let Some(plane) = plane {
-        for (k, (r, l, s, ku)) in plane.rois.iter().enumerate() {
-            id.push(format!("{}/roi{r}", plane.traces.stream_id));
-            kind.push("roi".to_string());
-            label.push(l.clone());
-            channel.push(-1);
-            roi.push(i64::from(*r));
-            shank.push(-1);
-            trace.push(k as i64);
-            x.push(f64::NAN);
-            y.push(f64::NAN);
-            skew.push(*s);
-            kurt.push(*ku);
-        }
-    }
-    h5::strings(&g, "id", &id)?;
-    h5::strings(&g, "kind", &kind)?;
-    h5::strings(&g, "label", &label)?;
-    h5::array(&g, "channel", &channel)?;
-    h5::array(&g, "roi", &roi)?;
-    h5::array(&g, "shank", &shank)?;
-    h5::array(&g, "trace_index", &trace)?;
-    h5::array(&g, "x_um", &x)?;
-    h5::array(&g, "y_um", &y)?;
-    h5::array(&g, "skew", &skew)?;
-    h5::array(&g, "excess_kurtosis", &kurt)?;
-    h5::array_dict(&g, &["id", "kind", "label"])
 }
 
 /// A numeric column of a behaviour stream, as written.
