@@ -45,7 +45,11 @@ pub(super) async fn file_groups(
     partitions: usize,
 ) -> Result<Vec<FileGroup>> {
     if partitions > 1 && files.len() < MAX_FILES_TO_SPLIT {
-        if let Some(groups) = by_pages(state, &files, limits, partitions).await {
+        // No group at all (every page pruned): the files as they are, which the reader prunes.
+        if let Some(groups) = by_pages(state, &files, limits, partitions)
+            .await
+            .filter(|g| !g.is_empty())
+        {
             return Ok(groups);
         }
     }
