@@ -84,6 +84,50 @@ impl<T: rust_hdf5::H5Type + Copy> Column<T> {
     }
 }
 
+/// The `timestamps` of an `IrregularTimeSeries` in appends, with the 1 s index temporaldata's
+/// lazy loader slices by: for each second of the domain (`arange(start, end + 1)`), the index
+/// of the first timestamp at or after it. Timestamps come sorted.
+pub struct Timestamps {
+    column: Column<f64>,
+    start: f64,
+    end: f64,
+    seconds: usize,
+    index: Vec<i64>,
+}
+
+impl Timestamps {
+    pub fn create(group: &H5Group, (start, end): (f64, f64)) -> Result<Self> {
+        let seconds = (end + 1.0 - start).ceil().max(0.0) as usize;
+        Ok(Timestamps {
+            column: Column::create(group, "timestamps", 0)?,
+            start,
+            end,
+            seconds,
+            index: Vec::with_capacity(seconds),
+        })
+    }
+
+    pub fn push(&mut self, t: f64) -> Result<()> {
+        let seen = self.column.rows() as i64;
+        while self.index.len() < self.seconds && self.start + self.index.len() as f64 <= t {
+            self.index.push(seen);
+        }
+        self.column.push(&[t])
+    }
+
+    /// Flushes, and writes the index, the `domain` and the attributes that make `group` an
+    /// `IrregularTimeSeries`.
+    pub fn finish(mut self, group: &H5Group, unicode_keys: &[&str]) -> Result<()> {
+        self.column.flush()?;
+        let seen = self.column.rows() as i64;
+        self.index.resize(self.seconds, seen);
+        array(group, "timestamp_indices_1s", &self.index)?;
+        let domain = group.create_group("domain")?;
+        interval(&domain, &[self.start], &[self.end])?;
+        irregular(group, unicode_keys)
+    }
+}
+
 /// A small array written at once.
 pub fn array<T: rust_hdf5::H5Type>(group: &H5Group, name: &str, values: &[T]) -> Result<()> {
     group
@@ -110,7 +154,7 @@ pub fn interval(group: &H5Group, start: &[f64], end: &[f64]) -> Result<()> {
 }
 
 /// The attributes that make `group` an `IrregularTimeSeries` (`timestamps` its time key).
-pub fn irregular(group: &H5Group, unicode_keys: &[&str]) -> Result<()> {
+fn irregular(group: &H5Group, unicode_keys: &[&str]) -> Result<()> {
     group.set_attr_string_array("_unicode_keys", unicode_keys)?;
     group.set_attr_string_array("timekeys", &["timestamps"])?;
     group.set_attr_string("object", "IrregularTimeSeries")

@@ -14,18 +14,15 @@ mod h5;
 mod temporaldata;
 mod units;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use arrow::array::{AsArray, BooleanArray};
+use arrow::array::{ArrowPrimitiveType, AsArray, BooleanArray, PrimitiveArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::Float64Type;
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
 use pipelines::storage::catalog::list_data_dir;
-use pipelines::storage::StoredStream;
+use pipelines::storage::{open_parquet_columns, StoredStream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -276,37 +273,44 @@ fn rows(s: &StoredStream) -> u64 {
 
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch, String>>>;
 
-/// One Parquet file's `columns` (in that order), batch by batch.
+/// One Parquet file's `columns`, batch by batch, in the order asked for (the store's projected
+/// reader keeps the file's order).
 fn read_columns(path: &Path, columns: &[&str]) -> Result<Batches, String> {
-    let what = |e: &dyn std::fmt::Display| format!("reading {}: {e}", path.display());
-    let file = File::open(path).map_err(|e| what(&e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| what(&e))?;
-    let schema = builder.schema().clone();
-    let mut roots = Vec::with_capacity(columns.len());
+    let (schema, reader) = open_parquet_columns(path, columns)?;
+    let mut file_order: Vec<usize> = Vec::with_capacity(columns.len());
     for c in columns {
-        let i = schema
-            .index_of(c)
-            .map_err(|_| format!("{}: no column `{c}`", path.display()))?;
-        roots.push(i);
+        file_order.push(schema.index_of(c).map_err(|e| e.to_string())?);
     }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|e| what(&e))?;
-    // The reader yields the columns in file order; put them in the order asked for.
-    let mut sorted = roots.clone();
+    let mut sorted = file_order.clone();
     sorted.sort_unstable();
-    let order: Vec<usize> = roots
+    let order: Vec<usize> = file_order
         .iter()
         .map(|r| sorted.iter().position(|s| s == r).unwrap_or(0))
         .collect();
     let path = path.to_path_buf();
     Ok(Box::new(reader.map(move |b| {
-        let b = b.map_err(|e| format!("reading {}: {e}", path.display()))?;
-        b.project(&order)
-            .map_err(|e| format!("reading {}: {e}", path.display()))
+        b.and_then(|b| b.project(&order))
+            .map_err(|e| format!("{}: reading: {e}", path.display()))
     })))
+}
+
+/// `batch`'s column `at` as a primitive array of `T`, or an error naming the stream and column.
+fn typed<'a, T: ArrowPrimitiveType>(
+    batch: &'a RecordBatch,
+    at: usize,
+    stream: &str,
+    name: &str,
+) -> Result<&'a PrimitiveArray<T>, ExportError> {
+    batch.column(at).as_primitive_opt::<T>().ok_or_else(|| {
+        ExportError::Stream(
+            stream.to_string(),
+            format!(
+                "column `{name}` is {}, not {}",
+                batch.column(at).data_type(),
+                T::DATA_TYPE
+            ),
+        )
+    })
 }
 
 /// A progress bar over the rows read, on a terminal only.

@@ -22,7 +22,7 @@ use rust_hdf5::H5File;
 
 use super::h5::{self, Column};
 use super::units::{channels_of, has_column, rois_of, write_units, Plane, Probe};
-use super::{ExportError, Population, Progress, Selection};
+use super::{typed, ExportError, Population, Progress, Selection};
 
 pub fn export(sel: &Selection, out: &Path, progress: &Progress) -> Result<(), ExportError> {
     let h5err = |e: rust_hdf5::Hdf5Error| ExportError::Write(out.to_path_buf(), e.to_string());
@@ -116,18 +116,10 @@ pub fn export(sel: &Selection, out: &Path, progress: &Progress) -> Result<(), Ex
     file.close().map_err(h5err)
 }
 
-/// A write failure, before the file's name is known to it.
-pub(super) struct WriteError(String);
-
-impl From<rust_hdf5::Hdf5Error> for WriteError {
-    fn from(e: rust_hdf5::Hdf5Error) -> Self {
-        WriteError(e.to_string())
-    }
-}
-
+/// A failure to read the store, or to write the file (whose name the caller adds).
 pub(super) enum Failed {
     Read(ExportError),
-    Write(WriteError),
+    Write(String),
 }
 
 impl From<ExportError> for Failed {
@@ -138,7 +130,7 @@ impl From<ExportError> for Failed {
 
 impl From<rust_hdf5::Hdf5Error> for Failed {
     fn from(e: rust_hdf5::Hdf5Error) -> Self {
-        Failed::Write(e.into())
+        Failed::Write(e.to_string())
     }
 }
 
@@ -146,7 +138,7 @@ impl Failed {
     fn at(self, out: &Path) -> ExportError {
         match self {
             Failed::Read(e) => e,
-            Failed::Write(WriteError(e)) => ExportError::Write(out.to_path_buf(), e),
+            Failed::Write(e) => ExportError::Write(out.to_path_buf(), e),
         }
     }
 }
@@ -194,7 +186,7 @@ fn write_spikes(
     progress: &Progress,
 ) -> Result<(f64, f64), Failed> {
     let g = file.create_group("spikes")?;
-    let mut ts = Column::<f64>::create(&g, "timestamps", 0)?;
+    let mut ts = h5::Timestamps::create(&g, sel.span)?;
     let mut unit = Column::<i64>::create(&g, "unit_index", 0)?;
     let mut amp = Column::<f32>::create(&g, "amplitude_uv", 0)?;
     let mut cursors: Vec<Cursor> = Vec::new();
@@ -217,11 +209,6 @@ fn write_spikes(
         });
     }
     let n_channels: Vec<usize> = probes.iter().map(|p| p.channels.len()).collect();
-    // The 1 s index temporaldata's lazy loader slices by: for each second of the domain
-    // (`arange(start, end + 1)`), the index of the first spike at or after it.
-    let (start, end) = sel.span;
-    let grid = ((end + 1.0 - start).ceil().max(0.0)) as usize;
-    let mut index: Vec<i64> = Vec::with_capacity(grid);
     let mut seen = 0u64;
     loop {
         let mut best: Option<(usize, f64)> = None;
@@ -246,10 +233,7 @@ fn write_spikes(
                 )
                 .into());
             }
-            while index.len() < grid && start + index.len() as f64 <= t {
-                index.push(seen as i64);
-            }
-            ts.push(&[t])?;
+            ts.push(t)?;
             unit.push(&[(c.first_unit + ch) as i64])?;
             amp.push(&[a])?;
             c.row += 1;
@@ -260,15 +244,10 @@ fn write_spikes(
         }
     }
     progress.rows(seen % 65_536);
-    index.resize(grid, seen as i64);
-    ts.flush()?;
     unit.flush()?;
     amp.flush()?;
-    h5::array(&g, "timestamp_indices_1s", &index)?;
-    let domain = g.create_group("domain")?;
-    h5::interval(&domain, &[start], &[end])?;
-    h5::irregular(&g, &[])?;
-    Ok((start, end))
+    ts.finish(&g, &[])?;
+    Ok(sel.span)
 }
 
 /// dF/F as frames × ROIs, a row per frame of the plane's rate (a frame no ROI has is NaN).
@@ -293,28 +272,11 @@ fn write_traces(
     let cols = ["frame_index", "time_s", "roi", "dff"];
     for batch in sel.batches(&plane.traces, &cols) {
         let b = sel.in_time(&batch?, 1)?;
-        let bad = |c: &str| {
-            ExportError::Stream(
-                plane.traces.stream_id.clone(),
-                format!("column `{c}` of an unexpected type"),
-            )
-        };
-        let fi = b
-            .column(0)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| bad("frame_index"))?;
-        let t = b
-            .column(1)
-            .as_primitive_opt::<Float64Type>()
-            .ok_or_else(|| bad("time_s"))?;
-        let roi = b
-            .column(2)
-            .as_primitive_opt::<Int32Type>()
-            .ok_or_else(|| bad("roi"))?;
-        let v = b
-            .column(3)
-            .as_primitive_opt::<Float32Type>()
-            .ok_or_else(|| bad("dff"))?;
+        let id = &plane.traces.stream_id;
+        let fi = typed::<Int64Type>(&b, 0, id, "frame_index")?;
+        let t = typed::<Float64Type>(&b, 1, id, "time_s")?;
+        let roi = typed::<Int32Type>(&b, 2, id, "roi")?;
+        let v = typed::<Float32Type>(&b, 3, id, "dff")?;
         for i in 0..b.num_rows() {
             let f = fi.value(i);
             match frame {
@@ -400,20 +362,12 @@ fn write_behaviour(
             ExportError::Stream(stream.stream_id.clone(), "no `time_s` column".into()).into(),
         );
     }
-    let mut ts = Column::<f64>::create(&g, "timestamps", 0)?;
-    let (start, end) = sel.span;
-    let grid = ((end + 1.0 - start).ceil().max(0.0)) as usize;
-    let mut index: Vec<i64> = Vec::with_capacity(grid);
-    let mut seen = 0i64;
+    let mut ts = h5::Timestamps::create(&g, sel.span)?;
     for batch in sel.batches(stream, &names) {
         let b = sel.in_time(&batch?, 0)?;
         let t = b.column(0).as_primitive::<Float64Type>();
         for v in t.values() {
-            while index.len() < grid && start + index.len() as f64 <= *v {
-                index.push(seen);
-            }
-            ts.push(&[*v])?;
-            seen += 1;
+            ts.push(*v)?;
         }
         for (k, column) in values.iter_mut().enumerate() {
             let c = arrow::compute::cast(
@@ -445,8 +399,6 @@ fn write_behaviour(
         }
         progress.rows(b.num_rows() as u64);
     }
-    index.resize(grid, seen);
-    ts.flush()?;
     for c in &mut values {
         match c {
             Values::F32(w) => w.flush()?,
@@ -454,9 +406,5 @@ fn write_behaviour(
             Values::I64(w) => w.flush()?,
         }
     }
-    h5::array(&g, "timestamp_indices_1s", &index)?;
-    let domain = g.create_group("domain")?;
-    h5::interval(&domain, &[start], &[end])?;
-    h5::irregular(&g, &[])?;
-    Ok(())
+    ts.finish(&g, &[]).map_err(Failed::from)
 }

@@ -8,7 +8,7 @@ use pipelines::storage::{SchemaJson, StoredStream};
 use rust_hdf5::H5File;
 
 use super::h5;
-use super::{ExportError, Selection};
+use super::{typed, ExportError, Selection};
 
 /// One probe's channels as units.
 pub(super) struct Probe {
@@ -103,32 +103,17 @@ pub(super) fn rois_of(
         let cols = ["frame_index", "unit", "label", "skew", "excess_kurtosis"];
         for batch in sel.batches(&neurons, &cols) {
             let b = batch?;
-            let bad = |c: &str| {
-                ExportError::Stream(
-                    neurons.stream_id.clone(),
-                    format!("column `{c}` of an unexpected type"),
-                )
+            let id = &neurons.stream_id;
+            let text = |at: usize, name: &str| {
+                b.column(at).as_string_opt::<i32>().ok_or_else(|| {
+                    ExportError::Stream(id.clone(), format!("column `{name}` is not text"))
+                })
             };
-            let frame = b
-                .column(0)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(|| bad("frame_index"))?;
-            let unit = b
-                .column(1)
-                .as_string_opt::<i32>()
-                .ok_or_else(|| bad("unit"))?;
-            let label = b
-                .column(2)
-                .as_string_opt::<i32>()
-                .ok_or_else(|| bad("label"))?;
-            let skew = b
-                .column(3)
-                .as_primitive_opt::<Float64Type>()
-                .ok_or_else(|| bad("skew"))?;
-            let kurt = b
-                .column(4)
-                .as_primitive_opt::<Float64Type>()
-                .ok_or_else(|| bad("excess_kurtosis"))?;
+            let frame = typed::<Int64Type>(&b, 0, id, "frame_index")?;
+            let unit = text(1, "unit")?;
+            let label = text(2, "label")?;
+            let skew = typed::<Float64Type>(&b, 3, id, "skew")?;
+            let kurt = typed::<Float64Type>(&b, 4, id, "excess_kurtosis")?;
             for i in 0..b.num_rows() {
                 // A unit of a trace stream is its ROI (groups, named otherwise, are not ROIs).
                 let Ok(roi) = unit.value(i).parse::<i32>() else {

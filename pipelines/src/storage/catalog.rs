@@ -16,6 +16,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::{RecordBatch, RecordBatchReader};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
 
 use super::layout::{legacy_stream_dir_name, segment_seq, stream_dir_name, PART_PREFIX};
 use super::manifest::{build_manifest, read_manifest, FileEntry, SchemaJson, MANIFEST_FILE};
@@ -125,6 +126,41 @@ pub fn open_parquet_batched(
         .build()
         .map_err(|e| StoreError::parquet(path, "reading", e))?;
     Ok(StoredReader { schema, inner })
+}
+
+/// Uncompressed bytes of selected columns per batch of [`open_parquet_columns`]: bounded memory
+/// whatever the row width.
+const COLUMNS_BATCH_BYTES: usize = 4 << 20;
+
+/// A reader of `columns` of one Parquet file (projection: nothing else is decoded), in batches of
+/// about [`COLUMNS_BATCH_BYTES`] of them; with the file's whole schema. The batches keep the
+/// file's column order: find columns by name.
+pub fn open_parquet_columns(
+    path: &Path,
+    columns: &[&str],
+) -> Result<(SchemaRef, ParquetRecordBatchReader), String> {
+    let file = File::open(path).map_err(|e| format!("{}: opening: {e}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("{}: reading the footer: {e}", path.display()))?;
+    let schema = builder.schema().clone();
+    let mut roots = Vec::with_capacity(columns.len());
+    for c in columns {
+        let i = schema.index_of(c).map_err(|_| {
+            format!(
+                "{}: no column `{c}` (the stream's schema changed between files?)",
+                path.display()
+            )
+        })?;
+        roots.push(i);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let rows = (COLUMNS_BATCH_BYTES / (8 * columns.len().max(1))).clamp(256, 1 << 16);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(rows)
+        .build()
+        .map_err(|e| format!("{}: reading: {e}", path.display()))?;
+    Ok((schema, reader))
 }
 
 /// Whether `dir` is one stream's directory in a store (it has a manifest, a finished file or a

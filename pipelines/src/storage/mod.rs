@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 
 pub use catalog::{
     foreign_stream, held, held_index, is_stream_dir, list_data_dir, list_path, list_store,
-    open_parquet, open_parquet_batched, Held, ResumeLookup, StoredFile, StoredReader, StoredStream,
+    open_parquet, open_parquet_batched, open_parquet_columns, Held, ResumeLookup, StoredFile,
+    StoredReader, StoredStream,
 };
 pub use convert::{
     convert_segment, convert_segment_with, finish_segment, writer_properties, ConvertStats,

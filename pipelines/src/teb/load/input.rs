@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use arrow::array::AsArray;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::LoadError;
 use crate::sources::replay::{glob_match, is_parquet, name_of, parquet_files_in};
-use crate::storage::{foreign_stream, list_data_dir, list_path, StoredStream};
+use crate::storage::{
+    foreign_stream, list_data_dir, list_path, open_parquet_columns, StoredStream,
+};
 use crate::stream::{
     keys, parse_rate, ChannelKind, Layout, FRAME_INDEX, ROI, SAMPLE_INDEX, TIME_S,
 };
@@ -33,9 +34,6 @@ const BOOKKEEPING: &[&str] = &[
 
 /// The value a traces stream gives by default (the others are its ingredients).
 const TRACES_DEFAULT_VALUE: &str = "dff";
-
-/// Uncompressed bytes of selected columns per batch read: bounded memory whatever the row width.
-const BATCH_BYTES: usize = 4 << 20;
 
 /// How rows are timed and laid out.
 #[derive(Debug, Clone, PartialEq)]
@@ -360,41 +358,11 @@ fn file_schema(path: &Path) -> Result<SchemaRef, String> {
     Ok(builder.schema().clone())
 }
 
-/// A reader of `columns` of one Parquet file (projection: nothing else is decoded), in batches of
-/// about [`BATCH_BYTES`] of them; with the file's whole schema.
-pub(super) fn open_columns(
-    path: &Path,
-    columns: &[&str],
-) -> Result<(SchemaRef, ParquetRecordBatchReader), String> {
-    let file = File::open(path).map_err(|e| format!("{}: opening: {e}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| format!("{}: reading the footer: {e}", path.display()))?;
-    let schema = builder.schema().clone();
-    let mut roots = Vec::with_capacity(columns.len());
-    for c in columns {
-        let i = schema.index_of(c).map_err(|_| {
-            format!(
-                "{}: no column `{c}` (the stream's schema changed between files?)",
-                path.display()
-            )
-        })?;
-        roots.push(i);
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let rows = (BATCH_BYTES / (8 * columns.len().max(1))).clamp(256, 1 << 16);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(rows)
-        .build()
-        .map_err(|e| format!("{}: reading: {e}", path.display()))?;
-    Ok((schema, reader))
-}
-
 /// Every ROI of a long traces stream's files (only the `roi` column is read).
 fn scan_rois(files: &[PathBuf]) -> Result<Vec<i32>, String> {
     let mut rois = BTreeSet::new();
     for path in files {
-        let (_, reader) = open_columns(path, &[ROI])?;
+        let (_, reader) = open_parquet_columns(path, &[ROI])?;
         for batch in reader {
             let batch = batch.map_err(|e| format!("{}: reading: {e}", path.display()))?;
             let col = cast(batch.column(0), &DataType::Int32)
@@ -408,7 +376,7 @@ fn scan_rois(files: &[PathBuf]) -> Result<Vec<i32>, String> {
 /// The median step of the first rows' `time_s` (a table without a stated rate); `None` when
 /// fewer than two rows have one.
 fn estimate_period(path: &Path) -> Result<Option<f64>, String> {
-    let (_, mut reader) = open_columns(path, &[TIME_S])?;
+    let (_, mut reader) = open_parquet_columns(path, &[TIME_S])?;
     let Some(batch) = reader.next() else {
         return Ok(None);
     };

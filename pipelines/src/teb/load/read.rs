@@ -9,8 +9,9 @@ use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use arrow::record_batch::RecordBatch;
 use kernels::teb::model::StreamColumns;
 
-use super::input::{open_columns, parse_traces_column, Input, Shape};
+use super::input::{parse_traces_column, Input, Shape};
 use super::{Binned, LoadError};
+use crate::storage::open_parquet_columns;
 use crate::stream::{keys, parse_rate, FRAME_INDEX, ROI, SAMPLE_INDEX, TIME_S};
 use crate::teb::bins::{Bin, Binner};
 
@@ -160,7 +161,7 @@ fn read_rows(
     names.extend(columns.iter().map(String::as_str));
     for path in &input.files {
         let file = path.display().to_string();
-        let (schema, reader) = open_columns(path, &names).map_err(err)?;
+        let (schema, reader) = open_parquet_columns(path, &names).map_err(err)?;
         let rate = match timing {
             Timing::Column => None,
             Timing::Index(rate) => Some(
@@ -227,7 +228,7 @@ fn read_traces(input: &Input, columns: &[String], collect: &mut Collect) -> Resu
     let mut pivot = Pivot::new(columns.len());
     for path in &input.files {
         let file = path.display().to_string();
-        let (_, reader) = open_columns(path, &names).map_err(err)?;
+        let (_, reader) = open_parquet_columns(path, &names).map_err(err)?;
         for batch in reader {
             let batch = batch.map_err(|e| err(format!("{file}: reading: {e}")))?;
             let ctx = |e: String| err(format!("{file}: {e}"));
