@@ -156,6 +156,17 @@ fn an_unknown_stream_or_format_not_built_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(err.contains("nope: no such stream stored"), "{err}");
     assert!(!dir.path().join("x.h5").exists());
+    let missing = dir.path().join("no-such-dir");
+    let out = neurod()
+        .args(["export", "--format", "temporaldata", "--data-dir"])
+        .arg(&missing)
+        .arg("--out")
+        .arg(dir.path().join("x.h5"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no-such-dir: no such data directory"), "{err}");
 }
 
 /// A real session's export against its stored streams: `spikes` (a spike stream id, or `-`)

@@ -140,6 +140,12 @@ pub(crate) struct Selection {
 
 impl Selection {
     fn new(args: &Args) -> Result<Self, ExportError> {
+        if !args.data_dir.is_dir() {
+            return Err(ExportError::Store(format!(
+                "{}: no such data directory",
+                args.data_dir.display()
+            )));
+        }
         let listed =
             list_data_dir(&args.data_dir).map_err(|e| ExportError::Store(e.to_string()))?;
         let mut all: Vec<StoredStream> = Vec::new();
