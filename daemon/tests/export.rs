@@ -1,8 +1,9 @@
-//! `neurod export --format temporaldata` of the main job's data (config.toml, shortened), loaded
-//! by `temporaldata` (pip) and compared value by value with the stored files read by pyarrow:
-//! spike times, unit indices and amplitudes, the units' POYO-SSL labels, dF/F, running speed; and a
-//! `--population predictable` export holds exactly the predictable neurons. Then the same for
-//! real recordings: an Open Ephys recording through spike detection, and a Suite2p session.
+//! `neurod export` of the main job's data (config.toml, shortened), compared value by value with
+//! the stored files read by pyarrow: as temporaldata (loaded by `temporaldata` from pip: spike
+//! times, unit indices and amplitudes, the units' POYO-SSL labels, dF/F, running speed; a
+//! `--population predictable` export holds exactly the predictable neurons) and as NWB (read by
+//! pynwb, passed by nwbinspector, raw samples bit for bit). Then the same for real recordings:
+//! an Open Ephys recording through spike detection, and a Suite2p session.
 
 mod common;
 
@@ -86,6 +87,137 @@ with h5py.File(pred, "r") as f:
 print("ok", len(t), "spikes", len(rois), "rois", len(want), "predictable")
 "#;
 
+/// An NWB export against the stored streams it came from (each id, or `-` where the session has
+/// none): nwbinspector finds nothing CRITICAL or BEST_PRACTICE_VIOLATION, pynwb reads it, the
+/// raw samples are bit for bit the stored ones, each unit's spike times are its channel's stored
+/// spikes, dF/F and the ROIs' labels and masks are the stored ones, behaviour likewise.
+const CHECK_NWB: &str = r#"
+import sys, numpy as np, pyarrow.dataset as ds
+from pynwb import NWBHDF5IO
+from nwbinspector import inspect_nwbfile, Importance
+
+data, path, raw_id, spikes_id, traces_id, rois_id, behaviour = sys.argv[1:8]
+
+def table(name):
+    return ds.dataset(f"{data}/store/{name}", format="parquet").to_table()
+
+bad = [m for m in inspect_nwbfile(nwbfile_path=path)
+       if m.importance in (Importance.CRITICAL, Importance.BEST_PRACTICE_VIOLATION)]
+assert not bad, "\n".join(f"{m.importance.name} {m.check_function_name}: {m.message}" for m in bad)
+
+with NWBHDF5IO(path, "r") as io:
+    f = io.read()
+    assert f.subject.species == "Mus musculus" and f.subject.subject_id == "m1"
+    names = []
+    if raw_id != "-":
+        # Every stored sample, bit for bit, at the stored rate, with the probe's gain.
+        raw = table(raw_id)
+        meta = raw.schema
+        names = [n for n in raw.column_names
+                 if (meta.field(n).metadata or {}).get(b"neurod.channel_kind") in (b"ap", b"lfp", b"ephys")]
+        es = f.acquisition[raw_id]
+        assert es.data.dtype == np.int16 and es.data.shape == (raw.num_rows, len(names)), es.data.shape
+        want = np.stack([raw[n].to_numpy() for n in names], axis=1)
+        assert np.array_equal(es.data[:], want)
+        rate = float(meta.metadata[b"neurod.sampling_hz"])
+        assert es.rate == rate and es.starting_time == raw["sample_index"][0].as_py() / rate
+        gains = {float(meta.field(n).metadata[b"neurod.uv_per_bit"]) for n in names}
+        if len(gains) == 1:
+            assert abs(es.conversion - gains.pop() * 1e-6) < 1e-15, es.conversion
+        assert es.data.compression is not None and es.data.chunks is not None
+        # Electrodes: the probe's channels and geometry, in data's column order.
+        el = es.electrodes.to_dataframe()
+        assert list(el["channel_name"]) == names
+        for i, n in enumerate(names):
+            md = meta.field(n).metadata
+            if b"neurod.x_um" in md:
+                assert el["rel_x"].iloc[i] == float(md[b"neurod.x_um"])
+                assert el["rel_y"].iloc[i] == float(md[b"neurod.y_um"])
+    spikes = 0
+    if spikes_id != "-":
+        # Each channel a unit, with its stored spikes exactly, in time order.
+        s = table(spikes_id)
+        ch, t, amp = (s[c].to_numpy() for c in ("channel", "time_s", "amplitude_uv"))
+        units = f.units
+        if names:
+            assert len(units) == len(names), (len(units), len(names))
+        for u in range(len(units)):
+            c = units["channel"][u]
+            assert np.array_equal(units["spike_times"][u], np.sort(t[ch == c])), u
+            assert np.array_equal(np.sort(units["amplitude_uv"][u]), np.sort(amp[ch == c]))
+            if names:
+                assert units["electrodes"][u]["channel_name"].iloc[0] == names[c]
+            spikes += len(units["spike_times"][u])
+        assert spikes == len(t) > 0, (spikes, len(t))
+    rois = []
+    if traces_id != "-":
+        # Every ROI with its last label (and mask); dF/F frames × ROIs exactly.
+        dff = table(traces_id)
+        fi, roi = dff["frame_index"].to_numpy(), dff["roi"].to_numpy()
+        rrs = f.processing["ophys"]["DfOverF"][traces_id]
+        ps = rrs.rois.table
+        rois = list(ps.id[:])
+        assert rois == sorted(set(roi.tolist())), rois
+        grid = np.full((fi.max() - fi.min() + 1, len(rois)), np.nan, dtype=np.float32)
+        grid[fi - fi.min(), [rois.index(x) for x in roi]] = dff["dff"].to_numpy()
+        assert np.array_equal(rrs.data[:], grid, equal_nan=True)
+        assert list(rrs.rois.data[:]) == list(range(len(rois)))
+        last = {}
+        for row in table(f"{traces_id}.neurons").to_pylist():
+            u = int(row["unit"])
+            if u not in last or row["frame_index"] >= last[u]["frame_index"]:
+                last[u] = row
+        assert list(ps["label"][:]) == [last[i]["label"] for i in rois]
+        if rois_id != "-":
+            m = table(rois_id)
+            r = m["roi"].to_numpy()
+            for k, i in enumerate(rois):
+                pm = np.array([tuple(p) for p in ps["pixel_mask"][k]]).reshape(-1, 3)
+                sel = r == i
+                assert np.array_equal(pm[:, 0], m["x"].to_numpy()[sel]), i
+                assert np.array_equal(pm[:, 1], m["y"].to_numpy()[sel]), i
+                assert np.allclose(pm[:, 2], m["weight"].to_numpy()[sel]), i
+    if behaviour != "-":
+        stream, column = behaviour.split(":")
+        b = table(stream)
+        ts = f.processing["behavior"]["BehavioralTimeSeries"][column]
+        assert np.array_equal(ts.data[:], b[column].to_numpy())
+        bt = b["time_s"].to_numpy()
+        assert np.allclose(ts.starting_time + np.arange(len(bt)) / ts.rate, bt, atol=1e-9)
+print("ok", len(names), "channels", spikes, "spikes", len(rois), "rois")
+"#;
+
+/// What the NWB export is given that the store does not hold (DANDI asks for it).
+const ABOUT: [&str; 8] = [
+    "--subject-id",
+    "m1",
+    "--species",
+    "Mus musculus",
+    "--age",
+    "P90D",
+    "--location",
+    "VISp",
+];
+
+/// `data` exported as NWB to `out`, checked by [`CHECK_NWB`] against the stored streams.
+fn check_nwb(py: &Path, data: &Path, out: &Path, ids: [&str; 5]) {
+    let st = neurod()
+        .args(["export", "--format", "nwb", "--data-dir"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(ABOUT)
+        .status()
+        .expect("neurod export runs");
+    assert!(st.success(), "neurod export --format nwb failed");
+    let mut args = vec![data.display().to_string(), out.display().to_string()];
+    args.extend(ids.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let got = run_python(py, CHECK_NWB, &args);
+    assert!(got.contains("ok"), "{got}");
+    eprintln!("{}: {}", out.display(), got.trim());
+}
+
 /// The main job's config with a finite, unpaced run (`{dir}` and `{port}` filled by the test
 /// daemon).
 fn main_job() -> String {
@@ -114,7 +246,7 @@ fn export(data: &Path, out: &Path, extra: &[&str]) {
 }
 
 #[test]
-fn temporaldata_export_of_the_main_job_equals_the_stored_data() {
+fn exports_of_the_main_job_equal_the_stored_data() {
     let Some(py) = python() else {
         return;
     };
@@ -139,10 +271,27 @@ fn temporaldata_export_of_the_main_job_equals_the_stored_data() {
         ],
     );
     assert!(out.contains("ok"), "{out}");
+    let ids = stream_ids(&data);
+    assert!(
+        ids.contains(&"rig.twophoton.rois".to_string()),
+        "config.toml stores the ROI masks: {ids:?}"
+    );
+    check_nwb(
+        &py,
+        &data,
+        &dir.path().join("session.nwb"),
+        [
+            "rig.imec0.ap",
+            "rig.imec0.ap.spikes",
+            "rig.twophoton.traces.dff",
+            "rig.twophoton.rois",
+            "rig.behaviour:running_speed_cm_s",
+        ],
+    );
 }
 
 #[test]
-fn an_unknown_stream_or_format_not_built_is_a_clear_error() {
+fn an_unknown_stream_or_a_missing_data_dir_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = neurod()
         .args(["export", "--format", "temporaldata", "--streams", "nope"])
@@ -219,7 +368,7 @@ fn check_real(py: &Path, data: &Path, out: &Path, spikes: &str, traces: &str, ch
 }
 
 #[test]
-fn temporaldata_export_of_a_real_open_ephys_recording_holds_its_spikes() {
+fn exports_of_a_real_open_ephys_recording_hold_its_samples_and_spikes() {
     let (Some(shared), Some(py)) = (shared_data(), python()) else {
         return;
     };
@@ -253,10 +402,16 @@ inputs = ["oe16", "spikes"]
         .find(|id| id.ends_with(".spikes"))
         .unwrap_or_else(|| panic!("no spike stream stored: {ids:?}"));
     check_real(&py, &data, &out, spikes, "-", 16);
+    let raw = ids
+        .iter()
+        .find(|id| !id.ends_with(".spikes"))
+        .unwrap_or_else(|| panic!("no raw stream stored: {ids:?}"));
+    let nwb = dir.path().join("oe16.nwb");
+    check_nwb(&py, &data, &nwb, [raw, spikes, "-", "-", "-"]);
 }
 
 #[test]
-fn temporaldata_export_of_the_suite2p_session_holds_its_traces_and_labels() {
+fn exports_of_the_suite2p_session_hold_its_traces_labels_and_masks() {
     let (Some(shared), Some(py)) = (shared_data(), python()) else {
         return;
     };
@@ -284,7 +439,7 @@ inputs = ["moments", "dff"]
 
 [sinks.store]
 type = "store"
-inputs = ["dff", "moments", "pred", "pred.predictable", "pred.unpredictable"]
+inputs = ["s2p.rois", "dff", "moments", "pred", "pred.predictable", "pred.unpredictable"]
 "#,
         header(),
         plane.display()
@@ -293,6 +448,9 @@ inputs = ["dff", "moments", "pred", "pred.predictable", "pred.unpredictable"]
     let out = dir.path().join("s2p.h5");
     export(&data, &out, &[]);
     check_real(&py, &data, &out, "-", "s2p.suite2p-fissa.dff", 0);
+    let nwb = dir.path().join("s2p.nwb");
+    let (traces, rois) = ("s2p.suite2p-fissa.dff", "s2p.suite2p-fissa.rois");
+    check_nwb(&py, &data, &nwb, ["-", "-", traces, rois, "-"]);
 }
 
 /// The stream ids stored under `data/store`.

@@ -5,6 +5,8 @@
 //! appended to as the store is read, so an export holds one chunk per column in memory whatever
 //! the session's length.
 
+use arrow::array::{ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use rust_hdf5::{H5Dataset, H5Group};
 
 pub type Result<T> = std::result::Result<T, rust_hdf5::Hdf5Error>;
@@ -17,6 +19,8 @@ const DEFLATE: u32 = 4;
 pub struct Column<T: rust_hdf5::H5Type + Copy> {
     ds: H5Dataset,
     width: usize,
+    /// Rows per chunk: values are written a whole chunk at a time.
+    chunk_rows: usize,
     written: usize,
     pending: Vec<T>,
 }
@@ -24,25 +28,42 @@ pub struct Column<T: rust_hdf5::H5Type + Copy> {
 impl<T: rust_hdf5::H5Type + Copy> Column<T> {
     /// A vector (`width` 0) or a matrix of `width` columns, empty until pushed to.
     pub fn create(group: &H5Group, name: &str, width: usize) -> Result<Self> {
-        let ds = match CHUNK_ROWS.checked_div(width) {
-            None => group
+        let rows = CHUNK_ROWS.checked_div(width).unwrap_or(CHUNK_ROWS);
+        Self::chunked(group, name, width, rows, DEFLATE)
+    }
+
+    /// Like [`create`](Self::create), with `rows` per chunk, byte-shuffled and deflated at
+    /// `level` (shuffling puts the high bytes of small integers together, which deflate then
+    /// packs).
+    pub fn chunked(
+        group: &H5Group,
+        name: &str,
+        width: usize,
+        rows: usize,
+        level: u32,
+    ) -> Result<Self> {
+        let rows = rows.max(1);
+        let ds = if width == 0 {
+            group
                 .new_dataset::<T>()
                 .shape([0usize])
-                .chunk(&[CHUNK_ROWS])
+                .chunk(&[rows])
                 .max_shape(&[None])
-                .deflate(DEFLATE)
-                .create(name)?,
-            Some(rows) => group
+                .shuffle_deflate(level)
+                .create(name)?
+        } else {
+            group
                 .new_dataset::<T>()
                 .shape([0usize, width])
-                .chunk(&[rows.max(1), width])
+                .chunk(&[rows, width])
                 .max_shape(&[None, Some(width)])
-                .deflate(DEFLATE)
-                .create(name)?,
+                .shuffle_deflate(level)
+                .create(name)?
         };
         Ok(Column {
             ds,
             width,
+            chunk_rows: rows,
             written: 0,
             pending: Vec::new(),
         })
@@ -51,7 +72,7 @@ impl<T: rust_hdf5::H5Type + Copy> Column<T> {
     /// One value (a vector) or one row of `width` values (a matrix).
     pub fn push(&mut self, row: &[T]) -> Result<()> {
         self.pending.extend_from_slice(row);
-        if self.pending.len() >= CHUNK_ROWS.max(self.width) {
+        if self.pending.len() >= self.chunk_rows * self.width.max(1) {
             self.flush()?;
         }
         Ok(())
@@ -78,9 +99,70 @@ impl<T: rust_hdf5::H5Type + Copy> Column<T> {
         Ok(())
     }
 
+    pub fn dataset(&self) -> &H5Dataset {
+        &self.ds
+    }
+
     /// Rows written so far (flushed or not).
     pub fn rows(&self) -> usize {
         self.written + self.pending.len() / self.width.max(1)
+    }
+}
+
+/// A column of one of the types behaviour values are written as (see
+/// [`super::frames::behaviour_columns`]).
+pub enum AnyColumn {
+    F32(Column<f32>),
+    F64(Column<f64>),
+    I64(Column<i64>),
+}
+
+impl AnyColumn {
+    /// A vector of `ty` (`Float32`, `Float64`, else `Int64`).
+    pub fn create(group: &H5Group, name: &str, ty: &DataType) -> Result<Self> {
+        Ok(match ty {
+            DataType::Float32 => AnyColumn::F32(Column::create(group, name, 0)?),
+            DataType::Float64 => AnyColumn::F64(Column::create(group, name, 0)?),
+            _ => AnyColumn::I64(Column::create(group, name, 0)?),
+        })
+    }
+
+    /// Every value of `a` (of this column's type); missing ones are NaN, or 0 for integers.
+    pub fn push_all(&mut self, a: &ArrayRef) -> Result<()> {
+        match self {
+            AnyColumn::F32(w) => {
+                for v in a.as_primitive::<Float32Type>().iter() {
+                    w.push(&[v.unwrap_or(f32::NAN)])?;
+                }
+            }
+            AnyColumn::F64(w) => {
+                for v in a.as_primitive::<Float64Type>().iter() {
+                    w.push(&[v.unwrap_or(f64::NAN)])?;
+                }
+            }
+            AnyColumn::I64(w) => {
+                for v in a.as_primitive::<Int64Type>().iter() {
+                    w.push(&[v.unwrap_or(0)])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        match self {
+            AnyColumn::F32(w) => w.flush(),
+            AnyColumn::F64(w) => w.flush(),
+            AnyColumn::I64(w) => w.flush(),
+        }
+    }
+
+    pub fn dataset(&self) -> &H5Dataset {
+        match self {
+            AnyColumn::F32(w) => w.dataset(),
+            AnyColumn::F64(w) => w.dataset(),
+            AnyColumn::I64(w) => w.dataset(),
+        }
     }
 }
 

@@ -10,7 +10,9 @@
 //! bounded whatever the session's length. Only finished Parquet files are read: a live
 //! segment of a running recording is exported once the store has converted it.
 
+mod frames;
 mod h5;
+mod nwb;
 mod temporaldata;
 mod units;
 
@@ -75,6 +77,53 @@ pub struct Args {
     /// Up to this time (s).
     #[arg(long)]
     to_s: Option<f64>,
+    /// NWB: when the session began (RFC 3339, e.g. 2026-12-05T09:30:00+01:00). The store keeps
+    /// times from the start of acquisition only; without this, it is estimated from the
+    /// stored files' times, and the file's notes say so.
+    #[arg(long)]
+    session_start: Option<String>,
+    /// NWB: the brain area of the probes and imaging planes (Allen Mouse Brain CCF term for a
+    /// mouse, e.g. VISp).
+    #[arg(long, default_value = "unknown")]
+    location: String,
+    #[command(flatten)]
+    subject: Subject,
+}
+
+/// Who was recorded: the store does not know, so it is given here. NWB (DANDI) requires an id,
+/// the species, the sex and the age; temporaldata keeps them as attributes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Subject {
+    /// The subject's id (e.g. the animal's tag).
+    #[arg(long)]
+    pub subject_id: Option<String>,
+    /// Latin binomial (e.g. "Mus musculus") or NCBI taxonomy link.
+    #[arg(long)]
+    pub species: Option<String>,
+    /// M, F, O (other) or U (unknown, the default).
+    #[arg(long, default_value = "U", value_parser = ["M", "F", "O", "U"])]
+    pub sex: String,
+    /// Age at the session as an ISO 8601 duration (e.g. P90D).
+    #[arg(long)]
+    pub age: Option<String>,
+}
+
+impl Subject {
+    /// The fields given, as (name, value).
+    pub fn fields(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        if let Some(id) = &self.subject_id {
+            out.push(("subject_id", id.as_str()));
+        }
+        if let Some(s) = &self.species {
+            out.push(("species", s.as_str()));
+        }
+        out.push(("sex", self.sex.as_str()));
+        if let Some(a) = &self.age {
+            out.push(("age", a.as_str()));
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,19 +150,29 @@ pub fn export(args: Args) -> ExitCode {
 
 fn run(args: &Args) -> Result<(), ExportError> {
     let sel = Selection::new(args)?;
-    if args.format == Format::Nwb {
-        return Err(ExportError::Nothing(
-            "NWB export is not built yet; use --format temporaldata".into(),
-        ));
-    }
+    let start = match args.format {
+        Format::Nwb => Some(nwb::SessionStart::new(args.session_start.as_deref(), &sel)?),
+        Format::Temporaldata => None,
+    };
     // Written beside the destination and renamed into place once complete: a failed or
     // interrupted export leaves no half-written file under the name asked for, and an existing
     // file there is replaced only by a whole export.
     let mut name = args.out.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     let partial = args.out.with_file_name(name);
-    let progress = Progress::new(sel.rows());
-    let written = temporaldata::export(&sel, &partial, &progress).and_then(|()| {
+    let progress = Progress::new(sel.rows(args.format));
+    let written = match &start {
+        Some(start) => {
+            let about = nwb::About {
+                start,
+                subject: &args.subject,
+                location: &args.location,
+            };
+            nwb::export(&sel, &partial, &progress, &about)
+        }
+        None => temporaldata::export(&sel, &partial, &progress, &args.subject),
+    };
+    let written = written.and_then(|()| {
         std::fs::rename(&partial, &args.out)
             .map_err(|e| ExportError::Write(args.out.clone(), e.to_string()))
     });
@@ -221,13 +280,21 @@ impl Selection {
         out
     }
 
-    /// The rows an export reads: those of the spike, trace and behaviour streams.
-    fn rows(&self) -> u64 {
-        ["spikes", "traces", "behaviour"]
+    /// The rows an export reads: those of the spike, trace and behaviour streams, and for
+    /// NWB the raw streams'.
+    fn rows(&self, format: Format) -> u64 {
+        let raw: u64 = self
+            .chosen
             .iter()
-            .flat_map(|k| self.of_kind(k))
-            .map(|s| rows(&s))
-            .sum()
+            .filter(|s| format == Format::Nwb && s.layout.as_deref() == Some("continuous"))
+            .map(rows)
+            .sum();
+        let others = [
+            self.of_kind("spikes"),
+            units::dff_streams(self),
+            self.of_kind("behaviour"),
+        ];
+        raw + others.iter().flatten().map(rows).sum::<u64>()
     }
 
     /// The stream's rows, `columns` of them, file by file, batch by batch.
@@ -319,6 +386,44 @@ fn typed<'a, T: ArrowPrimitiveType>(
     })
 }
 
+/// A failure to read the store, or to write the file (whose name the caller adds).
+pub(crate) enum Failed {
+    Read(ExportError),
+    Write(String),
+}
+
+impl From<ExportError> for Failed {
+    fn from(e: ExportError) -> Self {
+        Failed::Read(e)
+    }
+}
+
+impl From<rust_hdf5::Hdf5Error> for Failed {
+    fn from(e: rust_hdf5::Hdf5Error) -> Self {
+        Failed::Write(e.to_string())
+    }
+}
+
+impl Failed {
+    pub(crate) fn at(self, out: &Path) -> ExportError {
+        match self {
+            Failed::Read(e) => e,
+            Failed::Write(e) => ExportError::Write(out.to_path_buf(), e),
+        }
+    }
+}
+
+/// A stream id's last part as an HDF5 object name (`rig.behaviour` → `behaviour`).
+fn object_name(stream_id: &str) -> String {
+    stream_id
+        .rsplit('.')
+        .next()
+        .unwrap_or("behaviour")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
 /// A progress bar over the rows read, on a terminal only.
 pub(crate) struct Progress {
     bar: indicatif::ProgressBar,
@@ -333,6 +438,13 @@ impl Progress {
             bar.set_style(style.progress_chars("=> "));
         }
         Progress { bar }
+    }
+
+    /// No bar (for a second pass over rows already counted).
+    fn hidden() -> Self {
+        Progress {
+            bar: indicatif::ProgressBar::hidden(),
+        }
     }
 
     fn rows(&self, n: u64) {

@@ -14,17 +14,23 @@
 
 use std::path::Path;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow::array::AsArray;
+use arrow::datatypes::{Float32Type, Float64Type, Int32Type};
 use arrow::record_batch::RecordBatch;
 use pipelines::storage::StoredStream;
 use rust_hdf5::H5File;
 
-use super::h5::{self, Column};
-use super::units::{channels_of, has_column, rois_of, write_units, Plane, Probe};
-use super::{typed, ExportError, Population, Progress, Selection};
+use super::frames::{behaviour_batches, behaviour_columns, dff_rows};
+use super::h5::{self, AnyColumn, Column};
+use super::units::{channels_of, dff_streams, has_column, rois_of, write_units, Plane, Probe};
+use super::{object_name, ExportError, Failed, Population, Progress, Selection, Subject};
 
-pub fn export(sel: &Selection, out: &Path, progress: &Progress) -> Result<(), ExportError> {
+pub fn export(
+    sel: &Selection,
+    out: &Path,
+    progress: &Progress,
+    subject: &Subject,
+) -> Result<(), ExportError> {
     let h5err = |e: rust_hdf5::Hdf5Error| ExportError::Write(out.to_path_buf(), e.to_string());
     let mut probes = Vec::new();
     let mut units = 0;
@@ -39,11 +45,7 @@ pub fn export(sel: &Selection, out: &Path, progress: &Progress) -> Result<(), Ex
         units += n;
     }
     let mut planes = Vec::new();
-    for s in sel
-        .of_kind("traces")
-        .into_iter()
-        .filter(|s| has_column(s, "dff"))
-    {
+    for s in dff_streams(sel) {
         let rois = rois_of(sel, &s)?;
         let rate_hz = s
             .sampling_hz
@@ -110,37 +112,18 @@ pub fn export(sel: &Selection, out: &Path, progress: &Progress) -> Result<(), Ex
         .map_err(h5err)?;
     file.set_attr_string("neurod_version", env!("CARGO_PKG_VERSION"))
         .map_err(h5err)?;
+    for (name, value) in subject.fields() {
+        let name = if name == "subject_id" {
+            name.to_string()
+        } else {
+            format!("subject_{name}")
+        };
+        file.set_attr_string(&name, value).map_err(h5err)?;
+    }
     file.set_attr_string("object", "Data").map_err(h5err)?;
     file.set_attr_numeric("absolute_start", &0.0f64)
         .map_err(h5err)?;
     file.close().map_err(h5err)
-}
-
-/// A failure to read the store, or to write the file (whose name the caller adds).
-pub(super) enum Failed {
-    Read(ExportError),
-    Write(String),
-}
-
-impl From<ExportError> for Failed {
-    fn from(e: ExportError) -> Self {
-        Failed::Read(e)
-    }
-}
-
-impl From<rust_hdf5::Hdf5Error> for Failed {
-    fn from(e: rust_hdf5::Hdf5Error) -> Self {
-        Failed::Write(e.to_string())
-    }
-}
-
-impl Failed {
-    fn at(self, out: &Path) -> ExportError {
-        match self {
-            Failed::Read(e) => e,
-            Failed::Write(e) => ExportError::Write(out.to_path_buf(), e),
-        }
-    }
 }
 
 /// A spike stream read batch by batch, one row at a time.
@@ -258,66 +241,22 @@ fn write_traces(
     progress: &Progress,
 ) -> Result<(f64, f64), Failed> {
     let g = file.create_group("calcium_traces")?;
-    let n = plane.rois.len();
-    let at: std::collections::HashMap<i32, usize> = plane
-        .rois
-        .iter()
-        .enumerate()
-        .map(|(k, r)| (r.0, k))
-        .collect();
-    let mut dff = Column::<f32>::create(&g, "df_over_f", n.max(1))?;
-    let mut row = vec![f32::NAN; n.max(1)];
-    let mut frame: Option<(i64, f64)> = None;
-    let mut first: Option<(i64, f64)> = None;
-    let cols = ["frame_index", "time_s", "roi", "dff"];
-    for batch in sel.batches(&plane.traces, &cols) {
-        let b = sel.in_time(&batch?, 1)?;
-        let id = &plane.traces.stream_id;
-        let fi = typed::<Int64Type>(&b, 0, id, "frame_index")?;
-        let t = typed::<Float64Type>(&b, 1, id, "time_s")?;
-        let roi = typed::<Int32Type>(&b, 2, id, "roi")?;
-        let v = typed::<Float32Type>(&b, 3, id, "dff")?;
-        for i in 0..b.num_rows() {
-            let f = fi.value(i);
-            match frame {
-                Some((cur, _)) if cur == f => {}
-                Some((cur, _)) => {
-                    // Frames missing in between (none normally) become rows of NaN.
-                    dff.push(&row)?;
-                    row.fill(f32::NAN);
-                    for _ in cur + 1..f {
-                        dff.push(&row)?;
-                    }
-                    frame = Some((f, t.value(i)));
-                }
-                None => {
-                    frame = Some((f, t.value(i)));
-                    first = frame;
-                }
-            }
-            if let Some(&k) = at.get(&roi.value(i)) {
-                row[k] = if v.is_null(i) { f32::NAN } else { v.value(i) };
-            }
+    let mut dff = Column::<f32>::create(&g, "df_over_f", plane.rois.len().max(1))?;
+    let first = dff_rows(sel, plane, progress, |row| {
+        if row.is_empty() {
+            dff.push(&[f32::NAN])
+        } else {
+            dff.push(row)
         }
-        progress.rows(b.num_rows() as u64);
-    }
-    if frame.is_some() {
-        dff.push(&row)?;
-    }
+        .map_err(Failed::from)
+    })?;
     dff.flush()?;
-    let start = first.map_or(0.0, |(_, t)| t);
+    let start = first.unwrap_or(0.0);
     let end = start + dff.rows() as f64 / plane.rate_hz;
     let domain = g.create_group("domain")?;
     h5::interval(&domain, &[start], &[end])?;
     h5::regular(&g, plane.rate_hz)?;
     Ok((start, end))
-}
-
-/// A numeric column of a behaviour stream, as written.
-enum Values {
-    F32(Column<f32>),
-    F64(Column<f64>),
-    I64(Column<i64>),
 }
 
 /// A behaviour stream (running speed, licks...) as an `IrregularTimeSeries` named after the
@@ -328,83 +267,24 @@ fn write_behaviour(
     sel: &Selection,
     progress: &Progress,
 ) -> Result<(), Failed> {
-    let Some(schema) = &stream.schema else {
-        return Ok(());
-    };
-    let name: String = stream
-        .stream_id
-        .rsplit('.')
-        .next()
-        .unwrap_or("behaviour")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let g = file.create_group(&name)?;
-    let mut names: Vec<&str> = vec!["time_s"];
+    let columns = behaviour_columns(stream)?;
+    let g = file.create_group(&object_name(&stream.stream_id))?;
     let mut values = Vec::new();
-    for f in &schema.fields {
-        if matches!(f.name.as_str(), "time_s" | "sample_index" | "frame_index") {
-            continue;
-        }
-        let column = match f.data_type.as_str() {
-            "Float32" => Values::F32(Column::create(&g, &f.name, 0)?),
-            "Float64" => Values::F64(Column::create(&g, &f.name, 0)?),
-            "Int8" | "Int16" | "Int32" | "Int64" | "UInt8" | "UInt16" | "UInt32" => {
-                Values::I64(Column::create(&g, &f.name, 0)?)
-            }
-            _ => continue,
-        };
-        names.push(&f.name);
-        values.push(column);
-    }
-    if !has_column(stream, "time_s") {
-        return Err(
-            ExportError::Stream(stream.stream_id.clone(), "no `time_s` column".into()).into(),
-        );
+    for (name, ty) in &columns {
+        values.push(AnyColumn::create(&g, name, ty)?);
     }
     let mut ts = h5::Timestamps::create(&g, sel.span)?;
-    for batch in sel.batches(stream, &names) {
-        let b = sel.in_time(&batch?, 0)?;
-        let t = b.column(0).as_primitive::<Float64Type>();
-        for v in t.values() {
+    behaviour_batches(sel, stream, &columns, progress, |t, cols| {
+        for v in t {
             ts.push(*v)?;
         }
-        for (k, column) in values.iter_mut().enumerate() {
-            let c = arrow::compute::cast(
-                b.column(k + 1),
-                &match column {
-                    Values::F32(_) => arrow::datatypes::DataType::Float32,
-                    Values::F64(_) => arrow::datatypes::DataType::Float64,
-                    Values::I64(_) => arrow::datatypes::DataType::Int64,
-                },
-            )
-            .map_err(|e| ExportError::Stream(stream.stream_id.clone(), e.to_string()))?;
-            match column {
-                Values::F32(w) => {
-                    for v in c.as_primitive::<Float32Type>().iter() {
-                        w.push(&[v.unwrap_or(f32::NAN)])?;
-                    }
-                }
-                Values::F64(w) => {
-                    for v in c.as_primitive::<Float64Type>().iter() {
-                        w.push(&[v.unwrap_or(f64::NAN)])?;
-                    }
-                }
-                Values::I64(w) => {
-                    for v in c.as_primitive::<Int64Type>().iter() {
-                        w.push(&[v.unwrap_or(0)])?;
-                    }
-                }
-            }
+        for (w, c) in values.iter_mut().zip(cols) {
+            w.push_all(c)?;
         }
-        progress.rows(b.num_rows() as u64);
-    }
+        Ok(())
+    })?;
     for c in &mut values {
-        match c {
-            Values::F32(w) => w.flush()?,
-            Values::F64(w) => w.flush()?,
-            Values::I64(w) => w.flush()?,
-        }
+        c.flush()?;
     }
     ts.finish(&g, &[]).map_err(Failed::from)
 }

@@ -13,9 +13,20 @@ use super::{typed, ExportError, Selection};
 /// One probe's channels as units.
 pub(super) struct Probe {
     pub(super) spikes: StoredStream,
-    /// (name, x µm, y µm, shank) per channel index.
-    pub(super) channels: Vec<(String, f64, f64, i64)>,
+    pub(super) channels: Vec<Channel>,
     pub(super) first_unit: usize,
+}
+
+/// A probe channel: its name (`<raw stream>/<field>`), the raw stream's field holding its
+/// samples, its position on the probe and its gain (NaN where the store does not say).
+#[derive(Debug, Clone)]
+pub(super) struct Channel {
+    pub(super) name: String,
+    pub(super) field: String,
+    pub(super) x_um: f64,
+    pub(super) y_um: f64,
+    pub(super) shank: i64,
+    pub(super) uv_per_bit: f64,
 }
 
 /// One imaging plane's ROIs as units.
@@ -32,12 +43,29 @@ pub(super) fn has_column(s: &StoredStream, name: &str) -> bool {
         .is_some_and(|sc| sc.fields.iter().any(|f| f.name == name))
 }
 
+/// The chosen dF/F streams, one per imaging plane: a population's copy of a plane's traces
+/// (`<traces>.predictable`, stored by a POYO-SSL port) is left out when the plane is chosen too.
+pub(super) fn dff_streams(sel: &Selection) -> Vec<StoredStream> {
+    let all: Vec<StoredStream> = sel
+        .of_kind("traces")
+        .into_iter()
+        .filter(|s| has_column(s, "dff"))
+        .collect();
+    all.iter()
+        .filter(|s| {
+            !all.iter()
+                .any(|p| s.stream_id.starts_with(&format!("{}.", p.stream_id)))
+        })
+        .cloned()
+        .collect()
+}
+
 /// The probe's channels, from the stored raw stream's field metadata (`neurod.x_um`...), else
 /// numbered from the spikes seen.
 pub(super) fn channels_of(
     sel: &Selection,
     spikes: &StoredStream,
-) -> Result<Vec<(String, f64, f64, i64)>, ExportError> {
+) -> Result<Vec<Channel>, ExportError> {
     let source = spikes
         .schema
         .as_ref()
@@ -58,18 +86,19 @@ pub(super) fn channels_of(
         }
     }
     Ok((0..=max)
-        .map(|c| {
-            (
-                format!("{}/ch{c}", spikes.stream_id),
-                f64::NAN,
-                f64::NAN,
-                -1,
-            )
+        .map(|c| Channel {
+            name: format!("{}/ch{c}", spikes.stream_id),
+            field: format!("ch{c}"),
+            x_um: f64::NAN,
+            y_um: f64::NAN,
+            shank: -1,
+            uv_per_bit: f64::NAN,
         })
         .collect())
 }
 
-fn probe_channels(raw_id: &str, schema: &SchemaJson) -> Vec<(String, f64, f64, i64)> {
+/// The channels of a raw stream: its fields of an electrophysiology kind, in order.
+pub(super) fn probe_channels(raw_id: &str, schema: &SchemaJson) -> Vec<Channel> {
     let num = |m: &std::collections::BTreeMap<String, String>, k: &str| {
         m.get(k).and_then(|v| v.parse::<f64>().ok())
     };
@@ -81,13 +110,13 @@ fn probe_channels(raw_id: &str, schema: &SchemaJson) -> Vec<(String, f64, f64, i
                 .get("neurod.channel_kind")
                 .is_some_and(|k| k == "ap" || k == "lfp" || k == "ephys")
         })
-        .map(|f| {
-            (
-                format!("{raw_id}/{}", f.name),
-                num(&f.metadata, "neurod.x_um").unwrap_or(f64::NAN),
-                num(&f.metadata, "neurod.y_um").unwrap_or(f64::NAN),
-                num(&f.metadata, "neurod.shank").map_or(-1, |s| s as i64),
-            )
+        .map(|f| Channel {
+            name: format!("{raw_id}/{}", f.name),
+            field: f.name.clone(),
+            x_um: num(&f.metadata, "neurod.x_um").unwrap_or(f64::NAN),
+            y_um: num(&f.metadata, "neurod.y_um").unwrap_or(f64::NAN),
+            shank: num(&f.metadata, "neurod.shank").map_or(-1, |s| s as i64),
+            uv_per_bit: num(&f.metadata, "neurod.uv_per_bit").unwrap_or(f64::NAN),
         })
         .collect()
 }
@@ -162,16 +191,16 @@ pub(super) fn write_units(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut x, mut y, mut skew, mut kurt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for p in probes {
-        for (c, (name, cx, cy, sh)) in p.channels.iter().enumerate() {
-            id.push(name.clone());
+        for (c, ch) in p.channels.iter().enumerate() {
+            id.push(ch.name.clone());
             kind.push("channel".to_string());
             label.push("unlabelled".to_string());
             channel.push(c as i64);
             roi.push(-1i64);
-            shank.push(*sh);
+            shank.push(ch.shank);
             trace.push(-1i64);
-            x.push(*cx);
-            y.push(*cy);
+            x.push(ch.x_um);
+            y.push(ch.y_um);
             skew.push(f64::NAN);
             kurt.push(f64::NAN);
         }
