@@ -1,9 +1,11 @@
-//! Export throughput: `neurod export --format temporaldata` of an hour-long simulated session
-//! (384-channel spikes, Poisson 5–20 Hz per channel; dF/F of 50 ROIs at 30 Hz; running speed at
-//! 100 Hz), written through the storage layer as the store sink writes it and cached in
-//! `NEUROD_EXPORT_BENCH_DIR` (default `<target dir>/export-bench-data`). Prints, for the whole
-//! session and for `--population predictable`, the stored size of the streams the export
-//! reads, its time, its throughput in MB/s of stored data and the exported file's size.
+//! Export throughput: `neurod export` of an hour-long simulated session (384-channel spikes,
+//! Poisson 5–20 Hz per channel; dF/F of 50 ROIs at 30 Hz; running speed at 100 Hz) and of the
+//! simulated rig's raw probe (384 channels at 30 kHz, `NEUROD_EXPORT_BENCH_RAW_S` seconds,
+//! default 60: an hour would be 83 GB), written through the storage layer as the store sink
+//! writes it and cached in `NEUROD_EXPORT_BENCH_DIR` (default `<target dir>/export-bench-data`).
+//! Prints, for temporaldata (whole and `--population predictable`) and NWB (the session; the raw
+//! samples), the stored size of the streams the export reads, its time, its throughput in MB/s
+//! of stored data and the exported file's size.
 //!
 //! Run: `cargo bench -p neurod --bench export`.
 
@@ -22,7 +24,7 @@ use pipelines::storage::layout::stream_dir_name;
 use pipelines::stream::keys;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use session::{cached, target_dir, write_spikes, StreamStore, SPIKE_SECONDS};
+use session::{cached, target_dir, write_raw, write_spikes, StreamStore, SPIKE_SECONDS};
 
 const ROIS: i32 = 50;
 const FRAME_HZ: i64 = 30;
@@ -156,6 +158,17 @@ fn write_behaviour(store: &Path) {
     out.close();
 }
 
+/// `seconds` of raw samples alone.
+fn ensure_raw(root: &Path, seconds: u64) -> PathBuf {
+    let data = root.join(format!("v{DATA_VERSION}-raw{seconds}s"));
+    cached(&data, &format!("{seconds} s of raw samples"), || {
+        let t = Instant::now();
+        write_raw(&data.join("store"), seconds);
+        println!("raw data: made in {:.0} s", t.elapsed().as_secs_f64());
+    });
+    data
+}
+
 fn ensure_data(root: &Path) -> PathBuf {
     let data = root.join(format!("v{DATA_VERSION}"));
     cached(&data, "an hour-long session", || {
@@ -196,7 +209,12 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    let raw_s = std::env::var("NEUROD_EXPORT_BENCH_RAW_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
     let data = ensure_data(&data_dir());
+    let raw = ensure_raw(&data_dir(), raw_s);
     let store = data.join("store");
     let mb = |b: u64| b as f64 / 1e6;
     let neurons = format!("{TRACES}.neurons");
@@ -214,21 +232,40 @@ fn main() {
         "|{}|",
         [28, 12, 11, 16, 14, 19].map(|n| "-".repeat(n)).join("|")
     );
+    let nwb = [
+        "--format",
+        "nwb",
+        "--subject-id",
+        "m1",
+        "--species",
+        "Mus musculus",
+        "--age",
+        "P90D",
+    ];
+    let raw_name = format!("nwb, {raw_s} s of raw");
     // What each export reads: everything, or the traces and their labels.
-    for (name, extra, read) in [
-        ("temporaldata, whole", &[][..], None),
+    for (name, from, extra, read) in [
+        (
+            "temporaldata, whole",
+            &data,
+            &["--format", "temporaldata"][..],
+            None,
+        ),
         (
             "temporaldata, predictable",
-            &["--population", "predictable"][..],
+            &data,
+            &["--format", "temporaldata", "--population", "predictable"][..],
             Some(&labelled[..]),
         ),
+        ("nwb, whole (no raw)", &data, &nwb[..], None),
+        (raw_name.as_str(), &raw, &nwb[..], None),
     ] {
-        let stored = parquet_bytes(&store, read);
+        let stored = parquet_bytes(&from.join("store"), read);
         let out = data.join("export.h5");
         let t = Instant::now();
         let status = Command::new(env!("CARGO_BIN_EXE_neurod"))
-            .args(["export", "--format", "temporaldata", "--data-dir"])
-            .arg(&data)
+            .args(["export", "--data-dir"])
+            .arg(from)
             .arg("--out")
             .arg(&out)
             .args(extra)

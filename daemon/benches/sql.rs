@@ -30,10 +30,9 @@ use std::time::{Duration, Instant};
 use arrow::array::AsArray;
 use arrow::datatypes::{Int16Type, Int32Type, Int64Type};
 use neurod::sql::{QueryResult, SqlEngine, SqlLimits};
-use pipelines::sources::simulated::{Rig, SimulatedOptions, NP1_CHANNELS};
+use pipelines::sources::simulated::NP1_CHANNELS;
 use pipelines::storage::layout::stream_dir_name;
-use pipelines::stream::stream_id_of;
-use session::{cached, target_dir, write_spikes, StreamStore, PROBE, RATE_HZ, SPIKES};
+use session::{cached, target_dir, write_raw, write_spikes, PROBE, RATE_HZ, SPIKES};
 
 /// Bumped when the data made here change, so that an old cache is made again.
 const DATA_VERSION: u32 = 1;
@@ -50,24 +49,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// `seconds` of the simulated rig's AP stream (385 Int16 channels, 30 kHz) in 10 ms batches.
-fn write_raw(store: &Path, seconds: u64) {
-    let opts: SimulatedOptions = toml::from_str(&format!(
-        "pace = 'max'\ntwophoton = false\nduration_s = {seconds}\nbatch_ms = 10"
-    ))
-    .expect("valid options");
-    let mut rig = Rig::new("rig", &opts).expect("the rig builds");
-    let mut out = StreamStore::new(store, PROBE);
-    while let Some(w) = rig.next_window(false).expect("a rig window") {
-        for (_, b) in &w.batches {
-            if stream_id_of(&b.schema()) == Some(PROBE) {
-                out.write(b, w.start_sample);
-            }
-        }
-    }
-    out.close();
 }
 
 fn dir_bytes(dir: &Path) -> (u64, usize) {

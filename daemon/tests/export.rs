@@ -105,6 +105,8 @@ bad = [m for m in inspect_nwbfile(nwbfile_path=path)
        if m.importance in (Importance.CRITICAL, Importance.BEST_PRACTICE_VIOLATION)]
 assert not bad, "\n".join(f"{m.importance.name} {m.check_function_name}: {m.message}" for m in bad)
 
+# The schema is cached in the file, as DANDI expects.
+assert NWBHDF5IO.get_namespaces(path)["core"] == "2.11.0"
 with NWBHDF5IO(path, "r") as io:
     f = io.read()
     assert f.subject.species == "Mus musculus" and f.subject.subject_id == "m1"
@@ -448,10 +450,51 @@ inputs = ["s2p.rois", "dff", "moments", "pred", "pred.predictable", "pred.unpred
     let out = dir.path().join("s2p.h5");
     export(&data, &out, &[]);
     check_real(&py, &data, &out, "-", "s2p.suite2p-fissa.dff", 0);
+    // Labels as they stood at 10 s (none yet: a label needs 20 s of samples) and at 25 s.
+    let early = dir.path().join("s2p-10s.h5");
+    export(&data, &early, &["--labels-at", "10"]);
+    let at25 = dir.path().join("s2p-25s-predictable.h5");
+    export(
+        &data,
+        &at25,
+        &["--labels-at", "25", "--population", "predictable"],
+    );
+    let got = run_python(
+        &py,
+        LABELS_AT,
+        &[
+            &data.display().to_string(),
+            &early.display().to_string(),
+            &at25.display().to_string(),
+        ],
+    );
+    assert!(got.contains("ok"), "{got}");
     let nwb = dir.path().join("s2p.nwb");
     let (traces, rois) = ("s2p.suite2p-fissa.dff", "s2p.suite2p-fissa.rois");
     check_nwb(&py, &data, &nwb, ["-", "-", traces, rois, "-"]);
 }
+
+/// `--labels-at`: the labels of the stored `.neurons` rows up to that time, frame f at f / 30 s.
+const LABELS_AT: &str = r#"
+import sys, h5py, numpy as np, pyarrow.dataset as ds
+from temporaldata import Data
+
+data, early, at25 = sys.argv[1:4]
+rows = ds.dataset(f"{data}/store/s2p.suite2p-fissa.dff.neurons", format="parquet").to_table().to_pylist()
+with h5py.File(early, "r") as f:
+    d = Data.from_hdf5(f, lazy=False)
+    assert len(d.units.id) == 23 and set(d.units.label) == {"unlabelled"}, set(d.units.label)
+last = {}
+for r in rows:
+    if r["frame_index"] <= 25 * 30 and (r["unit"] not in last or r["frame_index"] >= last[r["unit"]]["frame_index"]):
+        last[r["unit"]] = r
+want = sorted(int(u) for u, r in last.items() if r["label"] == "predictable")
+with h5py.File(at25, "r") as f:
+    d = Data.from_hdf5(f, lazy=False)
+    assert sorted(d.units.roi.tolist()) == want, (d.units.roi, want)
+assert want
+print("ok", want)
+"#;
 
 /// The stream ids stored under `data/store`.
 fn stream_ids(data: &Path) -> Vec<String> {

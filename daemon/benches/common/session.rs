@@ -10,9 +10,10 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float32Array, Float64Array, Int32Array, Int64Array};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use pipelines::sources::simulated::{ap_stream_info, NP1_CHANNELS};
+use pipelines::sources::simulated::{ap_stream_info, Rig, SimulatedOptions, NP1_CHANNELS};
 use pipelines::storage::layout::{segment_path, stream_dir_name};
 use pipelines::storage::{finish_segment, refresh_manifest, ParquetOptions, SegmentWriter};
+use pipelines::stream::stream_id_of;
 use pipelines::transforms::spike_detect::spikes_schema;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -169,4 +170,22 @@ pub fn spikes_batch(schema: &SchemaRef, rows: &[(i64, i32)], rng: &mut SmallRng)
         Arc::new(thresholds),
     ];
     RecordBatch::try_new(schema.clone(), columns).expect("the spikes schema")
+}
+
+/// `seconds` of the simulated rig's AP stream (385 Int16 channels, 30 kHz) in 10 ms batches.
+pub fn write_raw(store: &Path, seconds: u64) {
+    let opts: SimulatedOptions = toml::from_str(&format!(
+        "pace = 'max'\ntwophoton = false\nduration_s = {seconds}\nbatch_ms = 10"
+    ))
+    .expect("valid options");
+    let mut rig = Rig::new("rig", &opts).expect("the rig builds");
+    let mut out = StreamStore::new(store, PROBE);
+    while let Some(w) = rig.next_window(false).expect("a rig window") {
+        for (_, b) in &w.batches {
+            if stream_id_of(&b.schema()) == Some(PROBE) {
+                out.write(b, w.start_sample);
+            }
+        }
+    }
+    out.close();
 }

@@ -32,9 +32,7 @@ impl<T: rust_hdf5::H5Type + Copy> Column<T> {
         Self::chunked(group, name, width, rows, DEFLATE)
     }
 
-    /// Like [`create`](Self::create), with `rows` per chunk, byte-shuffled and deflated at
-    /// `level` (shuffling puts the high bytes of small integers together, which deflate then
-    /// packs).
+    /// Like [`create`](Self::create), with `rows` per chunk, deflated at `level`.
     pub fn chunked(
         group: &H5Group,
         name: &str,
@@ -49,7 +47,7 @@ impl<T: rust_hdf5::H5Type + Copy> Column<T> {
                 .shape([0usize])
                 .chunk(&[rows])
                 .max_shape(&[None])
-                .shuffle_deflate(level)
+                .deflate(level)
                 .create(name)?
         } else {
             group
@@ -57,7 +55,7 @@ impl<T: rust_hdf5::H5Type + Copy> Column<T> {
                 .shape([0usize, width])
                 .chunk(&[rows, width])
                 .max_shape(&[None, Some(width)])
-                .shuffle_deflate(level)
+                .deflate(level)
                 .create(name)?
         };
         Ok(Column {

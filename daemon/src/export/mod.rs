@@ -68,9 +68,14 @@ pub struct Args {
     /// Only these streams (ids, comma-separated); by default every stream the format holds.
     #[arg(long, value_delimiter = ',')]
     streams: Vec<String>,
-    /// Only the neurons of this POYO-SSL population, as labelled last in the session.
+    /// Only the neurons of this POYO-SSL population, as labelled last in the session (or at
+    /// `--labels-at`).
     #[arg(long, value_enum, default_value = "all")]
     population: Population,
+    /// The neurons' POYO-SSL labels as they stood at this time (s) rather than at the end of the
+    /// session; a neuron not labelled by then is `unlabelled`.
+    #[arg(long)]
+    labels_at: Option<f64>,
     /// From this time (s) on.
     #[arg(long)]
     from_s: Option<f64>,
@@ -192,6 +197,7 @@ pub(crate) struct Selection {
     from_s: Option<f64>,
     to_s: Option<f64>,
     population: Population,
+    labels_at: Option<f64>,
     /// The session's time span, from the chosen streams' manifests, within the range asked for.
     span: (f64, f64),
     session: String,
@@ -253,6 +259,7 @@ impl Selection {
             from_s: args.from_s,
             to_s: args.to_s,
             population: args.population,
+            labels_at: args.labels_at,
             span,
             session,
         })

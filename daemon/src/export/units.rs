@@ -121,13 +121,29 @@ pub(super) fn probe_channels(raw_id: &str, schema: &SchemaJson) -> Vec<Channel> 
         .collect()
 }
 
-/// The plane's ROIs with their last label, skewness and kurtosis (from `<traces>.neurons`),
-/// those of the selected population only.
+/// The plane's ROIs with their last label, skewness and kurtosis (from `<traces>.neurons`), or
+/// the last by `--labels-at`, those of the selected population only.
 pub(super) fn rois_of(
     sel: &Selection,
     traces: &StoredStream,
 ) -> Result<Vec<(i32, String, f64, f64)>, ExportError> {
     let mut last: std::collections::BTreeMap<i32, (i64, String, f64, f64)> = Default::default();
+    // The last frame whose labels count (frame k is at k / rate).
+    let rate = traces
+        .sampling_hz
+        .as_deref()
+        .and_then(|r| r.parse::<f64>().ok());
+    let limit = match (sel.labels_at, rate) {
+        (Some(t), Some(rate)) => (t * rate).floor() as i64,
+        (Some(_), None) => {
+            return Err(ExportError::Stream(
+                traces.stream_id.clone(),
+                "no sampling rate, so no labels at a given time".into(),
+            ))
+        }
+        (None, _) => i64::MAX,
+    };
+    let unlabelled = (i64::MIN, "unlabelled".to_string(), f64::NAN, f64::NAN);
     if let Some(neurons) = sel.stream(&format!("{}.neurons", traces.stream_id)) {
         let cols = ["frame_index", "unit", "label", "skew", "excess_kurtosis"];
         for batch in sel.batches(&neurons, &cols) {
@@ -154,8 +170,9 @@ pub(super) fn rois_of(
                     skew.value(i),
                     kurt.value(i),
                 );
-                let e = last.entry(roi).or_insert_with(|| entry.clone());
-                if entry.0 >= e.0 {
+                // A ROI labelled only later is listed, unlabelled.
+                let e = last.entry(roi).or_insert_with(|| unlabelled.clone());
+                if entry.0 <= limit && entry.0 >= e.0 {
                     *e = entry;
                 }
             }
@@ -168,7 +185,7 @@ pub(super) fn rois_of(
             }
         }
         for r in 0..=max {
-            last.insert(r, (0, "unlabelled".into(), f64::NAN, f64::NAN));
+            last.insert(r, unlabelled.clone());
         }
     }
     Ok(last

@@ -201,8 +201,7 @@ impl Table {
     }
 }
 
-/// A small 1-D dataset written at once (chunked when it is not empty, as HDMF does, so that an
-/// empty one can still be written).
+/// A small 1-D dataset written at once (an empty one is created and left unwritten).
 pub fn small<T: rust_hdf5::H5Type>(g: &H5Group, name: &str, values: &[T]) -> Result<H5Dataset> {
     let ds = g.new_dataset::<T>().shape([values.len()]).create(name)?;
     if !values.is_empty() {

@@ -16,6 +16,7 @@ mod ecephys;
 mod hdmf;
 mod ophys;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -30,6 +31,11 @@ use hdmf::{mark_group, text, typed_group, CORE};
 
 /// The NWB version whose types the file uses (that of pynwb 4.2).
 const NWB_VERSION: &str = "2.11.0";
+/// The schema of those types, cached in each file as pynwb caches it (`/specifications`: a JSON
+/// text per schema file of nwb-schema 2.11.0, hdmf-common 1.10.0 and hdmf-experimental 0.6.0,
+/// BSD-3-Clause, copied from a file pynwb 4.2 wrote), so that a reader built for another NWB
+/// version reads the file by the schema it was written with, as DANDI expects.
+const SCHEMA: &str = include_str!("schema.json");
 
 pub fn export(
     sel: &Selection,
@@ -166,7 +172,36 @@ fn skeleton(root: &H5Group, sel: &Selection, start: &SessionStart) -> hdmf::Resu
     }
     text(&general, "notes", &notes)?;
     general.create_group("devices")?;
-    Ok(())
+    cache_schema(root)
+}
+
+/// `/specifications/<namespace>/<version>/<schema file>`, and the root's `.specloc` to it.
+fn cache_schema(root: &H5Group) -> hdmf::Result<()> {
+    let files: BTreeMap<String, String> = serde_json::from_str(SCHEMA)
+        .map_err(|e| rust_hdf5::Hdf5Error::InvalidState(format!("the NWB schema: {e}")))?;
+    let specs = root.create_group("specifications")?;
+    // Paths come sorted, so a namespace's versions, and a version's files, come together.
+    let mut ns_group: Option<(&str, H5Group)> = None;
+    let mut version_group: Option<(&str, H5Group)> = None;
+    for (path, json) in &files {
+        let Some((dir, name)) = path.rsplit_once('/') else {
+            continue;
+        };
+        let ns = dir.split('/').next().unwrap_or(dir);
+        if ns_group.as_ref().is_none_or(|(n, _)| *n != ns) {
+            ns_group = Some((ns, specs.create_group(ns)?));
+        }
+        if version_group.as_ref().is_none_or(|(d, _)| *d != dir) {
+            if let Some((_, parent)) = &ns_group {
+                let version = dir.rsplit('/').next().unwrap_or(dir);
+                version_group = Some((dir, parent.create_group(version)?));
+            }
+        }
+        if let Some((_, g)) = &version_group {
+            text(g, name, json)?;
+        }
+    }
+    root.set_attr_object_reference(".specloc", "/specifications")
 }
 
 /// `general/subject`, from what was given; what DANDI requires and was not given is named on
