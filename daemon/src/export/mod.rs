@@ -3,8 +3,11 @@
 //!
 //! - [`temporaldata`]: one temporaldata `Data` HDF5 file (POYO's tooling), spikes, units,
 //!   dF/F, optionally one POYO-SSL population only.
+//! - [`nwb`]: one NWB 2.x file (sharing, DANDI): raw samples, electrodes, units, ROIs and dF/F,
+//!   behaviour, with the subject and session metadata given on the command line.
 //! - [`units`]: the units (probe channels, ROIs with their POYO-SSL labels) and their table.
-//! - [`h5`]: temporaldata's objects as HDF5 groups, appended to chunk by chunk.
+//! - [`frames`]: dF/F frame by frame and behaviour columns, as both formats read them.
+//! - [`h5`]: columns appended to chunk by chunk, and temporaldata's objects as HDF5 groups.
 //!
 //! Streams are read file by file, batch by batch, a few columns at a time, so memory stays
 //! bounded whatever the session's length. Only finished Parquet files are read: a live
