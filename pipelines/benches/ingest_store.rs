@@ -326,6 +326,106 @@ fn mtscomp(raw: &Path, tmp: &Path, channels: usize, rate: u32) -> Result<u64, St
         + std::fs::metadata(&ch).map(|m| m.len()).unwrap_or(0))
 }
 
+/// pyarrow writing the recording (`channels` interleaved Int16 at `rate`, `sample_index` added)
+/// to Parquet at its best setting for such data, as neurod stores it: DELTA_BINARY_PACKED, no
+/// dictionary, zstd level 1, 1 MiB pages. Times making the table and writing it (the file read
+/// and the interpreter's start-up excluded); returns (seconds, Parquet bytes).
+fn pyarrow_write(raw: &Path, tmp: &Path, channels: usize) -> Result<(f64, f64), String> {
+    let python = std::env::var("NEUROD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let code = r#"
+import sys, os, time, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+raw, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+d = np.fromfile(raw, dtype="<i2").reshape(-1, n)
+t0 = time.perf_counter()
+cols = {"sample_index": pa.array(np.arange(len(d), dtype=np.int64))}
+cols.update({f"c{i}": pa.array(np.ascontiguousarray(d[:, i])) for i in range(n)})
+t = pa.table(cols)
+pq.write_table(t, out, compression="zstd", compression_level=1, use_dictionary=False,
+               column_encoding={c: "DELTA_BINARY_PACKED" for c in t.column_names},
+               data_page_size=1 << 20)
+s = time.perf_counter() - t0
+print(s, os.path.getsize(out))
+"#;
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&python)
+        .args(["-c", code])
+        .arg(raw)
+        .arg(tmp.join("pyarrow.parquet"))
+        .arg(channels.to_string())
+        .output()
+        .map_err(|e| format!("n/a (taskset/python: {e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "n/a ({})",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("pyarrow failed")
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|v| v.parse::<f64>());
+    match (it.next(), it.next()) {
+        (Some(Ok(s)), Some(Ok(b))) => Ok((s, b)),
+        _ => Err(format!("n/a (pyarrow printed {text:?})")),
+    }
+}
+
+fn pyarrow_version() -> String {
+    let python = std::env::var("NEUROD_PYTHON").unwrap_or_else(|_| "python3".into());
+    Command::new(python)
+        .args(["-c", "import pyarrow; print(pyarrow.__version__)"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The sample-by-sample de-interleave `batch_from_interleaved` used before: a value to each of
+/// the 385 columns in turn (the reference the blocked one is measured against).
+fn deinterleave_by_sample(bytes: &[u8], n_ch: usize) -> Vec<Vec<i16>> {
+    let stride = n_ch * 2;
+    let n = bytes.len() / stride;
+    let mut columns: Vec<Vec<i16>> = (0..n_ch).map(|_| Vec::with_capacity(n)).collect();
+    for sample in bytes.chunks_exact(stride) {
+        for (col, v) in columns.iter_mut().zip(sample.chunks_exact(2)) {
+            col.push(i16::from_le_bytes([v[0], v[1]]));
+        }
+    }
+    columns
+}
+
+/// The de-interleave of the recording in the source's 10 ms batches, blocked against sample by
+/// sample, the best of 5 runs each, alternating.
+fn deinterleave_rows(bin: &Path, seconds: f64) {
+    let bytes = std::fs::read(bin).expect("the recording");
+    let batch = 300 * 385 * 2;
+    let mut best = [f64::INFINITY; 2];
+    for run in 0..10 {
+        let t = Instant::now();
+        let mut check = 0i64;
+        for chunk in bytes.chunks(batch) {
+            let cols = if run % 2 == 0 {
+                pipelines::stream::deinterleave(chunk, 385)
+            } else {
+                deinterleave_by_sample(chunk, 385)
+            };
+            check += i64::from(cols[7][cols[7].len() / 2]);
+        }
+        std::hint::black_box(check);
+        best[run % 2] = best[run % 2].min(t.elapsed().as_secs_f64());
+    }
+    println!();
+    println!("## de-interleave, 385 Int16 channels in 10 ms batches (best of 5)");
+    println!("| method | ms per s of data | x real time |");
+    println!("|---|---|---|");
+    for (name, s) in [("blocked (neurod)", best[0]), ("sample by sample", best[1])] {
+        println!("| {name} | {:.2} | {:.0} |", s * 1e3 / seconds, seconds / s);
+    }
+    println!("blocked is {:.1}x faster", best[1] / best[0]);
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let data = shared_data();
@@ -388,6 +488,16 @@ fn main() {
             raw_bytes as f64 / r.parquet_bytes as f64
         );
     }
+    match pyarrow_write(&bin, tmp.path(), 385) {
+        Ok((secs, bytes)) => println!(
+            "| pyarrow {} write_table (delta, zstd 1), same data, one core | {seconds:.1} | {secs:.2} | | {:.1} | {:.0} | {:.2} |",
+            pyarrow_version(),
+            seconds / secs,
+            raw_bytes as f64 / 1e6 / secs,
+            raw_bytes as f64 / bytes
+        ),
+        Err(why) => println!("| pyarrow write_table | {why} | | | | | |"),
+    }
     println!(
         "\n4 run-time subscribers: {:+.1}% CPU time, {:+.1}% wall time (target: under +5%; \
          the best of {} runs each)",
@@ -395,6 +505,8 @@ fn main() {
         (four.wall_s / none.wall_s - 1.0) * 100.0,
         repeats.max(1)
     );
+
+    deinterleave_rows(&bin, seconds);
 
     println!();
     println!("## compression of the real 16-channel Open Ephys recording (40 kHz, 3.3 s)");
@@ -415,7 +527,7 @@ fn main() {
         Ok(b) => println!("| {name} | {b} | {:.3} |", dat_bytes as f64 / b as f64),
         Err(why) => println!("| {name} | {why} | |"),
     };
-    row("neurod store (Parquet, zstd 3, delta)", Ok(r.parquet_bytes));
+    row("neurod store (Parquet, delta, zstd 1)", Ok(r.parquet_bytes));
     row(
         "zstd -19 on the raw file",
         tool_bytes("zstd", || zstd19(&dat, tmp.path())),

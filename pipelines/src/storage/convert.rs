@@ -1,16 +1,19 @@
 //! Segment → Parquet conversion, and the Parquet settings chosen for neural data.
 //!
 //! Int16 encodings, measured on the Open Ephys example recording (16 channels × 40 kHz Int16,
-//! 3.3 s, 4 259 840 bytes of `.dat`), zstd level 3, dictionary off, `sample_index` in
-//! DELTA_BINARY_PACKED; see `tests::int16_encodings_on_the_real_recording`. Ratio = Arrow bytes
-//! (Int16 channels + Int64 `sample_index`, what the `compression_ratio` metric counts) / Parquet
-//! bytes, and in brackets `.dat` bytes / Parquet bytes:
+//! 3.3 s, 4 259 840 bytes of `.dat`), zstd level 1 (the store's default), dictionary off,
+//! `sample_index` in DELTA_BINARY_PACKED; see `tests::int16_encodings_on_the_real_recording`.
+//! Ratio = Arrow bytes (Int16 channels + Int64 `sample_index`, what the `compression_ratio`
+//! metric counts) / Parquet bytes, and in brackets `.dat` bytes / Parquet bytes:
 //!
 //! | Int16 encoding      | 20 000-row pages (parquet-rs default) | 1 MiB pages (ours) |
 //! |---------------------|---------------------------------------|--------------------|
-//! | PLAIN               | 1.388 (1.111)                         | 1.483 (1.187)      |
+//! | PLAIN               | 1.312 (1.049)                         | 1.338 (1.070)      |
 //! | DELTA_BINARY_PACKED | 2.166 (1.733)                         | 2.173 (1.738)      |
-//! | BYTE_STREAM_SPLIT   | 1.926 (1.540)                         | 1.967 (1.574)      |
+//! | BYTE_STREAM_SPLIT   | 1.851 (1.481)                         | 1.935 (1.548)      |
+//!
+//! At zstd level 3, DELTA_BINARY_PACKED gives the same 2.173 (zstd finds almost nothing left in
+//! bit-packed deltas), PLAIN 1.483 and BYTE_STREAM_SPLIT 1.967.
 //!
 //! DELTA_BINARY_PACKED wins because at 40 kHz this signal moves little from one sample to the
 //! next: the sample-to-sample differences have a tenth of the spread of the values (σ ≈ 77 vs
@@ -81,7 +84,7 @@ pub struct ParquetOptions {
 impl Default for ParquetOptions {
     fn default() -> Self {
         ParquetOptions {
-            zstd_level: 3,
+            zstd_level: 1,
             int16_encoding: Int16Encoding::DeltaBinaryPacked,
             // 128 MiB row groups: the size Parquet writers commonly aim for, large enough that
             // per-row-group overhead (footer entries, one seek per column chunk) stays small for
