@@ -49,6 +49,12 @@ pub fn plan(pref: Preference) -> Result<Plan, KernelError> {
     if pref == Preference::Cpu {
         return Ok(Plan::Cpu(resolve(pref, None)?.reason()));
     }
+    // Without a hardware adapter, `auto` and `hardware` come to the CPU whatever opening one
+    // would give: the adapters are only listed, none is opened.
+    let present = crate::gpu::probe();
+    if matches!(pref, Preference::Auto | Preference::Hardware) && present != Some(Backend::Gpu) {
+        return Ok(Plan::Cpu(resolve(pref, present)?.reason()));
+    }
     let ctx = crate::gpu::acquire();
     Ok(match resolve(pref, ctx.as_ref().map(|c| c.backend))? {
         Resolved::Cpu(why) => Plan::Cpu(why),

@@ -130,16 +130,29 @@ fn required_limits(adapter: &wgpu::Limits) -> Option<wgpu::Limits> {
     need.check_limits(adapter).then_some(need)
 }
 
-async fn open() -> Result<GpuContext, String> {
+static PRESENT: OnceLock<Option<Backend>> = OnceLock::new();
+
+/// The best kind of usable adapter present (`Backend::Gpu` for hardware), found by listing the
+/// adapters without opening any: `auto` asks this first, so that a machine with only lavapipe
+/// never pays for opening it (~50 ms and ~70 MB at start-up) just to decide against it.
+pub fn probe() -> Option<Backend> {
+    *PRESENT.get_or_init(|| {
+        let (candidates, _) = pollster::block_on(usable_adapters());
+        candidates.first().map(|c| c.1)
+    })
+}
+
+/// A usable adapter: its rank, kind, name, handle and the limits to ask of it.
+type Candidate = (u8, Backend, String, wgpu::Adapter, wgpu::Limits);
+
+/// The adapters with compute shaders and the limits the kernels need, best first, and how many
+/// adapters there were in all.
+async fn usable_adapters() -> (Vec<Candidate>, usize) {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = wgpu::Backends::VULKAN;
     let instance = wgpu::Instance::new(desc);
     let adapters = instance.enumerate_adapters(wgpu::Backends::VULKAN).await;
-    if adapters.is_empty() {
-        return Err(
-            "no Vulkan adapter (is a Vulkan driver or mesa-vulkan-drivers installed?)".into(),
-        );
-    }
+    let found = adapters.len();
     let mut candidates = Vec::new();
     for adapter in adapters {
         let info = adapter.get_info();
@@ -159,6 +172,17 @@ async fn open() -> Result<GpuContext, String> {
         candidates.push((rank, backend, info.name, adapter, limits));
     }
     candidates.sort_by_key(|c| c.0);
+    (candidates, found)
+}
+
+/// The best usable adapter's device (see [`rank`]).
+async fn open() -> Result<GpuContext, String> {
+    let (candidates, found) = usable_adapters().await;
+    if found == 0 {
+        return Err(
+            "no Vulkan adapter (is a Vulkan driver or mesa-vulkan-drivers installed?)".into(),
+        );
+    }
     let mut failures = Vec::new();
     for (_, backend, name, adapter, limits) in candidates {
         let descriptor = wgpu::DeviceDescriptor {

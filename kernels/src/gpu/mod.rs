@@ -34,7 +34,7 @@ pub mod teb;
 mod util;
 
 pub use chain::{ChunkTiming, GpuChain};
-pub use context::{acquire, test_context, GpuContext, GpuError};
+pub use context::{acquire, probe, test_context, GpuContext, GpuError};
 
 /// The `backend` option; see [`crate::backend`].
 pub use crate::backend::Preference;
