@@ -374,12 +374,17 @@ pub struct ComponentMetrics {
     metrics: Arc<Metrics>,
 }
 
-/// Bytes of the Arrow buffers of a batch.
+/// Bytes of the values of a batch: each array's own slice, so that arrays sharing one allocation
+/// (the channels of a de-interleaved raw batch, a batch read from IPC) are not counted once per
+/// column, as `get_buffer_memory_size` would.
 pub fn batch_bytes(batch: &RecordBatch) -> u64 {
     batch
         .columns()
         .iter()
-        .map(|c| c.get_buffer_memory_size() as u64)
+        .map(|c| match c.data_type().primitive_width() {
+            Some(width) if c.nulls().is_none() => (c.len() * width) as u64,
+            _ => c.to_data().get_slice_memory_size().unwrap_or(0) as u64,
+        })
         .sum()
 }
 

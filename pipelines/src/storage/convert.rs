@@ -176,16 +176,6 @@ impl ConvertStats {
     }
 }
 
-/// Bytes of the values of a batch, counting only each array's own slice (batches read from IPC
-/// share one allocation per message, which `get_buffer_memory_size` would count once per column).
-pub fn logical_bytes(batch: &RecordBatch) -> u64 {
-    batch
-        .columns()
-        .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
-        .sum()
-}
-
 /// Converts a segment (complete batches up to any cut) into the Parquet file `out`, written as
 /// `.<name>.tmp` beside it, fsynced, atomically renamed, and the directory fsynced. The segment
 /// is left in place. [`StoreError::NoCompleteBatch`] when it holds no complete batch (nothing is
@@ -278,7 +268,7 @@ fn write_parquet(
                 .map_err(|e| StoreError::parquet(path, "writing", e))?;
             stats.batches += 1;
             stats.rows += batch.num_rows() as u64;
-            stats.raw_bytes += logical_bytes(&batch);
+            stats.raw_bytes += crate::metrics::batch_bytes(&batch);
         }
         writer
             .close()

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Throughput as a user gets it, with the peers side by side, in one run (README "Throughput"):
+#  1. end to end on one core, start-up included: `neurod run` of a SpikeGLX ground-truth
+#     recording (groundtruth.py, 384 channels) at pace = "max" -> spike_detect -> a store of the
+#     spikes, with the CPU backend and with the default backend (`auto`, with Mesa's lavapipe
+#     installed when it is), next to SpikeInterface's chain on the same file (score_spikes.py
+#     --peer, also pinned to one core), with each one's recall and precision;
+#  2. raw store on one core: `neurod run` of the same file -> a store of all 385 channels, next
+#     to pyarrow writing the same samples to Parquet at its best setting (delta, zstd 1), and the
+#     ratio on that file and on the real 16-channel Open Ephys recording next to `flac --best`
+#     and `mtscomp`;
+#  3. probes sustained in real time by the daemon on all cores (bench/probes.sh: the simulated
+#     rig's probes = N at pace = "realtime"), detection and raw storage (8) and detection only
+#     (16), dropped rows on every edge;
+#  every row with its peak resident memory.
+#
+# Needs the peers' virtualenv (scripts/test.sh makes it); installs flac (apt) and mtscomp (pip)
+# when missing. Env: NEUROD_THROUGHPUT_SECONDS (recording length, default 30),
+# NEUROD_PROBES_SECONDS (default 120), NEUROD_THROUGHPUT_PROBES=0 (leave out part 3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/neurod/target}"
+peers="${NEUROD_PEERS:-$HOME/.cache/neurod/peers}"
+py="$peers/bin/python"
+tools="$root/../shared/tools"
+seconds="${NEUROD_THROUGHPUT_SECONDS:-30}"
+export NEUROD_PROBES_SECONDS="${NEUROD_PROBES_SECONDS:-120}"
+"$py" -c "import spikeinterface, pyarrow" || { echo "no peers' Python at $peers" >&2; exit 1; }
+command -v flac >/dev/null || { apt-get update -qq && apt-get install -y -qq flac; }
+"$py" -c "import mtscomp" 2>/dev/null || "$peers/bin/pip" install --quiet mtscomp
+cargo build --release -q -p neurod
+bin="$CARGO_TARGET_DIR/release/neurod"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+echo "# neurod throughput, $(date -u +%F), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+"$py" "$tools/groundtruth.py" "$work/gt" --seconds "$seconds" > /dev/null
+recording="$work/gt/$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['bin'])" "$work/gt/info.json")"
+bin_bytes="$(stat -c %s "$recording")"
+
+# `neurod run` of `$1` (a config) pinned to core 0: prints "wall_s peak_rss_mb".
+run_pinned() {
+  /usr/bin/time -f '%e %M' -o "$work/time" taskset -c 0 "$bin" run --config "$1" > "$work/log" 2>&1 ||
+    { echo "neurod failed:" >&2; tail -20 "$work/log" >&2; exit 1; }
+  awk '{ printf "%s %d\n", $1, $2 / 1024 }' "$work/time"
+}
+
+# A config: the recording at pace = "max" into `$2/data`, then `$1` (the rest of the topology).
+config() {
+  cat <<EOF
+[daemon]
+data_dir = "$2/data"
+listen = "127.0.0.1:$((20000 + RANDOM % 20000))"
+
+[sources.probe]
+type = "spikeglx"
+path = "$recording"
+pace = "max"
+
+$1
+EOF
+}
+
+parquet_bytes() { find "$1" -name '*.parquet' -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
+
+echo
+echo "## 1. spike detection -> store, end to end, one core, start-up included ($seconds s, 384 channels)"
+echo "| chain | wall s | x real time | recall | precision | peak RSS MB |"
+echo "|---|---|---|---|---|---|"
+for backend in cpu auto; do
+  dir="$work/detect-$backend"
+  mkdir -p "$dir"
+  config "[transforms.spikes]
+type = \"spike_detect\"
+inputs = [\"probe\"]
+backend = \"$backend\"
+
+[sinks.store]
+type = \"store\"
+inputs = [\"spikes\"]" "$dir" > "$dir/neurod.toml"
+  read -r wall rss < <(run_pinned "$dir/neurod.toml")
+  chosen="$(grep -o 'backend=[^ ]*' "$work/log" | head -1 | tr -d '"' || true)"
+  scores="$("$py" "$tools/score_spikes.py" "$work/gt" "$dir/data/store" | sed -n 's/^detections //p')"
+  recall="$("$py" -c "import json,sys; print(json.loads(sys.argv[1])['recall'])" "$scores")"
+  precision="$("$py" -c "import json,sys; print(json.loads(sys.argv[1])['precision'])" "$scores")"
+  printf '| neurod, backend = "%s" %s | %.2f | %.1f | %s | %s | %s |\n' "$backend" "${chosen:+($chosen)}" \
+    "$wall" "$(awk -v s="$seconds" -v w="$wall" 'BEGIN { print s / w }')" "$recall" "$precision" "$rss"
+done
+peer="$(/usr/bin/time -f '%M' -o "$work/time-peer" taskset -c 0 "$py" "$tools/score_spikes.py" "$work/gt" --peer 2>/dev/null | sed -n 's/^spikeinterface //p')"
+"$py" - "$peer" "$(cat "$work/time-peer")" <<'EOF'
+import json, sys
+r = json.loads(sys.argv[1])
+print(f"| SpikeInterface (bandpass, CMR, locally_exclusive; n_jobs=1, numba warmed) | {r['wall_s']:.2f} "
+      f"| {r['realtime_x']:.1f} | {r['recall']} | {r['precision']} | {int(sys.argv[2]) // 1024} |")
+EOF
+
+echo
+echo "## 2. raw store, one core: all 385 channels"
+echo "| writer | wall s | x real time | MB/s | ratio (.bin / Parquet) | peak RSS MB |"
+echo "|---|---|---|---|---|---|"
+dir="$work/raw"
+mkdir -p "$dir"
+config "[sinks.store]
+type = \"store\"
+inputs = [\"probe\"]" "$dir" > "$dir/neurod.toml"
+read -r wall rss < <(run_pinned "$dir/neurod.toml")
+stored="$(parquet_bytes "$dir/data")"
+awk -v s="$seconds" -v w="$wall" -v b="$bin_bytes" -v p="$stored" -v r="$rss" \
+  'BEGIN { printf "| neurod run (spikeglx -> store, start-up and conversion included) | %.2f | %.1f | %.0f | %.3f | %s |\n", w, s / w, b / 1e6 / w, b / p, r }'
+/usr/bin/time -f '%M' -o "$work/time-pa" taskset -c 0 "$py" - "$recording" "$work/pa.parquet" > "$work/pa" <<'EOF'
+import sys, time, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+t0 = time.perf_counter()
+d = np.fromfile(sys.argv[1], dtype="<i2").reshape(-1, 385)
+cols = {"sample_index": pa.array(np.arange(len(d), dtype=np.int64))}
+cols.update({f"c{i}": pa.array(np.ascontiguousarray(d[:, i])) for i in range(385)})
+t = pa.table(cols)
+pq.write_table(t, sys.argv[2], compression="zstd", compression_level=1, use_dictionary=False,
+               column_encoding={c: "DELTA_BINARY_PACKED" for c in t.column_names}, data_page_size=1 << 20)
+print(time.perf_counter() - t0, pa.__version__)
+EOF
+read -r pa_wall pa_version < "$work/pa"
+awk -v s="$seconds" -v w="$pa_wall" -v b="$bin_bytes" -v p="$(stat -c %s "$work/pa.parquet")" -v r="$(($(cat "$work/time-pa") / 1024))" -v v="$pa_version" \
+  'BEGIN { printf "| pyarrow %s (read, table, write_table: delta, zstd 1, no dictionary, 1 MiB pages) | %.2f | %.1f | %.0f | %.3f | %s |\n", v, w, s / w, b / 1e6 / w, b / p, r }'
+
+echo
+echo "## 2b. ratio on the real 16-channel Open Ephys recording (40 kHz)"
+oe="$root/../shared/data/openephys-16ch-40khz/experiment1/recording1"
+dat="$oe/continuous/File_Reader-100.example_data/continuous.dat"
+dat_bytes="$(stat -c %s "$dat")"
+dir="$work/oe"
+mkdir -p "$dir"
+cat > "$dir/neurod.toml" <<EOF
+[daemon]
+data_dir = "$dir/data"
+listen = "127.0.0.1:$((20000 + RANDOM % 20000))"
+
+[sources.oe]
+type = "openephys"
+path = "$oe"
+pace = "max"
+
+[sinks.store]
+type = "store"
+inputs = ["oe"]
+EOF
+run_pinned "$dir/neurod.toml" > /dev/null
+"$py" - "$dat" "$work" 16 40000 > "$work/oe-peers" 2>/dev/null <<'EOF'
+import sys, os, subprocess, numpy as np, mtscomp
+dat, work, n, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+d = np.fromfile(dat, dtype="<i2").reshape(-1, n)
+flac = 0
+for k in range(0, n, 8):  # FLAC holds at most 8 channels
+    raw = os.path.join(work, f"part{k}.raw")
+    np.ascontiguousarray(d[:, k:k + 8]).tofile(raw)
+    out = raw + ".flac"
+    subprocess.run(["flac", "--best", "--silent", "--force", "--endian=little", "--sign=signed",
+                    f"--channels={min(8, n - k)}", "--bps=16", f"--sample-rate={rate}", "-o", out, raw],
+                   check=True)
+    flac += os.path.getsize(out)
+mtscomp.compress(dat, os.path.join(work, "oe.cbin"), os.path.join(work, "oe.ch"),
+                 sample_rate=float(rate), n_channels=n, dtype="int16")
+print(flac, os.path.getsize(os.path.join(work, "oe.cbin")) + os.path.getsize(os.path.join(work, "oe.ch")))
+EOF
+read -r flac_bytes mts_bytes < "$work/oe-peers"
+echo "| method | bytes | ratio (.dat / compressed) |"
+echo "|---|---|---|"
+for row in "neurod store (Parquet, delta, zstd 1):$(parquet_bytes "$dir/data")" \
+           "flac --best (2 x 8 channels):$flac_bytes" "mtscomp (defaults):$mts_bytes"; do
+  awk -v name="${row%%:*}" -v b="${row##*:}" -v d="$dat_bytes" 'BEGIN { printf "| %s | %d | %.3f |\n", name, b, d / b }'
+done
+
+[ "${NEUROD_THROUGHPUT_PROBES:-1}" = 1 ] || exit 0
+echo
+echo "## 3. probes sustained in real time by the daemon, all cores ($NEUROD_PROBES_SECONDS s)"
+echo "detection + raw storage:"
+NEUROD_BIN="$bin" NEUROD_PROBES_RAW=1 bench/probes.sh 8
+echo "detection only:"
+NEUROD_BIN="$bin" NEUROD_PROBES_RAW=0 bench/probes.sh 16
