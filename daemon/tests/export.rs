@@ -116,7 +116,7 @@ with NWBHDF5IO(path, "r") as io:
         raw = table(raw_id)
         meta = raw.schema
         names = [n for n in raw.column_names
-                 if (meta.field(n).metadata or {}).get(b"neurod.channel_kind") in (b"ap", b"lfp", b"ephys")]
+                 if (meta.field(n).metadata or {}).get(b"neurod.channel_kind") in (b"ap", b"lf")]
         es = f.acquisition[raw_id]
         assert es.data.dtype == np.int16 and es.data.shape == (raw.num_rows, len(names)), es.data.shape
         want = np.stack([raw[n].to_numpy() for n in names], axis=1)
@@ -318,6 +318,21 @@ fn an_unknown_stream_or_a_missing_data_dir_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("no-such-dir: no such data directory"), "{err}");
+    let out = neurod()
+        .args(["export", "--format", "nwb", "--session-start", "yesterday"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path().join("x.nwb"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--session-start yesterday: not an RFC 3339 time"),
+        "{err}"
+    );
+    assert!(!dir.path().join("x.nwb").exists());
 }
 
 /// A real session's export against its stored streams: `spikes` (a spike stream id, or `-`)

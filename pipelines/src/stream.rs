@@ -210,6 +210,11 @@ pub enum ChannelKind {
 }
 
 impl ChannelKind {
+    /// A probe contact's signal (AP or LF band), as opposed to sync, analog and digital lines.
+    pub fn is_electrode(self) -> bool {
+        matches!(self, ChannelKind::Ap | ChannelKind::Lf)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Ap => "ap",

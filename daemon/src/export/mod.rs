@@ -28,6 +28,8 @@ use arrow::datatypes::Float64Type;
 use arrow::record_batch::RecordBatch;
 use pipelines::storage::catalog::list_data_dir;
 use pipelines::storage::{open_parquet_columns, StoredStream};
+use pipelines::stream::keys;
+use pipelines::transforms::spike_detect::SOURCE_STREAM_KEY;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -278,12 +280,7 @@ impl Selection {
         let mut out: Vec<StoredStream> = self
             .chosen
             .iter()
-            .filter(|s| {
-                s.schema
-                    .as_ref()
-                    .and_then(|sc| sc.metadata.get("neurod.stream_kind"))
-                    .is_some_and(|k| k == kind)
-            })
+            .filter(|s| meta(s, keys::STREAM_KIND) == Some(kind))
             .cloned()
             .collect();
         out.sort_by_key(|s| self.stream(&format!("{}.neurons", s.stream_id)).is_none());
@@ -348,6 +345,11 @@ impl Selection {
             .collect();
         filter_record_batch(batch, &keep).map_err(|e| ExportError::Store(e.to_string()))
     }
+}
+
+/// A stream's schema-level metadata `key` (`pipelines::stream::keys`), as its manifest holds it.
+fn meta<'a>(s: &'a StoredStream, key: &str) -> Option<&'a str> {
+    s.schema.as_ref()?.metadata.get(key).map(String::as_str)
 }
 
 fn rows(s: &StoredStream) -> u64 {

@@ -23,7 +23,9 @@ use rust_hdf5::H5File;
 use super::frames::{behaviour_batches, behaviour_columns, dff_rows};
 use super::h5::{self, AnyColumn, Column};
 use super::units::{channels_of, dff_streams, has_column, rois_of, write_units, Plane, Probe};
-use super::{object_name, ExportError, Failed, Population, Progress, Selection, Subject};
+use super::{
+    keys, meta, object_name, ExportError, Failed, Population, Progress, Selection, Subject,
+};
 
 pub fn export(
     sel: &Selection,
@@ -88,15 +90,11 @@ pub fn export(
     let probe_names: Vec<String> = probes
         .iter()
         .map(|p| {
-            let model = p
-                .spikes
-                .schema
-                .as_ref()
-                .and_then(|s| s.metadata.get("neurod.probe"));
+            let model = meta(&p.spikes, keys::PROBE);
             format!(
                 "{}: {}",
                 p.spikes.stream_id,
-                model.map_or("unknown probe", String::as_str)
+                model.unwrap_or("unknown probe")
             )
         })
         .collect();

@@ -5,10 +5,11 @@
 use arrow::array::AsArray;
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use pipelines::storage::{SchemaJson, StoredStream};
+use pipelines::stream::ChannelKind;
 use rust_hdf5::H5File;
 
 use super::h5;
-use super::{typed, ExportError, Selection};
+use super::{keys, meta, typed, ExportError, Selection, SOURCE_STREAM_KEY};
 
 /// One probe's channels as units.
 pub(super) struct Probe {
@@ -66,11 +67,7 @@ pub(super) fn channels_of(
     sel: &Selection,
     spikes: &StoredStream,
 ) -> Result<Vec<Channel>, ExportError> {
-    let source = spikes
-        .schema
-        .as_ref()
-        .and_then(|s| s.metadata.get("neurod.source_stream").cloned());
-    if let Some(raw) = source.and_then(|id| sel.stream(&id)) {
+    if let Some(raw) = meta(spikes, SOURCE_STREAM_KEY).and_then(|id| sel.stream(id)) {
         if let Some(schema) = &raw.schema {
             let chans = probe_channels(&raw.stream_id, schema);
             if !chans.is_empty() {
@@ -97,26 +94,27 @@ pub(super) fn channels_of(
         .collect())
 }
 
-/// The channels of a raw stream: its fields of an electrophysiology kind, in order.
+/// The channels of a raw stream: its probe contacts (AP and LF channels), in order.
 pub(super) fn probe_channels(raw_id: &str, schema: &SchemaJson) -> Vec<Channel> {
-    let num = |m: &std::collections::BTreeMap<String, String>, k: &str| {
-        m.get(k).and_then(|v| v.parse::<f64>().ok())
-    };
     schema
         .fields
         .iter()
         .filter(|f| {
             f.metadata
-                .get("neurod.channel_kind")
-                .is_some_and(|k| k == "ap" || k == "lfp" || k == "ephys")
+                .get(keys::CHANNEL_KIND)
+                .and_then(|k| ChannelKind::parse(k))
+                .is_some_and(ChannelKind::is_electrode)
         })
-        .map(|f| Channel {
-            name: format!("{raw_id}/{}", f.name),
-            field: f.name.clone(),
-            x_um: num(&f.metadata, "neurod.x_um").unwrap_or(f64::NAN),
-            y_um: num(&f.metadata, "neurod.y_um").unwrap_or(f64::NAN),
-            shank: num(&f.metadata, "neurod.shank").map_or(-1, |s| s as i64),
-            uv_per_bit: num(&f.metadata, "neurod.uv_per_bit").unwrap_or(f64::NAN),
+        .map(|f| {
+            let num = |k: &str| f.metadata.get(k).and_then(|v| v.parse::<f64>().ok());
+            Channel {
+                name: format!("{raw_id}/{}", f.name),
+                field: f.name.clone(),
+                x_um: num(keys::X_UM).unwrap_or(f64::NAN),
+                y_um: num(keys::Y_UM).unwrap_or(f64::NAN),
+                shank: num(keys::SHANK).map_or(-1, |s| s as i64),
+                uv_per_bit: num(keys::UV_PER_BIT).unwrap_or(f64::NAN),
+            }
         })
         .collect()
 }
@@ -249,4 +247,45 @@ pub(super) fn write_units(
     h5::array(&g, "skew", &skew)?;
     h5::array(&g, "excess_kurtosis", &kurt)?;
     h5::array_dict(&g, &["id", "kind", "label"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipelines::storage::manifest::FieldJson;
+
+    fn field(name: &str, kind: Option<&str>, x: &str) -> FieldJson {
+        let mut metadata = std::collections::BTreeMap::new();
+        if let Some(k) = kind {
+            metadata.insert(keys::CHANNEL_KIND.to_string(), k.to_string());
+            metadata.insert(keys::X_UM.to_string(), x.to_string());
+            metadata.insert(keys::UV_PER_BIT.to_string(), "2.5".to_string());
+        }
+        FieldJson {
+            name: name.into(),
+            data_type: "Int16".into(),
+            nullable: false,
+            metadata,
+        }
+    }
+
+    #[test]
+    fn probe_channels_are_the_ap_and_lf_contacts_in_order() {
+        let schema = SchemaJson {
+            metadata: Default::default(),
+            fields: vec![
+                field("sample_index", None, ""),
+                field("AP0", Some("ap"), "16"),
+                field("LF0", Some("lf"), "48"),
+                field("SY0", Some("sync"), "0"),
+                field("AI0", Some("analog"), "0"),
+            ],
+        };
+        let got = probe_channels("p", &schema);
+        let names: Vec<&str> = got.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["p/AP0", "p/LF0"]);
+        assert_eq!((got[1].field.as_str(), got[1].x_um), ("LF0", 48.0));
+        assert_eq!(got[0].uv_per_bit, 2.5);
+        assert!(got[0].y_um.is_nan() && got[0].shank == -1);
+    }
 }

@@ -6,10 +6,11 @@ use arrow::datatypes::{Float32Type, Float64Type, Int16Type, Int32Type, Int64Type
 use pipelines::storage::StoredStream;
 use rust_hdf5::H5Group;
 
-use super::hdmf::{self, mark_dataset, ref_attr, text_attr, typed_group, Table, COMMON, CORE};
+use super::hdmf::{self, typed_group, Table, CORE};
 use crate::export::h5::Column;
 use crate::export::units::{channels_of, probe_channels, Channel};
-use crate::export::{typed, ExportError, Failed, Progress, Selection};
+use crate::export::SOURCE_STREAM_KEY;
+use crate::export::{keys, meta, typed, ExportError, Failed, Progress, Selection};
 
 const ELECTRODES: &str = "/general/extracellular_ephys/electrodes";
 /// Spikes held in memory at once while grouping them by unit (12 bytes each): a session with
@@ -37,12 +38,7 @@ pub(super) struct Probe {
 
 /// The probes of the chosen raw and spike streams.
 pub(super) fn probes(sel: &Selection) -> Result<Vec<Probe>, ExportError> {
-    let model_of = |s: &StoredStream| {
-        s.schema
-            .as_ref()
-            .and_then(|sc| sc.metadata.get("neurod.probe").cloned())
-            .unwrap_or_else(|| "unknown".into())
-    };
+    let model_of = |s: &StoredStream| meta(s, keys::PROBE).unwrap_or("unknown").to_string();
     let mut out: Vec<Probe> = Vec::new();
     for s in &sel.chosen {
         let Some(schema) = s
@@ -65,10 +61,7 @@ pub(super) fn probes(sel: &Selection) -> Result<Vec<Probe>, ExportError> {
         }
     }
     for s in sel.of_kind("spikes") {
-        let source = s
-            .schema
-            .as_ref()
-            .and_then(|sc| sc.metadata.get("neurod.source_stream").cloned());
+        let source = meta(&s, SOURCE_STREAM_KEY).map(str::to_string);
         if let Some(p) = out
             .iter_mut()
             .find(|p| source.as_ref() == Some(&p.id) && p.spikes.is_none())
@@ -259,14 +252,13 @@ fn write_raw(
             .write_numeric(&1i32)?;
     }
     let rows: Vec<i64> = (p.first_row as i64..(p.first_row + n) as i64).collect();
-    let region = hdmf::small(&g, "electrodes", &rows)?;
-    text_attr(
-        &region,
-        "description",
+    hdmf::region(
+        &g,
+        "electrodes",
         "the probe's channels, in data's column order",
+        &rows,
+        ELECTRODES,
     )?;
-    ref_attr(&region, "table", ELECTRODES)?;
-    mark_dataset(&region, COMMON, "DynamicTableRegion")?;
     let mut timestamps = if contiguous {
         None
     } else {

@@ -114,8 +114,7 @@ impl Table {
 
     /// Marks `ds` as the column `name` (a `VectorData` unless `ty` says otherwise).
     fn column(&mut self, ds: &H5Dataset, name: &str, description: &str, ty: &str) -> Result<()> {
-        text_attr(ds, "description", description)?;
-        mark_dataset(ds, COMMON, ty)?;
+        described(ds, description, ty)?;
         self.colnames.push(name.to_string());
         Ok(())
     }
@@ -156,9 +155,9 @@ impl Table {
         rows: &[i64],
         table: &str,
     ) -> Result<()> {
-        let ds = small(&self.group, name, rows)?;
-        ref_attr(&ds, "table", table)?;
-        self.column(&ds, name, description, "DynamicTableRegion")
+        region(&self.group, name, description, rows, table)?;
+        self.colnames.push(name.to_string());
+        Ok(())
     }
 
     /// `ds`, written by the caller, as the column `name`.
@@ -182,15 +181,8 @@ impl Table {
         let name = format!("{of}_index");
         let ds = small(&self.group, &name, ends)?;
         ref_attr(&ds, "target", &format!("{}/{of}", self.path))?;
-        self.column(
-            &ds,
-            &name,
-            &format!("Index for VectorData '{of}'"),
-            "VectorIndex",
-        )?;
-        // `colnames` lists the data columns, not their indexes.
-        self.colnames.pop();
-        Ok(())
+        // Not in `colnames`, which lists the data columns, not their indexes.
+        described(&ds, &format!("Index for VectorData '{of}'"), "VectorIndex")
     }
 
     /// Writes `colnames` (in the order the columns were added).
@@ -199,6 +191,27 @@ impl Table {
         self.group.set_attr_string_array("colnames", &names)?;
         Ok(self.group)
     }
+}
+
+/// Marks `ds` as an hdmf-common object of type `ty` with a `description`.
+pub fn described(ds: &H5Dataset, description: &str, ty: &str) -> Result<()> {
+    text_attr(ds, "description", description)?;
+    mark_dataset(ds, COMMON, ty)
+}
+
+/// A `DynamicTableRegion`: `rows` of the table at `table` (a column of a table, or a series'
+/// `electrodes`/`rois`).
+pub fn region(
+    g: &H5Group,
+    name: &str,
+    description: &str,
+    rows: &[i64],
+    table: &str,
+) -> Result<H5Dataset> {
+    let ds = small(g, name, rows)?;
+    ref_attr(&ds, "table", table)?;
+    described(&ds, description, "DynamicTableRegion")?;
+    Ok(ds)
 }
 
 /// A small 1-D dataset written at once (an empty one is created and left unwritten).

@@ -8,12 +8,11 @@ use arrow::datatypes::{Float32Type, Int32Type};
 use pipelines::storage::StoredStream;
 use rust_hdf5::H5Group;
 
-use super::hdmf::{self, mark_dataset, number, ref_attr, text, text_attr, typed_group, Table};
-use super::hdmf::{COMMON, CORE};
+use super::hdmf::{self, number, text, typed_group, Table, CORE};
 use crate::export::frames::dff_rows;
 use crate::export::h5::Column;
 use crate::export::units::{dff_streams, rois_of, Plane};
-use crate::export::{typed, ExportError, Failed, Progress, Selection};
+use crate::export::{meta, typed, ExportError, Failed, Progress, Selection, SOURCE_STREAM_KEY};
 
 /// An imaging plane: its dF/F and ROIs, the stream of its frames (its name), and the stored
 /// ROI masks, if any.
@@ -38,11 +37,9 @@ pub(super) fn planes(sel: &Selection) -> Result<Vec<ImagingPlane>, ExportError> 
             .ok_or_else(|| {
                 ExportError::Stream(traces.stream_id.clone(), "no sampling rate".into())
             })?;
-        let name = traces
-            .schema
-            .as_ref()
-            .and_then(|s| s.metadata.get("neurod.source_stream").cloned())
-            .unwrap_or_else(|| traces.stream_id.clone());
+        let name = meta(&traces, SOURCE_STREAM_KEY)
+            .unwrap_or(&traces.stream_id)
+            .to_string();
         let masks = masks_of(sel, &traces.stream_id);
         out.push(ImagingPlane {
             plane: Plane {
@@ -104,10 +101,13 @@ pub(super) fn write(
         let mut data = Column::<f32>::create(&g, "data", n)?;
         hdmf::data_attrs(data.dataset(), "n.a.", 1.0)?;
         let rows: Vec<i64> = (0..n as i64).collect();
-        let rois = hdmf::small(&g, "rois", &rows)?;
-        text_attr(&rois, "description", "the ROIs, in data's column order")?;
-        ref_attr(&rois, "table", &segments)?;
-        mark_dataset(&rois, COMMON, "DynamicTableRegion")?;
+        hdmf::region(
+            &g,
+            "rois",
+            "the ROIs, in data's column order",
+            &rows,
+            &segments,
+        )?;
         let first = dff_rows(sel, &p.plane, progress, |row| {
             data.push(row).map_err(Failed::from)
         })?;

@@ -10,7 +10,7 @@ use super::channels::{channel_kind, uv_per_bit};
 use super::sample_numbers::read_sample_numbers;
 use super::settings_xml::Settings;
 use super::{OebinError, OpenEphysRecording, OpenEphysStream};
-use crate::stream::{parse_rate, ChannelInfo, ChannelKind};
+use crate::stream::{parse_rate, ChannelInfo};
 
 /// Larger files are not metadata: refuse to read them into memory.
 const MAX_METADATA_BYTES: u64 = 64 << 20;
@@ -234,7 +234,7 @@ fn parse_stream(
         let kind = channel_kind(&ch_name, &name, is_nidaq);
         let uv_per_bit = bit_volts.and_then(|bv| uv_per_bit(kind, units, bv));
         let (x_um, y_um, shank) = probe_geometry
-            .filter(|_| matches!(kind, ChannelKind::Ap | ChannelKind::Lf))
+            .filter(|_| kind.is_electrode())
             .map(|p| p.position(i))
             .unwrap_or((None, None, None));
         channels.push(ChannelInfo {
