@@ -6,7 +6,7 @@ use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type}
 use pipelines::storage::StoredStream;
 
 use super::units::{has_column, Plane};
-use super::{typed, ExportError, Failed, Progress, Selection};
+use super::{rate_of, typed, ExportError, Failed, Progress, Selection};
 
 /// The plane's dF/F frame by frame: `on_row` gets each frame's values for the plane's ROIs in
 /// order (NaN where a ROI has none), and a row of NaN for each frame missing in between (none
@@ -131,12 +131,7 @@ pub(super) fn regular_start(
     sel: &Selection,
     stream: &StoredStream,
 ) -> Result<Option<(f64, f64)>, ExportError> {
-    let Some(rate) = stream
-        .sampling_hz
-        .as_deref()
-        .and_then(|r| r.parse::<f64>().ok())
-        .filter(|r| *r > 0.0)
-    else {
+    let Ok(rate) = rate_of(stream) else {
         return Ok(None);
     };
     let mut first = None;

@@ -28,7 +28,7 @@ use arrow::datatypes::Float64Type;
 use arrow::record_batch::RecordBatch;
 use pipelines::storage::catalog::list_data_dir;
 use pipelines::storage::{open_parquet_columns, StoredStream};
-use pipelines::stream::keys;
+use pipelines::stream::{keys, parse_rate};
 use pipelines::transforms::spike_detect::SOURCE_STREAM_KEY;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -350,6 +350,17 @@ impl Selection {
 /// A stream's schema-level metadata `key` (`pipelines::stream::keys`), as its manifest holds it.
 fn meta<'a>(s: &'a StoredStream, key: &str) -> Option<&'a str> {
     s.schema.as_ref()?.metadata.get(key).map(String::as_str)
+}
+
+/// A stream's sampling rate (Hz) from its manifest, checked as every source checks one
+/// (`pipelines::stream::parse_rate`); an error names the stream.
+fn rate_of(s: &StoredStream) -> Result<f64, ExportError> {
+    let text = s
+        .sampling_hz
+        .as_deref()
+        .ok_or_else(|| ExportError::Stream(s.stream_id.clone(), "no sampling rate".into()))?;
+    parse_rate(text)
+        .map_err(|e| ExportError::Stream(s.stream_id.clone(), format!("sampling rate {text}: {e}")))
 }
 
 fn rows(s: &StoredStream) -> u64 {

@@ -24,7 +24,7 @@ use super::frames::{behaviour_batches, behaviour_columns, dff_rows};
 use super::h5::{self, AnyColumn, Column};
 use super::units::{channels_of, dff_streams, has_column, rois_of, write_units, Plane, Probe};
 use super::{
-    keys, meta, object_name, ExportError, Failed, Population, Progress, Selection, Subject,
+    keys, meta, object_name, rate_of, ExportError, Failed, Population, Progress, Selection, Subject,
 };
 
 pub fn export(
@@ -49,11 +49,7 @@ pub fn export(
     let mut planes = Vec::new();
     for s in dff_streams(sel) {
         let rois = rois_of(sel, &s)?;
-        let rate_hz = s
-            .sampling_hz
-            .as_deref()
-            .and_then(|r| r.parse().ok())
-            .ok_or_else(|| ExportError::Stream(s.stream_id.clone(), "no sampling rate".into()))?;
+        let rate_hz = rate_of(&s)?;
         planes.push(Plane {
             traces: s,
             rate_hz,

@@ -9,7 +9,7 @@ use pipelines::stream::ChannelKind;
 use rust_hdf5::H5File;
 
 use super::h5;
-use super::{keys, meta, typed, ExportError, Selection, SOURCE_STREAM_KEY};
+use super::{keys, meta, rate_of, typed, ExportError, Selection, SOURCE_STREAM_KEY};
 
 /// One probe's channels as units.
 pub(super) struct Probe {
@@ -127,19 +127,9 @@ pub(super) fn rois_of(
 ) -> Result<Vec<(i32, String, f64, f64)>, ExportError> {
     let mut last: std::collections::BTreeMap<i32, (i64, String, f64, f64)> = Default::default();
     // The last frame whose labels count (frame k is at k / rate).
-    let rate = traces
-        .sampling_hz
-        .as_deref()
-        .and_then(|r| r.parse::<f64>().ok());
-    let limit = match (sel.labels_at, rate) {
-        (Some(t), Some(rate)) => (t * rate).floor() as i64,
-        (Some(_), None) => {
-            return Err(ExportError::Stream(
-                traces.stream_id.clone(),
-                "no sampling rate, so no labels at a given time".into(),
-            ))
-        }
-        (None, _) => i64::MAX,
+    let limit = match sel.labels_at {
+        Some(t) => (t * rate_of(traces)?).floor() as i64,
+        None => i64::MAX,
     };
     let unlabelled = (i64::MIN, "unlabelled".to_string(), f64::NAN, f64::NAN);
     if let Some(neurons) = sel.stream(&format!("{}.neurons", traces.stream_id)) {

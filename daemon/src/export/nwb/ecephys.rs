@@ -10,7 +10,7 @@ use super::hdmf::{self, typed_group, Table, CORE};
 use crate::export::h5::Column;
 use crate::export::units::{channels_of, probe_channels, Channel};
 use crate::export::SOURCE_STREAM_KEY;
-use crate::export::{keys, meta, typed, ExportError, Failed, Progress, Selection};
+use crate::export::{keys, meta, rate_of, typed, ExportError, Failed, Progress, Selection};
 
 const ELECTRODES: &str = "/general/extracellular_ephys/electrodes";
 /// Spikes held in memory at once while grouping them by unit (12 bytes each): a session with
@@ -199,12 +199,7 @@ fn write_raw(
     progress: &Progress,
 ) -> Result<(), Failed> {
     let id = &raw.stream_id;
-    let rate: f64 = raw
-        .sampling_hz
-        .as_deref()
-        .and_then(|r| r.parse().ok())
-        .filter(|r: &f64| *r > 0.0)
-        .ok_or_else(|| ExportError::Stream(id.clone(), "no sampling rate".into()))?;
+    let rate = rate_of(raw)?;
     // Sample indices in the time range asked for: t = index / rate, from ≤ t < to.
     let lo = sel.from_s.map_or(i64::MIN, |a| (a * rate).ceil() as i64);
     let hi = sel.to_s.map_or(i64::MAX, |z| (z * rate).ceil() as i64);
@@ -375,7 +370,7 @@ fn write_units(
     // The smallest difference between two spike times: a sample (of the fastest probe).
     let rate = spiking
         .iter()
-        .filter_map(|(_, s, _)| s.sampling_hz.as_deref()?.parse::<f64>().ok())
+        .filter_map(|(_, s, _)| rate_of(s).ok())
         .fold(0.0, f64::max);
     if rate > 0.0 {
         hdmf::f64_attr(times.dataset(), "resolution", 1.0 / rate)?;

@@ -12,7 +12,9 @@ use super::hdmf::{self, number, text, typed_group, Table, CORE};
 use crate::export::frames::dff_rows;
 use crate::export::h5::Column;
 use crate::export::units::{dff_streams, rois_of, Plane};
-use crate::export::{meta, typed, ExportError, Failed, Progress, Selection, SOURCE_STREAM_KEY};
+use crate::export::{
+    meta, rate_of, typed, ExportError, Failed, Progress, Selection, SOURCE_STREAM_KEY,
+};
 
 /// An imaging plane: its dF/F and ROIs, the stream of its frames (its name), and the stored
 /// ROI masks, if any.
@@ -30,13 +32,7 @@ pub(super) fn planes(sel: &Selection) -> Result<Vec<ImagingPlane>, ExportError> 
         if rois.is_empty() {
             continue;
         }
-        let rate_hz = traces
-            .sampling_hz
-            .as_deref()
-            .and_then(|r| r.parse().ok())
-            .ok_or_else(|| {
-                ExportError::Stream(traces.stream_id.clone(), "no sampling rate".into())
-            })?;
+        let rate_hz = rate_of(&traces)?;
         let name = meta(&traces, SOURCE_STREAM_KEY)
             .unwrap_or(&traces.stream_id)
             .to_string();
