@@ -33,13 +33,14 @@ use std::path::{Path, PathBuf};
 
 use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
+use parquet::arrow::ArrowSchemaConverter;
 use parquet::basic::{Compression, Encoding, LogicalType, Type as PhysicalType, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
 use super::layout::{part_path, segment_seq, sync_dir, tmp_path};
+use super::parquet_writer::ParquetWriter;
 use super::segment::SegmentReader;
 use super::StoreError;
 use crate::stream::{keys, FRAME_INDEX, SAMPLE_INDEX};
@@ -260,7 +261,7 @@ fn write_parquet(
         stream_id: None,
     };
     {
-        let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(props))
+        let mut writer = ParquetWriter::try_new(&mut out, schema.clone(), props)
             .map_err(|e| StoreError::parquet(path, "starting the Parquet file", e))?;
         for batch in batches {
             writer

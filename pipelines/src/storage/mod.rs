@@ -18,8 +18,10 @@
 
 pub mod catalog;
 pub mod convert;
+mod int16_delta;
 pub mod layout;
 pub mod manifest;
+pub mod parquet_writer;
 pub mod recover;
 pub mod segment;
 
