@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::buffer_pool::BufferPool;
 use arrow::array::{Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -505,6 +506,17 @@ pub fn batch_from_interleaved(
     first_index: i64,
     bytes: &[u8],
 ) -> Result<arrow::record_batch::RecordBatch, arrow::error::ArrowError> {
+    batch_from_interleaved_pooled(schema, first_index, bytes, &BufferPool::new())
+}
+
+/// [`batch_from_interleaved`] into a buffer of `pool`, which gets it back when the batch's last
+/// user drops it (a source keeps one pool for all its batches).
+pub fn batch_from_interleaved_pooled(
+    schema: &SchemaRef,
+    first_index: i64,
+    bytes: &[u8],
+    pool: &Arc<BufferPool>,
+) -> Result<arrow::record_batch::RecordBatch, arrow::error::ArrowError> {
     use arrow::array::{ArrayRef, Int16Array, Int64Array};
     let n_ch = schema.fields().len() - 1;
     let stride = n_ch * 2;
@@ -518,7 +530,9 @@ pub fn batch_from_interleaved(
     // One allocation for the whole batch, each channel's column a slice of it: a 385-channel
     // batch made 385 allocations and as many frees (the allocator took a fifth of an end-to-end
     // detection run).
-    let values = arrow::buffer::Buffer::from_vec(deinterleave(bytes, n_ch));
+    let mut columns = pool.take(n * n_ch);
+    deinterleave_into(bytes, n_ch, &mut columns);
+    let values = pool.share(columns);
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(n_ch + 1);
     arrays.push(Arc::new(Int64Array::from_iter_values(
         first_index..first_index + n as i64,
@@ -541,11 +555,18 @@ const DEINTERLEAVE_BLOCK: usize = 64;
 /// sample-by-sample loop writes to all columns at once and thrashes the cache and TLB with ~385
 /// write streams (1.6× faster, `cargo bench -p pipelines --bench ingest_store`).
 pub fn deinterleave(bytes: &[u8], n_ch: usize) -> Vec<i16> {
+    let n = bytes.len().checked_div(n_ch * 2).unwrap_or(0);
+    let mut out = vec![0i16; n_ch * n];
+    deinterleave_into(bytes, n_ch, &mut out);
+    out
+}
+
+/// [`deinterleave`] into `out`, which holds `n_ch` × the whole samples in `bytes`.
+pub fn deinterleave_into(bytes: &[u8], n_ch: usize, out: &mut [i16]) {
     let stride = n_ch * 2;
     let n = bytes.len().checked_div(stride).unwrap_or(0);
-    let mut out = vec![0i16; n_ch * n];
     if n == 0 {
-        return out;
+        return;
     }
     for (b, block) in bytes[..n * stride]
         .chunks(stride * DEINTERLEAVE_BLOCK)
@@ -556,7 +577,7 @@ pub fn deinterleave(bytes: &[u8], n_ch: usize) -> Vec<i16> {
         // Tiles of 8 samples × 8 channels in SSE2 registers (every x86-64 has it), the rest of
         // the channels and samples one value at a time.
         #[cfg(target_arch = "x86_64")]
-        let (tiled_ch, tiled_rows) = sse2::tiles(block, n_ch, &mut out, n, base);
+        let (tiled_ch, tiled_rows) = sse2::tiles(block, n_ch, out, n, base);
         #[cfg(not(target_arch = "x86_64"))]
         let (tiled_ch, tiled_rows) = (0, 0);
         for (c, column) in out.chunks_exact_mut(n).enumerate() {
@@ -568,7 +589,6 @@ pub fn deinterleave(bytes: &[u8], n_ch: usize) -> Vec<i16> {
             }
         }
     }
-    out
 }
 
 #[cfg(target_arch = "x86_64")]

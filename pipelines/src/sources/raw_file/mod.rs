@@ -199,6 +199,7 @@ pub fn run(file: RawFile, mode: Mode, ctx: SourceContext) -> Result<(), Componen
         path: &file.path,
         first_index: start,
         next_index: start,
+        pool: crate::buffer_pool::BufferPool::new(),
     };
     if start > 0 {
         let offset = start as u64 * bps as u64;

@@ -4,12 +4,14 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 
 use super::{Env, TRUNCATED_FILE};
+use crate::buffer_pool::BufferPool;
 use crate::component::{ComponentError, Output};
-use crate::stream::batch_from_interleaved;
+use crate::stream::batch_from_interleaved_pooled;
 
 /// Reads the file into one reusable buffer.
 pub(super) struct Reader<'a> {
@@ -86,6 +88,8 @@ pub(super) struct BatchEmitter<'a> {
     pub(super) first_index: i64,
     /// `sample_index` of the next sample (0 at the file's first sample).
     pub(super) next_index: i64,
+    /// The batches' buffers, reused once their consumers are done with them.
+    pub(super) pool: Arc<BufferPool>,
 }
 
 impl BatchEmitter<'_> {
@@ -99,9 +103,10 @@ impl BatchEmitter<'_> {
         output: &mut Output,
         bytes: &[u8],
     ) -> Result<Flow, ComponentError> {
-        let batch = batch_from_interleaved(&self.schema, self.next_index, bytes).map_err(|e| {
-            ComponentError::arrow(format!("{}: building a batch", self.path.display()), e)
-        })?;
+        let batch = batch_from_interleaved_pooled(&self.schema, self.next_index, bytes, &self.pool)
+            .map_err(|e| {
+                ComponentError::arrow(format!("{}: building a batch", self.path.display()), e)
+            })?;
         self.next_index += batch.num_rows() as i64;
         match output.send(batch) {
             Ok(()) => Ok(Flow::Continue),
