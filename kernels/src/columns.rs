@@ -2,8 +2,9 @@
 //! sample-major chunks the chain works on (`data[t * C + c]`), in cache-sized tiles: a channel
 //! at a time would write one value per cache line of the output.
 //!
-//! With AVX2, tiles of 8 samples × 8 channels are converted and transposed in registers (eight
-//! values per load and per store); elsewhere tiles of 16 × 16 go through a local array. The
+//! With AVX2, tiles of 8 samples × 8 channels are transposed as Int16 in registers, then each
+//! sample's 8 channels are widened to f32 and scaled at once (eight values per load and per
+//! store); elsewhere tiles of 16 × 16 go through a local array. The
 //! arithmetic is the scalar `raw as f32 * µV per bit` either way (the conversion is exact and the
 //! product rounds once), so the result does not depend on the path.
 
@@ -204,6 +205,41 @@ mod x86 {
         ]
     }
 
+    /// 8 × 8 Int16 transpose: lane i of output k is lane k of input i.
+    #[inline(always)]
+    unsafe fn transpose8_epi16(r: [__m128i; 8]) -> [__m128i; 8] {
+        let a = [
+            _mm_unpacklo_epi16(r[0], r[1]),
+            _mm_unpackhi_epi16(r[0], r[1]),
+            _mm_unpacklo_epi16(r[2], r[3]),
+            _mm_unpackhi_epi16(r[2], r[3]),
+            _mm_unpacklo_epi16(r[4], r[5]),
+            _mm_unpackhi_epi16(r[4], r[5]),
+            _mm_unpacklo_epi16(r[6], r[7]),
+            _mm_unpackhi_epi16(r[6], r[7]),
+        ];
+        let b = [
+            _mm_unpacklo_epi32(a[0], a[2]),
+            _mm_unpackhi_epi32(a[0], a[2]),
+            _mm_unpacklo_epi32(a[1], a[3]),
+            _mm_unpackhi_epi32(a[1], a[3]),
+            _mm_unpacklo_epi32(a[4], a[6]),
+            _mm_unpackhi_epi32(a[4], a[6]),
+            _mm_unpacklo_epi32(a[5], a[7]),
+            _mm_unpackhi_epi32(a[5], a[7]),
+        ];
+        [
+            _mm_unpacklo_epi64(b[0], b[4]),
+            _mm_unpackhi_epi64(b[0], b[4]),
+            _mm_unpacklo_epi64(b[1], b[5]),
+            _mm_unpackhi_epi64(b[1], b[5]),
+            _mm_unpacklo_epi64(b[2], b[6]),
+            _mm_unpackhi_epi64(b[2], b[6]),
+            _mm_unpacklo_epi64(b[3], b[7]),
+            _mm_unpackhi_epi64(b[3], b[7]),
+        ]
+    }
+
     /// Asks for every cache line of `v`.
     #[inline(always)]
     pub(super) fn prefetch<T>(v: &[T]) {
@@ -226,24 +262,27 @@ mod x86 {
         let mut ch0 = 0;
         while ch0 + 8 <= c {
             let cols: [&[i16]; 8] = std::array::from_fn(|j| &columns.column(ch0 + j)[..n]);
-            let k: [__m256; 8] = std::array::from_fn(|j| _mm256_set1_ps(uv_per_bit[ch0 + j]));
             // The next columns are short separate streams the hardware prefetcher does not
             // pick up in time; ask for them while this block is converted.
             for ch in (ch0 + 8..c).take(8) {
                 prefetch(columns.column(ch));
             }
+            // The 8 channels' µV per bit, in channel order: the lanes of each sample's row.
+            let k = _mm256_loadu_ps(uv_per_bit[ch0..ch0 + 8].as_ptr());
             let mut t0 = 0;
             while t0 + 8 <= n {
-                let v: [__m256; 8] = std::array::from_fn(|j| {
+                // 8 samples of each channel, transposed as Int16 (half the width of f32) into
+                // 8 channels of each sample, then widened, converted and scaled row by row.
+                let r: [__m128i; 8] = std::array::from_fn(|j| {
                     let src = &cols[j][t0..t0 + 8];
                     // SAFETY: `src` holds 8 i16 = 16 bytes; unaligned load.
-                    let raw = unsafe { _mm_loadu_si128(src.as_ptr().cast()) };
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(raw)), k[j])
+                    unsafe { _mm_loadu_si128(src.as_ptr().cast()) }
                 });
-                for (i, r) in transpose8(v).into_iter().enumerate() {
+                for (i, row) in transpose8_epi16(r).into_iter().enumerate() {
+                    let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(row)), k);
                     let dst = &mut out[(t0 + i) * c + ch0..(t0 + i) * c + ch0 + 8];
                     // SAFETY: `dst` holds 8 f32; unaligned store.
-                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), r) };
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) };
                 }
                 t0 += 8;
             }

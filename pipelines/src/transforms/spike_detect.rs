@@ -75,12 +75,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arrow::array::{
-    Array, ArrayRef, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
+    Array, ArrayRef, AsArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int16Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use kernels::chain::{ChainConfig, Detection, DetectionChain, Reference};
-use kernels::columns::Columns;
 use kernels::Backend;
 use prometheus::{HistogramOpts, HistogramVec};
 use serde::Deserialize;
@@ -566,11 +565,21 @@ impl StreamState {
         }
         self.detections.clear();
         // The chain reads the Int16 columns in place (the CPU chain converts and transposes
-        // them in one pass; a GPU chain transposes them into `raw` first).
+        // them in one pass; a GPU chain transposes them into `raw` first). The columns are
+        // looked up once here: the chain asks for each several times per batch.
+        let columns: Vec<&[i16]> = batch
+            .columns()
+            .iter()
+            .skip(1)
+            .map(|c| {
+                c.as_primitive_opt::<Int16Type>()
+                    .map_or(&[][..], |a| a.values())
+            })
+            .collect();
         self.chain
             .process_columns(
                 first,
-                &BatchColumns(batch),
+                &columns.as_slice(),
                 &mut self.raw,
                 &mut self.detections,
             )
@@ -650,24 +659,6 @@ impl StreamState {
 /// A continuous batch's channel columns (all after the sample index), checked by
 /// [`StreamState::check_columns`]; a column that is not Int16 reads as empty, which the chain
 /// rejects.
-struct BatchColumns<'a>(&'a RecordBatch);
-
-impl Columns for BatchColumns<'_> {
-    fn n_columns(&self) -> usize {
-        self.0.num_columns().saturating_sub(1)
-    }
-    fn rows(&self) -> usize {
-        self.0.num_rows()
-    }
-    fn column(&self, channel: usize) -> &[i16] {
-        self.0
-            .column(channel + 1)
-            .as_any()
-            .downcast_ref::<Int16Array>()
-            .map_or(&[], |a| &a.values()[..])
-    }
-}
-
 /// The chain's configuration for one stream. Channels without a position get one far from all
 /// others, so local exclusion only looks at the channel itself; without µV per bit, ADC units.
 fn chain_config(o: &Options, info: &ContinuousInfo) -> Result<ChainConfig, String> {
