@@ -116,6 +116,16 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A panic is a bug (data paths return errors); the topology turns it into a failed component
+    // and goes on. Logged here with its thread, which names the component (`store-write`,
+    // `detect probe`), with a timestamp and where the rest of the log goes; then Rust's own
+    // report as usual.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), "{info}");
+        report(info);
+    }));
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
