@@ -297,3 +297,130 @@ fn sighup_reloads_a_valid_config_and_refuses_a_broken_one() {
         d.metric(rows).filter(|v| *v > 0.0)
     });
 }
+
+/// Files a crash may leave that recovery must clear: live segments, conversions in progress,
+/// the spool.
+fn leftovers(store: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![store.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else if name.starts_with("_segment-")
+                || name.ends_with(".tmp")
+                || d.ends_with(".spool")
+            {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// [`READABLE_ROWS`]' check against a live store, which converts segments while it runs:
+/// a conversion finishing between the script's listing of Parquet files and of segments hides
+/// that segment's rows for a moment, so a miss is looked at again (a real loss stays).
+fn still_readable(py: &std::path::Path, stream: &str, saved: &str) {
+    let mut last = String::new();
+    for _ in 0..10 {
+        let out = std::process::Command::new(py)
+            .args(["-c", READABLE_ROWS, stream, saved, "check"])
+            .output()
+            .expect("python runs");
+        if out.status.success() {
+            return;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("rows readable before the kill are gone:\n{last}");
+}
+
+/// Power loss at many moments while segments rotate (every 0.25 s) and convert to Parquet:
+/// `kill -9` after a varying time, `NEUROD_KILL_LOOPS` times (default 6; `bench/faults.sh` runs
+/// 40), each restart resuming the same SpikeGLX recording (2 s per loop) from what the
+/// store holds.
+/// After every restart, each row readable before the kill is still readable, and none twice;
+/// at the end (a last run to completion) the store holds every sample of the file exactly once,
+/// with its values, and no segment, temporary or spool file is left.
+#[test]
+fn kill_9_in_a_loop_during_rotation_and_conversion_loses_and_repeats_nothing() {
+    let (Some(_), Some(py)) = (common::shared_data(), python()) else {
+        return;
+    };
+    let loops: u64 = std::env::var("NEUROD_KILL_LOOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let seed: u64 = std::env::var("NEUROD_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("NEUROD_KILL_SEED={seed}");
+    let mut state = seed | 1;
+    // Kill delays of 0.3-1.5 s (xorshift: reproducible from the seed printed above).
+    let mut next_delay = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        Duration::from_millis(300 + state % 1200)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let samples = 30_000 * (2 + 2 * loops as usize);
+    let (bin, _) = common::write_spikeglx(dir.path(), "loop_g0_t0.imec0", samples, Some(samples));
+    let config = format!(
+        r#"{}
+[sources.probe]
+type = "spikeglx"
+path = "{}"
+pace = "realtime"
+[sinks.store]
+type = "store"
+inputs = ["probe"]
+flush_interval_s = 0.1
+rotate_s = 0.25
+"#,
+        common::header(),
+        bin.display()
+    );
+    let store = dir.path().join("data/store");
+    let stream = store.join("probe");
+    let saved = dir.path().join("readable-before-kill.txt");
+    let saved = saved.to_str().unwrap();
+    let stream_arg = stream.to_str().unwrap();
+    let mut kills = 0;
+    for i in 0..loops {
+        let mut d = Daemon::start(dir.path(), &config);
+        if i > 0 {
+            still_readable(&py, stream_arg, saved);
+        }
+        std::thread::sleep(next_delay());
+        if stream.exists() {
+            run_python(&py, READABLE_ROWS, &[stream_arg, saved, "save"]);
+        }
+        if d.child.try_wait().unwrap().is_some() {
+            break; // the recording was all stored before this kill
+        }
+        d.signal("KILL");
+        drop(d);
+        kills += 1;
+    }
+    eprintln!("{kills} kills");
+    assert!(
+        kills * 2 >= loops,
+        "only {kills} of {loops} kills happened before the end"
+    );
+    let mut d = Daemon::start(dir.path(), &config);
+    let status = d.wait_exit(Duration::from_secs(120));
+    assert!(status.success(), "{}", d.log_text());
+    run_python(&py, READABLE_ROWS, &[stream_arg, saved, "check"]);
+    let out = common::check_exact(&py, &stream, &bin, 385);
+    assert!(out.starts_with(&samples.to_string()), "{out}");
+    assert_eq!(leftovers(&store), Vec::<String>::new());
+}
