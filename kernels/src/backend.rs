@@ -5,8 +5,8 @@
 //! - `gpu`: any Vulkan adapter, software ones (lavapipe) included; an error without one (the
 //!   kernel tests use it).
 //! - `hardware`: a hardware adapter, else the CPU.
-//! - `auto` (the default): the fastest backend present for this workload. Never a software
-//!   adapter: lavapipe runs the kernels far slower than their CPU twins (the chain at about 1×
+//! - `auto` (the default): the fastest backend present for this workload (without a GPU device
+//!   node, the CPU at once, see [`plan`]). Never a software adapter: lavapipe runs the kernels far slower than their CPU twins (the chain at about 1×
 //!   real time on 2 cores against ~37×). With a hardware adapter, both run on the stream's own
 //!   first seconds of data ([`Trial`]) and the faster is kept ([`decide`]): small channel counts
 //!   can favour the CPU, where uploads and read-backs cost more than the work.
@@ -50,7 +50,13 @@ pub fn plan(pref: Preference) -> Result<Plan, KernelError> {
         return Ok(Plan::Cpu(resolve(pref, None)?.reason()));
     }
     // Without a hardware adapter, `auto` and `hardware` come to the CPU whatever opening one
-    // would give: the adapters are only listed, none is opened.
+    // would give: without a GPU device the Vulkan loader is not even started, else the adapters
+    // are only listed, none is opened.
+    if matches!(pref, Preference::Auto | Preference::Hardware) && !hardware_gpu_possible() {
+        return Ok(Plan::Cpu(
+            "no GPU device (no /dev/dri render node, /dev/nvidiactl or /dev/dxg)",
+        ));
+    }
     let present = crate::gpu::probe();
     if matches!(pref, Preference::Auto | Preference::Hardware) && present != Some(Backend::Gpu) {
         return Ok(Plan::Cpu(resolve(pref, present)?.reason()));
@@ -67,6 +73,23 @@ pub fn plan(pref: Preference) -> Result<Plan, KernelError> {
             None => return Err(KernelError::NoGpu),
         },
     })
+}
+
+/// Whether a hardware Vulkan driver could find a device here: it needs a kernel device, a DRM
+/// render node (AMD, Intel, ...), NVIDIA's control device, or WSL's `/dev/dxg`. Without one only
+/// a software adapter (lavapipe) can exist, and `auto` knows it without listing the adapters,
+/// which loads lavapipe (LLVM: ~50 MB and tens of ms at start-up). True off Linux.
+fn hardware_gpu_possible() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let render_node = std::fs::read_dir("/dev/dri").is_ok_and(|mut d| {
+        d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("renderD")))
+    });
+    render_node
+        || ["/dev/nvidiactl", "/dev/dxg"]
+            .iter()
+            .any(|p| std::path::Path::new(p).exists())
 }
 
 /// [`plan`] without the context: the rule alone, given the kind of adapter there is.
