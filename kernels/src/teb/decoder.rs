@@ -271,14 +271,17 @@ mod tests {
         let (dec, choice) = TebDecoder::new(Preference::Auto, &m).unwrap();
         assert_eq!(dec.backend(), choice.backend);
         match adapter {
+            // Without a GPU device node the adapters are not even listed.
             Some(Backend::Lavapipe) => {
                 assert_eq!(choice.backend, Backend::Cpu);
-                assert!(choice.reason.contains("software"), "{}", choice.reason);
+                let why = &choice.reason;
+                assert!(why.contains("software") || why.contains("no GPU device"), "{why}");
                 assert!(choice.measured.is_empty(), "{choice:?}");
             }
             None => {
                 assert_eq!(choice.backend, Backend::Cpu);
-                assert!(choice.reason.contains("no usable"), "{}", choice.reason);
+                let why = &choice.reason;
+                assert!(why.contains("no usable") || why.contains("no GPU device"), "{why}");
             }
             Some(hardware) => {
                 // Measured (the trial's own test checks the figures).
