@@ -275,13 +275,19 @@ mod tests {
             Some(Backend::Lavapipe) => {
                 assert_eq!(choice.backend, Backend::Cpu);
                 let why = &choice.reason;
-                assert!(why.contains("software") || why.contains("no GPU device"), "{why}");
+                assert!(
+                    why.contains("software") || why.contains("no GPU device"),
+                    "{why}"
+                );
                 assert!(choice.measured.is_empty(), "{choice:?}");
             }
             None => {
                 assert_eq!(choice.backend, Backend::Cpu);
                 let why = &choice.reason;
-                assert!(why.contains("no usable") || why.contains("no GPU device"), "{why}");
+                assert!(
+                    why.contains("no usable") || why.contains("no GPU device"),
+                    "{why}"
+                );
             }
             Some(hardware) => {
                 // Measured (the trial's own test checks the figures).
