@@ -169,6 +169,48 @@ pub fn gather_columns(
     }
 }
 
+/// 8 × 8 Int16 transpose in SSE2 registers (every x86-64 has them): lane i of output k is lane k
+/// of input i. The source's de-interleave (`pipelines::stream`) and the chain's conversion to µV
+/// both go through it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn transpose8_i16(r: [std::arch::x86_64::__m128i; 8]) -> [std::arch::x86_64::__m128i; 8] {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of every x86-64 CPU; these only shuffle lanes between registers.
+    unsafe {
+        let a = [
+            _mm_unpacklo_epi16(r[0], r[1]),
+            _mm_unpackhi_epi16(r[0], r[1]),
+            _mm_unpacklo_epi16(r[2], r[3]),
+            _mm_unpackhi_epi16(r[2], r[3]),
+            _mm_unpacklo_epi16(r[4], r[5]),
+            _mm_unpackhi_epi16(r[4], r[5]),
+            _mm_unpacklo_epi16(r[6], r[7]),
+            _mm_unpackhi_epi16(r[6], r[7]),
+        ];
+        let b = [
+            _mm_unpacklo_epi32(a[0], a[2]),
+            _mm_unpackhi_epi32(a[0], a[2]),
+            _mm_unpacklo_epi32(a[1], a[3]),
+            _mm_unpackhi_epi32(a[1], a[3]),
+            _mm_unpacklo_epi32(a[4], a[6]),
+            _mm_unpackhi_epi32(a[4], a[6]),
+            _mm_unpacklo_epi32(a[5], a[7]),
+            _mm_unpackhi_epi32(a[5], a[7]),
+        ];
+        [
+            _mm_unpacklo_epi64(b[0], b[4]),
+            _mm_unpackhi_epi64(b[0], b[4]),
+            _mm_unpacklo_epi64(b[1], b[5]),
+            _mm_unpackhi_epi64(b[1], b[5]),
+            _mm_unpacklo_epi64(b[2], b[6]),
+            _mm_unpackhi_epi64(b[2], b[6]),
+            _mm_unpacklo_epi64(b[3], b[7]),
+            _mm_unpackhi_epi64(b[3], b[7]),
+        ]
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Columns;
@@ -202,41 +244,6 @@ mod x86 {
             _mm256_permute2f128_ps::<0x31>(u1, u5),
             _mm256_permute2f128_ps::<0x31>(u2, u6),
             _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ]
-    }
-
-    /// 8 × 8 Int16 transpose: lane i of output k is lane k of input i.
-    #[inline(always)]
-    unsafe fn transpose8_epi16(r: [__m128i; 8]) -> [__m128i; 8] {
-        let a = [
-            _mm_unpacklo_epi16(r[0], r[1]),
-            _mm_unpackhi_epi16(r[0], r[1]),
-            _mm_unpacklo_epi16(r[2], r[3]),
-            _mm_unpackhi_epi16(r[2], r[3]),
-            _mm_unpacklo_epi16(r[4], r[5]),
-            _mm_unpackhi_epi16(r[4], r[5]),
-            _mm_unpacklo_epi16(r[6], r[7]),
-            _mm_unpackhi_epi16(r[6], r[7]),
-        ];
-        let b = [
-            _mm_unpacklo_epi32(a[0], a[2]),
-            _mm_unpackhi_epi32(a[0], a[2]),
-            _mm_unpacklo_epi32(a[1], a[3]),
-            _mm_unpackhi_epi32(a[1], a[3]),
-            _mm_unpacklo_epi32(a[4], a[6]),
-            _mm_unpackhi_epi32(a[4], a[6]),
-            _mm_unpacklo_epi32(a[5], a[7]),
-            _mm_unpackhi_epi32(a[5], a[7]),
-        ];
-        [
-            _mm_unpacklo_epi64(b[0], b[4]),
-            _mm_unpackhi_epi64(b[0], b[4]),
-            _mm_unpacklo_epi64(b[1], b[5]),
-            _mm_unpackhi_epi64(b[1], b[5]),
-            _mm_unpacklo_epi64(b[2], b[6]),
-            _mm_unpackhi_epi64(b[2], b[6]),
-            _mm_unpacklo_epi64(b[3], b[7]),
-            _mm_unpackhi_epi64(b[3], b[7]),
         ]
     }
 
@@ -278,7 +285,7 @@ mod x86 {
                     // SAFETY: `src` holds 8 i16 = 16 bytes; unaligned load.
                     unsafe { _mm_loadu_si128(src.as_ptr().cast()) }
                 });
-                for (i, row) in transpose8_epi16(r).into_iter().enumerate() {
+                for (i, row) in super::transpose8_i16(r).into_iter().enumerate() {
                     let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(row)), k);
                     let dst = &mut out[(t0 + i) * c + ch0..(t0 + i) * c + ch0 + 8];
                     // SAFETY: `dst` holds 8 f32; unaligned store.

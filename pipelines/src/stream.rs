@@ -619,37 +619,8 @@ mod sse2 {
                     let r: [__m128i; 8] = std::array::from_fn(|k| {
                         _mm_loadu_si128(src.add(k * stride) as *const __m128i)
                     });
-                    let t = [
-                        _mm_unpacklo_epi16(r[0], r[1]),
-                        _mm_unpackhi_epi16(r[0], r[1]),
-                        _mm_unpacklo_epi16(r[2], r[3]),
-                        _mm_unpackhi_epi16(r[2], r[3]),
-                        _mm_unpacklo_epi16(r[4], r[5]),
-                        _mm_unpackhi_epi16(r[4], r[5]),
-                        _mm_unpacklo_epi16(r[6], r[7]),
-                        _mm_unpackhi_epi16(r[6], r[7]),
-                    ];
-                    let u = [
-                        _mm_unpacklo_epi32(t[0], t[2]),
-                        _mm_unpackhi_epi32(t[0], t[2]),
-                        _mm_unpacklo_epi32(t[1], t[3]),
-                        _mm_unpackhi_epi32(t[1], t[3]),
-                        _mm_unpacklo_epi32(t[4], t[6]),
-                        _mm_unpackhi_epi32(t[4], t[6]),
-                        _mm_unpacklo_epi32(t[5], t[7]),
-                        _mm_unpackhi_epi32(t[5], t[7]),
-                    ];
                     // Channel c0 + k's 8 samples.
-                    let columns = [
-                        _mm_unpacklo_epi64(u[0], u[4]),
-                        _mm_unpackhi_epi64(u[0], u[4]),
-                        _mm_unpacklo_epi64(u[1], u[5]),
-                        _mm_unpackhi_epi64(u[1], u[5]),
-                        _mm_unpacklo_epi64(u[2], u[6]),
-                        _mm_unpackhi_epi64(u[2], u[6]),
-                        _mm_unpacklo_epi64(u[3], u[7]),
-                        _mm_unpackhi_epi64(u[3], u[7]),
-                    ];
+                    let columns = kernels::columns::transpose8_i16(r);
                     for (k, v) in columns.iter().enumerate() {
                         let dst = out.as_mut_ptr().add((c0 + k) * n + base + s);
                         _mm_storeu_si128(dst as *mut __m128i, *v);
