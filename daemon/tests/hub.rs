@@ -9,32 +9,13 @@ use std::time::Duration;
 
 use arrow::array::{Array, Int64Array};
 use common::{
-    assert_exactly_once, header, http_open, live_stream, shared_data, stored_sample_index,
+    assert_exactly_once, http_open, live_stream, replay_config, shared_data, stored_sample_index,
     wait_for, write_spikeglx, Daemon,
 };
 
 /// Seconds of 385-channel SpikeGLX data the replays below run for, in real time.
 const SECONDS: usize = 8;
 const RATE: usize = 30_000;
-
-/// A SpikeGLX replay at real-time pace (lossless: its edges block) into a store.
-fn replay_config(bin: &Path, flush_interval_s: f64) -> String {
-    format!(
-        r#"{}
-[sources.src]
-type = "spikeglx"
-path = "{}"
-pace = "realtime"
-
-[sinks.store]
-type = "store"
-inputs = ["src"]
-flush_interval_s = {flush_interval_s}
-"#,
-        header(),
-        bin.display()
-    )
-}
 
 /// A daemon replaying [`SECONDS`] of a written SpikeGLX recording into a store (flushing every
 /// 0.5 s); None without the shared data (the real meta).

@@ -374,23 +374,10 @@ fn kill_9_in_a_loop_during_rotation_and_conversion_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let samples = 30_000 * (2 + 2 * loops as usize);
     let (bin, _) = common::write_spikeglx(dir.path(), "loop_g0_t0.imec0", samples, Some(samples));
-    let config = format!(
-        r#"{}
-[sources.probe]
-type = "spikeglx"
-path = "{}"
-pace = "realtime"
-[sinks.store]
-type = "store"
-inputs = ["probe"]
-flush_interval_s = 0.1
-rotate_s = 0.25
-"#,
-        common::header(),
-        bin.display()
-    );
+    // Segments rotate every 0.25 s, so kills land in rotations and conversions.
+    let config = format!("{}rotate_s = 0.25\n", common::replay_config(&bin, 0.1));
     let store = dir.path().join("data/store");
-    let stream = store.join("probe");
+    let stream = store.join("src");
     let saved = dir.path().join("readable-before-kill.txt");
     let saved = saved.to_str().unwrap();
     let stream_arg = stream.to_str().unwrap();

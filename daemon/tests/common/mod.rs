@@ -240,6 +240,25 @@ listen = "127.0.0.1:{port}"
 "#
 }
 
+/// A SpikeGLX replay (source `src`) at real-time pace (lossless: its edges block) into a store.
+pub fn replay_config(bin: &Path, flush_interval_s: f64) -> String {
+    format!(
+        r#"{}
+[sources.src]
+type = "spikeglx"
+path = "{}"
+pace = "realtime"
+
+[sinks.store]
+type = "store"
+inputs = ["src"]
+flush_interval_s = {flush_interval_s}
+"#,
+        header(),
+        bin.display()
+    )
+}
+
 /// Runs a finite config to its end, which must be exit 0 with no batch rejected; returns the
 /// daemon's data directory.
 pub fn run_to_end(dir: &Path, config: &str, timeout: Duration) -> PathBuf {
