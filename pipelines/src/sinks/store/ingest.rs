@@ -2,6 +2,7 @@
 //! buffer into the streams' segments, flushing every `flush_interval_s`. Only this thread waits
 //! on the store's disk.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,8 +10,9 @@ use arrow::record_batch::RecordBatch;
 
 use super::buffer::{Buffer, Popped, SpoolFile};
 use super::spool::Drain;
-use super::stream_writer::Shared;
+use super::stream_writer::{Shared, StreamWriter};
 use super::Streams;
+use crate::fault::panic_message;
 use crate::metrics::batch_bytes;
 use crate::storage::{SegmentReader, StoreError};
 
@@ -23,12 +25,49 @@ pub struct Writer<'a> {
 impl Writer<'_> {
     fn store(&mut self, batch: RecordBatch) {
         let started = Instant::now();
-        let stream = self.streams.get(&batch, self.shared.metrics);
-        stream.metrics().input_bytes.inc_by(batch_bytes(&batch));
-        stream.accept(batch, &self.shared);
+        let rows = batch.num_rows();
+        let id = self.streams.writer_for(&batch, self.shared.metrics);
+        self.guarded(&id, rows, |stream, shared| {
+            stream.metrics().input_bytes.inc_by(batch_bytes(&batch));
+            stream.accept(batch, shared);
+        });
         self.shared
             .metrics
             .observe_processing(started.elapsed().as_secs_f64());
+    }
+
+    /// Runs `work` on stream `id`'s writer. A panic there is a bug, but it must cost no other
+    /// stream and nothing that can still be saved: it is logged and counted, the writer is closed
+    /// (writing what it held back, and queueing its segment for conversion, if that still works),
+    /// the `rows` in hand and whatever the close could not write are counted as dropped, and the
+    /// stream's next batch starts a new writer (the whole store no longer stops at one panic).
+    fn guarded(&mut self, id: &str, rows: usize, work: impl FnOnce(&mut StreamWriter, &Shared)) {
+        let Some(stream) = self.streams.by_id.get_mut(id) else {
+            return;
+        };
+        let shared = &self.shared;
+        let Err(payload) = catch_unwind(AssertUnwindSafe(|| work(stream, shared))) else {
+            return;
+        };
+        let m = shared.metrics;
+        let message = format!(
+            "the store's writer of stream `{id}` panicked: {}",
+            panic_message(payload.as_ref())
+        );
+        m.error("panic", "writing", message.clone());
+        let Some(mut broken) = self.streams.by_id.remove(id) else {
+            return;
+        };
+        let unwritten = catch_unwind(AssertUnwindSafe(|| broken.close(shared))).ok();
+        let lost = rows as u64 + unwritten.map_or(0, |(_, rows)| rows);
+        m.add_dropped_rows(lost as usize);
+        tracing::error!(
+            component = m.id(),
+            stream = %id,
+            rows_lost = lost,
+            closed = unwritten.is_some(),
+            "{message}; a new writer takes the stream's next batch"
+        );
     }
 
     /// Stores the batches of leftover spool files past their notes. Returns the files to delete
@@ -118,8 +157,9 @@ impl Writer<'_> {
             }
             // Checked after every batch too, so a busy buffer cannot postpone the flush.
             if Instant::now() >= next_flush {
-                for stream in self.streams.by_id.values_mut() {
-                    stream.tick(&self.shared);
+                let ids: Vec<String> = self.streams.by_id.keys().cloned().collect();
+                for id in ids {
+                    self.guarded(&id, 0, StreamWriter::tick);
                 }
                 next_flush = Instant::now() + self.flush_interval;
             }
@@ -128,10 +168,11 @@ impl Writer<'_> {
     }
 
     fn close(&mut self) -> usize {
-        self.streams
-            .by_id
-            .values_mut()
-            .map(|s| s.close(&self.shared))
-            .sum()
+        let mut unwritten = 0;
+        let ids: Vec<String> = self.streams.by_id.keys().cloned().collect();
+        for id in ids {
+            self.guarded(&id, 0, |stream, shared| unwritten += stream.close(shared).0);
+        }
+        unwritten
     }
 }

@@ -49,7 +49,9 @@
 //!
 //! A disk error on one stream is counted and logged with the file; that stream keeps the batches
 //! it could not write (up to [`stream_writer::MAX_PENDING_BYTES`]) and retries with its next
-//! batch, while the other streams go on.
+//! batch, while the other streams go on. A panic in one stream's writer (a bug) costs that
+//! stream the batch in hand: it is counted (`error_type="panic"`) and logged with its message, the
+//! writer is closed as at the end of input, and a new one takes the stream's next batch.
 
 mod buffer;
 mod ingest;
@@ -235,22 +237,25 @@ struct Streams {
 }
 
 impl Streams {
-    fn get(&mut self, batch: &RecordBatch, metrics: &ComponentMetrics) -> &mut StreamWriter {
-        let id = stream_id_of(batch.schema_ref()).unwrap_or(UNNAMED_STREAM);
-        let dir = &self.dir;
-        self.by_id.entry(id.to_string()).or_insert_with(|| {
-            if stream_id_of(batch.schema_ref()).is_none() {
+    /// The batch's stream id, with a writer for that stream made if there was none.
+    fn writer_for(&mut self, batch: &RecordBatch, metrics: &ComponentMetrics) -> String {
+        let named = stream_id_of(batch.schema_ref());
+        let id = named.unwrap_or(UNNAMED_STREAM);
+        if !self.by_id.contains_key(id) {
+            if named.is_none() {
                 tracing::warn!(
                     component = metrics.id(),
                     "batches without `neurod.stream_id` are stored under `{UNNAMED_STREAM}/`"
                 );
             }
-            StreamWriter::new(
+            let writer = StreamWriter::new(
                 id.to_string(),
-                dir.join(stream_dir_name(id)),
+                self.dir.join(stream_dir_name(id)),
                 metrics.store(id),
-            )
-        })
+            );
+            self.by_id.insert(id.to_string(), writer);
+        }
+        id.to_string()
     }
 }
 

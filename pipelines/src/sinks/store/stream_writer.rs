@@ -82,6 +82,8 @@ impl StreamWriter {
 
     /// Appends a batch to the live segment (after any earlier batches a failure held back).
     pub fn accept(&mut self, batch: RecordBatch, sh: &Shared) {
+        #[cfg(test)]
+        super::tests::panic_if_doomed(&self.stream_id);
         let Some(batch) = self.new_rows(batch, sh) else {
             return;
         };
@@ -201,11 +203,12 @@ impl StreamWriter {
     }
 
     /// End of input: a last try for held-back batches, then the segment is closed and queued
-    /// for conversion. Returns the batches that could not be written.
-    pub fn close(&mut self, sh: &Shared) -> usize {
+    /// for conversion. Returns the batches, and their rows, that could not be written.
+    pub fn close(&mut self, sh: &Shared) -> (usize, u64) {
         self.write_pending(sh);
         self.rotate(sh);
-        self.pending.len()
+        let rows = self.pending.iter().map(|b| b.num_rows() as u64).sum();
+        (self.pending.len(), rows)
     }
 
     fn write_pending(&mut self, sh: &Shared) {

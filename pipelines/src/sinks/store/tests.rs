@@ -493,6 +493,70 @@ fn a_failing_stream_keeps_its_batches_and_the_others_go_on() {
     );
 }
 
+/// Streams whose writer panics at a given batch (test-only; each test dooms a stream id of its
+/// own, so tests running at once do not meet).
+static DOOMED: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Called by `StreamWriter::accept` in tests: panics if this batch of the stream is doomed.
+pub(super) fn panic_if_doomed(stream_id: &str) {
+    let mut doomed = DOOMED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(i) = doomed.iter().position(|(s, _)| s == stream_id) else {
+        return;
+    };
+    if doomed[i].1 > 0 {
+        doomed[i].1 -= 1;
+        return;
+    }
+    doomed.remove(i);
+    drop(doomed);
+    panic!("test fault in stream `{stream_id}`");
+}
+
+#[test]
+fn a_panic_while_storing_a_stream_costs_only_the_batch_in_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = info("panics-once", 2).schema();
+    let b = info("b", 2).schema();
+    DOOMED.lock().unwrap().push(("panics-once".into(), 1));
+    let sink = start(dir.path(), "flush_interval_s = 0.05");
+    sink.send(&batch(&a, 0, 10));
+    sink.send(&batch(&b, 0, 10));
+    sink.send(&batch(&a, 10, 10)); // the writer panics here
+    sink.send(&batch(&a, 20, 10));
+    sink.send(&batch(&b, 10, 10));
+    let (r, metrics, registry) = sink.close();
+    r.expect("the store goes on after a panic in one stream's writer");
+    let store = dir.path().join(ID);
+    assert_eq!(
+        stored_rows(&store.join("panics-once"), &a),
+        concat(&a, &[batch(&a, 0, 10), batch(&a, 20, 10)]),
+        "the batch before the panic and the one after are stored"
+    );
+    assert_eq!(
+        stored_rows(&store.join("b"), &b),
+        concat(&b, &[batch(&b, 0, 10), batch(&b, 10, 10)])
+    );
+    assert_eq!(metrics.dropped_rows(), 10, "only the batch in hand is lost");
+    assert!(
+        registry.render().contains(
+            r#"neurod_component_errors_total{component_id="disk",error_type="panic",stage="writing"} 1"#
+        ),
+        "counted once as a panic while writing"
+    );
+    let last_error = metrics.status().last_error.unwrap();
+    assert!(
+        last_error.contains("panics-once") && last_error.contains("test fault"),
+        "{last_error}"
+    );
+    assert!(
+        file_names(&store.join("panics-once"))
+            .iter()
+            .all(|n| n.ends_with(".parquet") || n == "_manifest.json"),
+        "the broken writer's segment was converted too: {:?}",
+        file_names(&store.join("panics-once"))
+    );
+}
+
 #[test]
 fn compression_ratio_of_the_real_recording_is_above_one() {
     let Some((_, input, dat_bytes)) = openephys_batches("oe", 4000) else {
