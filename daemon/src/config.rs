@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use neurod::security::{self, Secret, Security};
+use crate::security::{self, Secret, Security};
 use pipelines::component::{BuildContext, PortSpec, Sink, Source, Transform};
 use pipelines::registry;
 use pipelines::stream::Layout;
@@ -35,7 +35,7 @@ pub struct DaemonConfig {
     #[serde(default)]
     pub sql: SqlConfig,
     /// Bearer token of every listener (or `token_file`, the file holding it); required when
-    /// a listener is off loopback. See `neurod::security`.
+    /// a listener is off loopback. See `crate::security`.
     #[serde(default)]
     pub token: Option<Secret>,
     #[serde(default)]
@@ -103,7 +103,7 @@ pub struct SqlConfig {
 
 impl Default for SqlConfig {
     fn default() -> Self {
-        let limits = neurod::sql::SqlLimits::default();
+        let limits = crate::sql::SqlLimits::default();
         let window = pipelines::hub::Retention::default();
         SqlConfig {
             window_s: window.window_s,
@@ -123,8 +123,8 @@ impl SqlConfig {
         }
     }
 
-    pub fn limits(&self) -> neurod::sql::SqlLimits {
-        neurod::sql::SqlLimits {
+    pub fn limits(&self) -> crate::sql::SqlLimits {
+        crate::sql::SqlLimits {
             max_rows: self.max_rows,
             memory_bytes: self.memory_mb << 20,
             timeout: std::time::Duration::from_secs_f64(self.timeout_s),

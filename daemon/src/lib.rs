@@ -2,6 +2,7 @@
 //! streams ([`sql`]), the Arrow Flight / Flight SQL service ([`flight`]) and exports of stored
 //! sessions ([`export`]).
 
+pub mod config;
 pub mod export;
 pub mod flight;
 pub mod security;

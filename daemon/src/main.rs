@@ -1,6 +1,6 @@
 //! `neurod`: the acquisition daemon's command line.
 
-mod config;
+use neurod::config;
 mod http;
 mod live;
 mod ls;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use pipelines::storage::ResumeLookup;
 
-use crate::config::{Built, Plan};
+use neurod::config::{Built, Plan};
 
 /// The resume lookup of every source of a plan, by component id.
 pub fn lookups(plan: &Plan) -> HashMap<String, ResumeLookup> {

@@ -14,9 +14,9 @@ use pipelines::metrics::Metrics;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{self, Overrides};
 use crate::http;
 use crate::topology::Topology;
+use neurod::config::{self, Overrides};
 
 pub fn run(config_path: PathBuf, overrides: Overrides) -> ExitCode {
     let plan = match config::load(&config_path, &overrides) {

@@ -29,8 +29,8 @@ use pipelines::storage::ResumeLookup;
 use pipelines::stream::{stream_id_of, Layout};
 use tokio::sync::watch;
 
-use crate::config::{Built, Component, DaemonConfig, InputRef, Kind, Plan};
 use crate::supervise;
+use neurod::config::{Built, Component, DaemonConfig, InputRef, Kind, Plan};
 
 pub struct Topology {
     hub: Arc<Hub>,

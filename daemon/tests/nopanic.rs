@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{header, http_status, neurod, shared_data, wait_for, Daemon};
+use common::{header, http_status, neurod, shared_data, tiff_claiming, wait_for, Daemon};
 
 /// `neurod validate` and `neurod run` on `config` (written into `dir`): both must refuse it with
 /// exit 1, naming every string of `expected` on stderr, and neither may panic.
@@ -109,42 +109,6 @@ fn out_of_range_durations_are_validation_errors() {
             "`flush_interval_s`",
         ],
     );
-}
-
-/// A little-endian TIFF whose one page claims `width` × `height` 16-bit pixels but holds 8 bytes.
-fn tiff_claiming(width: u32, height: u32) -> Vec<u8> {
-    const ENTRIES: u16 = 9;
-    let data_at = 8 + 2 + 12 * u32::from(ENTRIES) + 4;
-    let mut t = b"II*\0".to_vec();
-    t.extend_from_slice(&8u32.to_le_bytes());
-    t.extend_from_slice(&ENTRIES.to_le_bytes());
-    // (tag, type: 3 = SHORT, 4 = LONG, value), in ascending tag order.
-    let entries: [(u16, u16, u32); ENTRIES as usize] = [
-        (256, 4, width),
-        (257, 4, height),
-        (258, 3, 16),      // BitsPerSample
-        (259, 3, 1),       // no compression
-        (262, 3, 1),       // BlackIsZero
-        (273, 4, data_at), // StripOffsets
-        (277, 3, 1),       // SamplesPerPixel
-        (279, 4, 8),       // StripByteCounts
-        (339, 3, 2),       // SampleFormat: signed
-    ];
-    for (tag, kind, value) in entries {
-        t.extend_from_slice(&tag.to_le_bytes());
-        t.extend_from_slice(&kind.to_le_bytes());
-        t.extend_from_slice(&1u32.to_le_bytes());
-        match kind {
-            3 => {
-                t.extend_from_slice(&(value as u16).to_le_bytes());
-                t.extend_from_slice(&[0, 0]);
-            }
-            _ => t.extend_from_slice(&value.to_le_bytes()),
-        }
-    }
-    t.extend_from_slice(&0u32.to_le_bytes());
-    t.extend_from_slice(&[0u8; 8]);
-    t
 }
 
 #[test]

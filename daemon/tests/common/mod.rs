@@ -525,3 +525,39 @@ pub fn validate_errors(cfg: &Path) -> String {
     assert_eq!(out.status.code(), Some(1), "a broken config must exit 1");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A little-endian TIFF whose one page claims `width` × `height` 16-bit pixels but holds 8 bytes.
+pub fn tiff_claiming(width: u32, height: u32) -> Vec<u8> {
+    const ENTRIES: u16 = 9;
+    let data_at = 8 + 2 + 12 * u32::from(ENTRIES) + 4;
+    let mut t = b"II*\0".to_vec();
+    t.extend_from_slice(&8u32.to_le_bytes());
+    t.extend_from_slice(&ENTRIES.to_le_bytes());
+    // (tag, type: 3 = SHORT, 4 = LONG, value), in ascending tag order.
+    let entries: [(u16, u16, u32); ENTRIES as usize] = [
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, 16),      // BitsPerSample
+        (259, 3, 1),       // no compression
+        (262, 3, 1),       // BlackIsZero
+        (273, 4, data_at), // StripOffsets
+        (277, 3, 1),       // SamplesPerPixel
+        (279, 4, 8),       // StripByteCounts
+        (339, 3, 2),       // SampleFormat: signed
+    ];
+    for (tag, kind, value) in entries {
+        t.extend_from_slice(&tag.to_le_bytes());
+        t.extend_from_slice(&kind.to_le_bytes());
+        t.extend_from_slice(&1u32.to_le_bytes());
+        match kind {
+            3 => {
+                t.extend_from_slice(&(value as u16).to_le_bytes());
+                t.extend_from_slice(&[0, 0]);
+            }
+            _ => t.extend_from_slice(&value.to_le_bytes()),
+        }
+    }
+    t.extend_from_slice(&0u32.to_le_bytes());
+    t.extend_from_slice(&[0u8; 8]);
+    t
+}

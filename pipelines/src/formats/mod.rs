@@ -4,4 +4,5 @@ pub mod numpy_pickle;
 pub mod openephys;
 pub mod spikeglx;
 pub mod suite2p;
+pub mod tiff_guard;
 pub mod tiff_stack;

@@ -150,6 +150,10 @@ impl TiffPages {
         let g = self.check_page()?;
         self.geometry = Some(g);
         let n = g.pixels();
+        if let Err(why) = self.fits_in_file(n * 2) {
+            self.reset();
+            return Ok(Page::Incomplete(format!("page {}: {why}", self.next)));
+        }
         self.bytes.resize(n * 2, 0);
         out.resize(n, 0);
         let decoder = self.decoder.as_mut().expect("positioned");
@@ -182,6 +186,34 @@ impl TiffPages {
         Ok(Page::Read { saturated })
     }
 
+    /// Whether the file, as long as it is now, can hold a page of `bytes` pixel bytes with the
+    /// page's compression at its most effective, so that a header of a few bytes cannot make us
+    /// allocate a whole frame (a page still being written fits once its data is there).
+    fn fits_in_file(&mut self, bytes: usize) -> Result<(), String> {
+        let decoder = self.decoder.as_mut().expect("positioned");
+        let compression: Option<u16> = decoder
+            .find_tag_unsigned(Tag::Compression)
+            .map_err(|e| e.to_string())?;
+        // The largest expansion of each scheme the decoder reads: none, PackBits (one byte
+        // repeated 128 times from two), Deflate (1032:1), TIFF's LZW (12-bit codes of at most
+        // 4096 bytes, so below 4096:1).
+        let expansion: u64 = match compression {
+            None | Some(1) => 1,
+            Some(32773) => 64,
+            Some(8) | Some(32946) => 1032,
+            Some(_) => 4096,
+        };
+        let on_disk = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if bytes as u64 > on_disk.saturating_mul(expansion) {
+            return Err(format!(
+                "its {bytes} pixel bytes cannot come from the file's {on_disk} bytes \
+                 (compression {})",
+                compression.unwrap_or(1)
+            ));
+        }
+        Ok(())
+    }
+
     fn reset(&mut self) {
         self.decoder = None;
         self.positioned = false;
@@ -194,11 +226,9 @@ impl TiffPages {
             return Ok(());
         }
         let Some(decoder) = self.decoder.as_mut() else {
-            let file = File::open(&self.path).map_err(|e| format!("cannot open: {e}"))?;
-            match Decoder::new(BufReader::new(file)) {
-                Ok(d) => self.decoder = Some(d),
-                Err(e) => return Err(format!("no readable TIFF header and first page: {e}")),
-            }
+            // Pages are decoded into our own buffer (bounded by `fits_in_file`), so the crate
+            // decodes nothing whole but tag values.
+            self.decoder = Some(super::tiff_guard::open_decoder(&self.path, 0)?);
             if self.next == 0 {
                 self.positioned = true;
                 return Ok(());

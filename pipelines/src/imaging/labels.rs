@@ -48,10 +48,10 @@ fn whole(v: Vec<f64>) -> Result<Vec<i64>, String> {
 }
 
 fn read_tiff(path: &Path) -> Result<LabelImage, String> {
-    use tiff::decoder::{Decoder, DecodingResult as D};
+    use tiff::decoder::DecodingResult as D;
     use tiff::ColorType;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut dec = Decoder::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+    // The crate decodes the whole image, within its usual limit of 256 MiB.
+    let mut dec = crate::formats::tiff_guard::open_decoder(path, 256 << 20)?;
     let (w, h) = dec.dimensions().map_err(|e| e.to_string())?;
     match dec.colortype().map_err(|e| e.to_string())? {
         ColorType::Gray(_) => {}
