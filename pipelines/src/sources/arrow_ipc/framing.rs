@@ -5,7 +5,7 @@
 use std::io::{self, BufRead};
 use std::ops::Range;
 
-use arrow::ipc::{root_as_message, MessageHeader};
+use arrow::ipc::{root_as_message, Message, MessageHeader};
 
 use std::net::SocketAddr;
 
@@ -197,7 +197,34 @@ fn check_header(metadata: &[u8], peer: SocketAddr) -> Result<(MessageHeader, usi
             peer,
             why: format!("message body length {body_length} is outside 0..={MAX_BODY_BYTES}"),
         })?;
+    check_buffers(&message, body_len).map_err(|why| ReceiveError::NotIpc { peer, why })?;
     Ok((header, body_len))
+}
+
+/// Every buffer of a batch must lie within the message's body: arrow's decoder slices them
+/// without checking, and panics on one that does not (found by fuzzing).
+fn check_buffers(message: &Message, body_len: usize) -> Result<(), String> {
+    let batch = match message.header_type() {
+        MessageHeader::RecordBatch => message.header_as_record_batch(),
+        MessageHeader::DictionaryBatch => {
+            message.header_as_dictionary_batch().and_then(|d| d.data())
+        }
+        _ => return Ok(()),
+    };
+    let Some(buffers) = batch.and_then(|b| b.buffers()) else {
+        return Ok(());
+    };
+    for (i, b) in buffers.iter().enumerate() {
+        let end = b.offset().checked_add(b.length());
+        if b.offset() < 0 || b.length() < 0 || end.is_none_or(|e| e as u64 > body_len as u64) {
+            return Err(format!(
+                "buffer {i} ({} bytes at {}) lies outside the message body of {body_len} bytes",
+                b.length(),
+                b.offset()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a message that arrived already split into metadata and body (Arrow Flight): the

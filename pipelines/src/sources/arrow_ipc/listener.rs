@@ -174,7 +174,7 @@ impl ArrowIpcSource {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    shared.shutdown.sleep(ACCEPT_POLL);
+                    wait_for_connection(&listener, ACCEPT_POLL);
                 }
                 Err(e) => {
                     // Out of file descriptors, a peer that reset before accept: the listener
@@ -304,6 +304,24 @@ fn refuse_over_limit(shared: &Shared, stream: &TcpStream, peer: SocketAddr, max:
     let _ = stream.set_read_timeout(Some(Duration::from_millis(10)));
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     close_with_error(stream, &msg, REFUSAL_LINGER);
+}
+
+/// Waits until a connection is pending on `listener`, or `timeout` has passed: a rig that
+/// connects is accepted at once, while shutdown is still noticed within `timeout`.
+fn wait_for_connection(listener: &TcpListener, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call; the listener outlives it.
+    let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+    if ready < 0 {
+        // EINTR and the like: the caller accepts again, and polls again if nothing is there.
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[cfg(test)]
