@@ -414,6 +414,31 @@ fn a_schema_that_makes_arrow_panic_is_a_counted_error() {
 }
 
 #[test]
+fn a_batch_buffer_outside_the_message_body_is_refused_before_arrow_decodes_it() {
+    // Found by fuzzing: arrow's decoder slices buffers without checking them against the body,
+    // and panics. 13 rows make the sample_index buffer (offset 0, 104 bytes) unique.
+    let schema = continuous_schema(Some("p"), Some("30000"));
+    let mut bytes = ipc_bytes(&schema, &[continuous_batch(&schema, (0..13).collect())], true);
+    let mut buffer = 0i64.to_le_bytes().to_vec();
+    buffer.extend(104i64.to_le_bytes());
+    let at: Vec<usize> = bytes
+        .windows(16)
+        .enumerate()
+        .filter(|(_, w)| *w == buffer.as_slice())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the buffer must appear once");
+    bytes[at[0]..at[0] + 8].copy_from_slice(&(1i64 << 40).to_le_bytes());
+    let h = start(16);
+    let reply = send_and_read_reply(h.addr, &bytes);
+    // Refused by the framing's own check, not by the guard around arrow's decoder.
+    assert!(reply.contains("lies outside the message body"), "{reply}");
+    assert!(!reply.contains("decoder could not handle"), "{reply}");
+    h.wait_errors(1);
+    h.stop();
+}
+
+#[test]
 fn frames_schema_checks_shape_and_types() {
     let frames = |item: DataType, size: i32, h: &str, w: &str| {
         Schema::new_with_metadata(
