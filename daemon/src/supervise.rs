@@ -7,21 +7,30 @@
 //! batches (its producers forget it and a blocked producer wakes), and dropped ports end their
 //! streams, so its consumers finish after what they already hold.
 //!
-//! **Test-only fault:** `NEUROD_FAULT_PANIC=<component id>:<N>` makes that component's thread
+//! **Test-only faults:** `NEUROD_FAULT_PANIC=<component id>:<N>` makes that component's thread
 //! panic once it has counted N batches (received or sent), to test the above through the binary.
+//! `NEUROD_FAULT_SLOW=<component id>:<ms>:<s>` makes it take `ms` milliseconds longer for each
+//! batch it receives during its first `s` seconds: an overload of that component, to test that
+//! the rest of the daemon rides it out and that it recovers.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
 
 use pipelines::metrics::{ComponentMetrics, ComponentState};
 
-/// The environment variable of the test-only fault.
+/// The environment variables of the test-only faults.
 pub const FAULT_PANIC_ENV: &str = "NEUROD_FAULT_PANIC";
+pub const FAULT_SLOW_ENV: &str = "NEUROD_FAULT_SLOW";
 
 /// Runs one component's work on the current thread; `true` if it ended without failing.
 pub fn run(metrics: &ComponentMetrics, work: impl FnOnce() -> bool) -> bool {
     if let Some(after) = fault_for(metrics.id()) {
         tracing::warn!(component = %metrics.id(), after_batches = after, "{FAULT_PANIC_ENV}: this component will panic (test-only fault)");
         pipelines::fault::arm_panic_after(after);
+    }
+    if let Some((per_batch, during)) = slowdown_for(metrics.id()) {
+        tracing::warn!(component = %metrics.id(), ?per_batch, ?during, "{FAULT_SLOW_ENV}: this component is slowed down (test-only fault)");
+        pipelines::fault::arm_slowdown(per_batch, during);
     }
     match catch_unwind(AssertUnwindSafe(work)) {
         Ok(ok) => ok,
@@ -45,6 +54,34 @@ fn fault_for(component: &str) -> Option<u64> {
             None
         }
     }
+}
+
+/// The slowdown `component` must take, if the fault names it.
+fn slowdown_for(component: &str) -> Option<(Duration, Duration)> {
+    let spec = std::env::var(FAULT_SLOW_ENV).ok()?;
+    match parse_slowdown(&spec) {
+        Some((id, per_batch, during)) => (id == component).then_some((per_batch, during)),
+        None => {
+            tracing::warn!(value = %spec, "{FAULT_SLOW_ENV} ignored: expected <component id>:<ms>:<s>");
+            None
+        }
+    }
+}
+
+/// `"<id>:<ms>:<s>"` → (id, ms per batch, for s).
+fn parse_slowdown(spec: &str) -> Option<(&str, Duration, Duration)> {
+    let (rest, seconds) = spec.rsplit_once(':')?;
+    let (id, ms) = rest.rsplit_once(':')?;
+    let ms: f64 = ms.trim().parse().ok()?;
+    let seconds: f64 = seconds.trim().parse().ok()?;
+    let ok = |v: f64| (0.0..1e6).contains(&v);
+    (ok(ms) && ok(seconds) && !id.is_empty()).then(|| {
+        (
+            id,
+            Duration::from_secs_f64(ms / 1000.0),
+            Duration::from_secs_f64(seconds),
+        )
+    })
 }
 
 /// `"<id>:<N>"` → (id, N); the id may itself contain `:`.
@@ -83,5 +120,15 @@ mod tests {
         assert_eq!(parse_fault("store"), None);
         assert_eq!(parse_fault(":3"), None);
         assert_eq!(parse_fault("store:x"), None);
+        let ms = Duration::from_millis;
+        assert_eq!(
+            parse_slowdown("spikes:6.5:20"),
+            Some(("spikes", Duration::from_micros(6500), ms(20_000)))
+        );
+        assert_eq!(parse_slowdown("a:b:1:2"), Some(("a:b", ms(1), ms(2000))));
+        assert_eq!(parse_slowdown("spikes:6.5"), None);
+        assert_eq!(parse_slowdown(":1:2"), None);
+        assert_eq!(parse_slowdown("spikes:-1:2"), None);
+        assert_eq!(parse_slowdown("spikes:NaN:2"), None);
     }
 }

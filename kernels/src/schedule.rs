@@ -117,7 +117,8 @@ impl RowClock {
         let n0 = self.processed;
         if self.next_sample != Some(first_sample) {
             if let Some(expected) = self.next_sample {
-                tracing::warn!(
+                // Debug only: the transform feeding the chain warns about gaps, rate-limited.
+                tracing::debug!(
                     expected,
                     got = first_sample,
                     "detection chain: the stream skipped samples; filtering on as if contiguous, peak context restarts"

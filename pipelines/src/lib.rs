@@ -6,6 +6,7 @@ pub mod component;
 pub mod edge;
 pub mod fault;
 pub mod formats;
+pub mod gap_log;
 pub mod hub;
 pub mod imaging;
 pub mod inspect;

@@ -394,6 +394,7 @@ impl ComponentMetrics {
     }
     pub fn received(&self, batch: &RecordBatch) {
         crate::fault::tick(&self.id);
+        crate::fault::slow_tick();
         self.received_batches.inc();
         self.received_rows.inc_by(batch.num_rows() as u64);
         self.received_bytes.inc_by(batch_bytes(batch));

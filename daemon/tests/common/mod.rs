@@ -561,3 +561,24 @@ pub fn tiff_claiming(width: u32, height: u32) -> Vec<u8> {
     t.extend_from_slice(&[0u8; 8]);
     t
 }
+
+/// What a running process holds, from `/proc`: resident memory, threads and open files.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub rss_mb: f64,
+    pub threads: u64,
+    pub open_files: u64,
+}
+
+pub fn held_by(pid: u32) -> Option<Held> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(Held {
+        rss_mb: field("VmRSS:")? as f64 / 1024.0,
+        threads: field("Threads:")?,
+        open_files: std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64,
+    })
+}

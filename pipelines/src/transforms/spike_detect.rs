@@ -425,6 +425,7 @@ struct StreamCheck {
     n_channels: usize,
     /// The sample expected next; `None` before the first batch.
     next_sample: Option<i64>,
+    gaps: crate::gap_log::GapLog,
 }
 
 impl StreamCheck {
@@ -434,6 +435,7 @@ impl StreamCheck {
             id: s.input_id.clone(),
             n_channels: s.n_channels,
             next_sample: None,
+            gaps: Default::default(),
         }
     }
 
@@ -455,13 +457,15 @@ impl StreamCheck {
     }
 
     /// The batch's first sample index, after checking the batch continues the stream.
-    fn check_indices(&self, batch: &RecordBatch) -> Result<i64, ComponentError> {
+    fn check_indices(&mut self, batch: &RecordBatch) -> Result<i64, ComponentError> {
         let span = sample_span(batch, self.next_sample)
             .map_err(|why| self.err(format!("{why}; dropped")))?;
         if span.gap > 0 {
             // Live sources drop batches when a consumer falls behind (counted there); the
             // filter simply continues across the hole.
-            tracing::warn!(stream = %self.id, missing = span.gap, from = span.first - span.gap, "gap in the input: samples missing");
+            if let Some((gaps, missing)) = self.gaps.note(span.gap as u64) {
+                tracing::warn!(stream = %self.id, gaps, missing, latest_from = span.first - span.gap, "gaps in the input: samples missing (logged at most every 10 s; the edge's drops are counted in neurod_edge_dropped_rows_total)");
+            }
         }
         Ok(span.first)
     }

@@ -418,7 +418,11 @@ fn a_batch_buffer_outside_the_message_body_is_refused_before_arrow_decodes_it() 
     // Found by fuzzing: arrow's decoder slices buffers without checking them against the body,
     // and panics. 13 rows make the sample_index buffer (offset 0, 104 bytes) unique.
     let schema = continuous_schema(Some("p"), Some("30000"));
-    let mut bytes = ipc_bytes(&schema, &[continuous_batch(&schema, (0..13).collect())], true);
+    let mut bytes = ipc_bytes(
+        &schema,
+        &[continuous_batch(&schema, (0..13).collect())],
+        true,
+    );
     let mut buffer = 0i64.to_le_bytes().to_vec();
     buffer.extend(104i64.to_le_bytes());
     let at: Vec<usize> = bytes
