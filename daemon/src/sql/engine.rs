@@ -406,4 +406,65 @@ mod tests {
         assert!(matches!(bad, SqlError::Invalid(_)), "{bad}");
         assert!(bad.to_string().contains("nope"), "{bad}");
     }
+
+    #[test]
+    fn neurons_holds_every_neurons_latest_label_not_only_the_latest_changes() {
+        use arrow::array::{Float64Array, Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use pipelines::stream::keys;
+        // Unit 0 labelled at frame 100; unit 1 too, then again (flipped) at frame 200.
+        let dir = tempfile::tempdir().unwrap();
+        let name = "plane0.dff.neurons";
+        let stream = dir.path().join("store").join(name);
+        std::fs::create_dir_all(&stream).unwrap();
+        let meta = std::collections::HashMap::from([
+            (keys::STREAM_ID.to_string(), name.to_string()),
+            (keys::LAYOUT.to_string(), "table".to_string()),
+            (keys::STREAM_KIND.to_string(), "neurons".to_string()),
+        ]);
+        let schema = Arc::new(Schema::new_with_metadata(
+            vec![
+                Field::new("frame_index", DataType::Int64, false),
+                Field::new("unit", DataType::Utf8, false),
+                Field::new("group", DataType::Utf8, true),
+                Field::new("n", DataType::Int64, false),
+                Field::new("skew", DataType::Float64, false),
+                Field::new("excess_kurtosis", DataType::Float64, false),
+                Field::new("label", DataType::Utf8, false),
+                Field::new("labelled_since_frame", DataType::Int64, true),
+            ],
+            meta,
+        ));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![100, 100, 200])),
+                Arc::new(StringArray::from(vec!["0", "1", "1"])),
+                Arc::new(StringArray::from(vec![None::<&str>, None, None])),
+                Arc::new(Int64Array::from(vec![600, 600, 1200])),
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 4.0])),
+                Arc::new(Float64Array::from(vec![3.0, 5.0, 30.0])),
+                Arc::new(StringArray::from(vec![
+                    "predictable",
+                    "predictable",
+                    "unpredictable",
+                ])),
+                Arc::new(Int64Array::from(vec![Some(100), Some(100), Some(200)])),
+            ],
+        )
+        .unwrap();
+        let file = std::fs::File::create(stream.join("part-000000.parquet")).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+
+        let e = SqlEngine::new(dir.path().to_path_buf(), None, SqlLimits::default()).unwrap();
+        let r = run(&e, "SELECT unit, label, skew FROM neurons ORDER BY unit").unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&r.batches)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("| 0    | predictable   | 1.0  |"), "{text}");
+        assert!(text.contains("| 1    | unpredictable | 4.0  |"), "{text}");
+        assert_eq!(r.rows(), 2, "{text}");
+    }
 }

@@ -205,6 +205,10 @@ fn components_table(live: Option<&Live>) -> Result<Arc<dyn TableProvider>> {
     mem_table(out, &rows)
 }
 
+/// The columns of `predictability`'s label tables.
+const NEURON_COLUMNS: &str =
+    "frame_index, unit, \"group\", n, skew, excess_kurtosis, label, labelled_since_frame";
+
 /// The `neurons` view: the latest row of every neuron of every label table
 /// (`<source>.neurons`), with the table's name in `stream`, so it is as fresh as they are.
 pub(crate) fn neurons_sql(schema: &StreamSchema) -> Result<String> {
@@ -214,10 +218,13 @@ pub(crate) fn neurons_sql(schema: &StreamSchema) -> Result<String> {
         if schema.kind(name)?.as_deref() != Some(NEURONS_KIND) {
             continue;
         }
+        // A label table gets a row per neuron whose label changed: each neuron's latest row
+        // is its current state (the rows of the latest frame hold only the latest changes).
         let q = quote_ident(name);
         selects.push(format!(
-            "SELECT '{lit}' AS stream, t.* FROM {q} t \
-             WHERE t.frame_index = (SELECT max(frame_index) FROM {q})",
+            "SELECT '{lit}' AS stream, {NEURON_COLUMNS} FROM (SELECT t.*, row_number() OVER \
+             (PARTITION BY t.unit ORDER BY t.frame_index DESC) AS latest FROM {q} t) \
+             WHERE latest = 1",
             lit = name.replace('\'', "''")
         ));
     }
