@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of neurod. Installs what the tests need when it is missing: Mesa's lavapipe
-# (software Vulkan, so every WGSL kernel runs against its CPU twin without a GPU) and the Python
+# (software Vulkan, so every WGSL kernel runs against its CPU twin without a GPU), Chromium (the
+# web view's test drives it headless) and the Python
 # peers (pyarrow, SpikeInterface, scipy... from ../shared/tools/requirements.txt) in a
 # virtualenv kept outside the clone so that later runs reuse it.
 set -euo pipefail
@@ -11,13 +12,15 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/neurod/target}"
 peers="${NEUROD_PEERS:-$HOME/.cache/neurod/peers}"
 requirements=../shared/tools/requirements.txt
 
-if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
-  echo "== installing lavapipe (mesa-vulkan-drivers)"
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers
-  else
-    sudo apt-get update -qq && sudo apt-get install -y -qq mesa-vulkan-drivers
-  fi
+# Debian packages the tests need: lavapipe, and Chromium for the web view's browser test.
+missing=()
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
 if [ -f "$requirements" ]; then

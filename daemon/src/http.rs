@@ -1,6 +1,6 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz`, `/status` (JSON), `/streams` (the
 //! hub's registry, JSON), `/streams/{id}` (one stream live, as an Arrow IPC stream) and
-//! `POST /sql` (a query over live and stored streams).
+//! `POST /sql` (a query over live and stored streams); the web view's data (`crate::view`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/streams", get(streams))
         .route("/streams/{*id}", get(stream))
         .route("/sql", post(sql))
+        .merge(crate::view::data())
         .with_state(state)
 }
 

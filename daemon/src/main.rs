@@ -10,6 +10,7 @@ mod sql_cli;
 mod supervise;
 mod topology;
 mod train_teb;
+mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

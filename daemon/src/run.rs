@@ -105,7 +105,10 @@ async fn serve(
         subscriber_queue: plan.daemon.queue_batches,
         sql,
     };
-    let app = security.protect(http::router(state));
+    // The web view's page holds no data: outside the token, so that a browser can ask for it.
+    let app = security
+        .protect(http::router(state))
+        .merge(crate::view::page());
     http::spawn(listener, app, tls.clone()).context("cannot start the HTTP server")?;
     tracing::info!(%listen, %flight_listen, tls = tls.is_some(), token = security.token.is_some(), data_dir = %plan.daemon.data_dir.display(), "neurod running");
 

@@ -582,3 +582,40 @@ pub fn held_by(pid: u32) -> Option<Held> {
         open_files: std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64,
     })
 }
+
+/// A random model reading probe 0's bin_features counts and predicting the running speed.
+pub fn rig_model(dir: &Path) -> PathBuf {
+    let info = ap_stream_info("rig.imec0.ap");
+    let columns: Vec<String> = info
+        .channels
+        .iter()
+        .filter(|c| c.name.starts_with("AP"))
+        .map(|c| format!("count_{}", c.name))
+        .collect();
+    use kernels::teb::{Dims, Hidden};
+    use pipelines::sources::simulated::{ap_stream_info, RUNNING_SPEED_COLUMN};
+    let dims = Dims {
+        source: columns.len(),
+        target: 1,
+        latent: 4,
+        hidden: Hidden {
+            target_lstm: 8,
+            source_lstm: 8,
+            source_mlp: 8,
+        },
+    };
+    let mut m = kernels::teb::TebModel::random(dims, 42);
+    let n = &mut m.config.normalisation;
+    n.source_mean = vec![0.05; columns.len()];
+    n.source_std = vec![0.25; columns.len()];
+    n.target_mean = vec![5.0];
+    n.target_std = vec![5.0];
+    m.config.source.stream_id = "rig.imec0.ap.bins".into();
+    m.config.source.columns = columns;
+    m.config.target.stream_id = "rig.behaviour".into();
+    m.config.target.columns = vec![RUNNING_SPEED_COLUMN.into()];
+    m.config.bin_s = 0.02; // bin_features' default bin_ms
+    let path = dir.join("model");
+    m.save(&path).unwrap();
+    path
+}

@@ -292,7 +292,13 @@ impl Transform for Predictability {
         let src = self
             .sources
             .get_or_insert_with(&source, SourceState::default);
-        src.moments(&self.rule, &self.options, &source, &sid, &batch, out)
+        let judged = src.moments(&self.rule, &self.options, &source, &sid, &batch, out);
+        for (label, n) in src.population(&self.options) {
+            population_gauge()
+                .with_label_values(&[self.id.as_str(), source.as_str(), label])
+                .set(n as i64);
+        }
+        judged
     }
 
     fn finish(&mut self, out: &mut TransformContext) -> Result<(), ComponentError> {
@@ -324,7 +330,45 @@ fn column<'a, T: 'static>(
         })
 }
 
+/// `neurod_poyo_neurons{component_id, stream, label}`: the units of each source stream by
+/// their current label.
+fn population_gauge() -> &'static prometheus::IntGaugeVec {
+    static SERIES: std::sync::OnceLock<prometheus::IntGaugeVec> = std::sync::OnceLock::new();
+    SERIES.get_or_init(|| {
+        let g = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "neurod_poyo_neurons",
+                "Units of each source stream by their current POYO-SSL label (predictable, unpredictable, unlabelled).",
+            ),
+            &["component_id", "stream", "label"],
+        )
+        .expect("valid metric definition");
+        if let Err(e) = crate::metrics::shared_registry().register(Box::new(g.clone())) {
+            tracing::warn!(error = %e, "predictability metrics not registered");
+        }
+        g
+    })
+}
+
 impl SourceState {
+    /// How many units carry each label now.
+    fn population(&self, o: &Options) -> [(&'static str, usize); 3] {
+        let mut n = [0usize; 3];
+        for u in &self.units {
+            let i = match self.entities.get(&self.entity(o, u)).and_then(|j| j.label) {
+                Some(Label::Predictable) => 0,
+                Some(Label::Unpredictable) => 1,
+                None => 2,
+            };
+            n[i] += 1;
+        }
+        [
+            ("predictable", n[0]),
+            ("unpredictable", n[1]),
+            ("unlabelled", n[2]),
+        ]
+    }
+
     fn moments(
         &mut self,
         rule: &PoyoRule,

@@ -1,0 +1,269 @@
+//! The two-photon views: the latest frame, shrunk to at most [`MAX_SIDE`] pixels a side and
+//! scaled to 8 bits, with the ROI outlines and their POYO-SSL labels and the motion trace; and
+//! the dF/F traces of chosen neurons.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use arrow::array::{Array, AsArray, FixedSizeListArray};
+use arrow::datatypes::{Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Schema};
+use arrow::record_batch::RecordBatch;
+use pipelines::stream::{keys, FRAME_INDEX, PIXELS, ROI, ROI_X, ROI_Y, TIME_S};
+use serde::Serialize;
+
+/// Longest side of the image sent; a 128 × 128 frame is 16 KB of pixels.
+pub const MAX_SIDE: usize = 128;
+pub const MAX_ROIS: usize = 1000;
+/// Motion and trace points sent: the latest ones.
+pub const MAX_POINTS: usize = 1200;
+pub const MAX_TRACES: usize = 16;
+
+#[derive(Debug, Serialize)]
+pub struct Outline {
+    pub roi: i32,
+    /// `predictable`, `unpredictable`, `unlabelled`, or null before the rule has seen it.
+    pub label: Option<String>,
+    /// Boundary cells of the ROI in the shrunk image: y0, x0, y1, x1, ...
+    pub cells: Vec<u16>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Motion {
+    pub t: Vec<f64>,
+    pub shift_y: Vec<f32>,
+    pub shift_x: Vec<f32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FrameView {
+    pub stream: String,
+    pub frame_index: i64,
+    pub time_s: Option<f64>,
+    /// The frame's own size, and the image sent (each pixel the mean of `scale` × `scale`).
+    pub height: usize,
+    pub width: usize,
+    pub scale: usize,
+    pub image_height: usize,
+    pub image_width: usize,
+    /// Row-major, 0–255 between the image's 1st and 99th percentiles.
+    pub pixels: Vec<u8>,
+    pub rois: Vec<Outline>,
+    pub motion: Motion,
+}
+
+fn meta_usize(schema: &Schema, key: &str) -> Option<usize> {
+    schema.metadata().get(key)?.parse().ok()
+}
+
+/// The frame in the last row of `batches`, with `rois` (a ROIs stream's batches) outlined and
+/// labelled from `labels` (unit = the ROI index as text, as `predictability` names it).
+pub fn frame_view(
+    stream: &str,
+    schema: &Schema,
+    batches: &[RecordBatch],
+    rois: &[RecordBatch],
+    labels: &HashMap<String, String>,
+) -> Result<FrameView, String> {
+    let (height, width) = (
+        meta_usize(schema, keys::HEIGHT).ok_or("the stream has no frame height")?,
+        meta_usize(schema, keys::WIDTH).ok_or("the stream has no frame width")?,
+    );
+    let batch = batches
+        .iter()
+        .rev()
+        .find(|b| b.num_rows() > 0)
+        .ok_or("no frame yet")?;
+    let row = batch.num_rows() - 1;
+    let pixels = batch
+        .column_by_name(PIXELS)
+        .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+        .ok_or("the stream has no pixels column")?;
+    let values = pixels
+        .values()
+        .as_primitive_opt::<Int16Type>()
+        .ok_or("pixels are not Int16")?;
+    let n = height * width;
+    let start = row * n;
+    let frame = values
+        .values()
+        .get(start..start + n)
+        .ok_or("a frame shorter than its height × width")?;
+    let scale = height.max(width).div_ceil(MAX_SIDE).max(1);
+    let (ih, iw) = (height.div_ceil(scale), width.div_ceil(scale));
+    let mut sums = vec![(0f64, 0u32); ih * iw];
+    for y in 0..height {
+        for x in 0..width {
+            let cell = &mut sums[(y / scale) * iw + x / scale];
+            cell.0 += frame[y * width + x] as f64;
+            cell.1 += 1;
+        }
+    }
+    let means: Vec<f64> = sums.iter().map(|(s, c)| s / (*c).max(1) as f64).collect();
+    let mut sorted = means.clone();
+    sorted.sort_by(f64::total_cmp);
+    let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
+    let (lo, hi) = (pct(0.01), pct(0.99));
+    let range = (hi - lo).max(1e-9);
+    let image = means
+        .iter()
+        .map(|v| ((v - lo) / range * 255.0).clamp(0.0, 255.0) as u8)
+        .collect();
+    let frame_index = batch
+        .column_by_name(FRAME_INDEX)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .map_or(0, |c| c.value(row));
+    let time_s = batch
+        .column_by_name(TIME_S)
+        .and_then(|c| c.as_primitive_opt::<Float64Type>())
+        .map(|c| c.value(row));
+    Ok(FrameView {
+        stream: stream.to_string(),
+        frame_index,
+        time_s,
+        height,
+        width,
+        scale,
+        image_height: ih,
+        image_width: iw,
+        pixels: image,
+        rois: outlines(rois, scale, labels),
+        motion: motion(batches),
+    })
+}
+
+/// Each ROI's boundary cells in the shrunk image: the cells it covers with a neighbour it does
+/// not (4-connected).
+fn outlines(rois: &[RecordBatch], scale: usize, labels: &HashMap<String, String>) -> Vec<Outline> {
+    let mut cells: BTreeMap<i32, HashSet<(u16, u16)>> = BTreeMap::new();
+    for b in rois {
+        let col = |name| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<Int32Type>())
+        };
+        let (Some(roi), Some(y), Some(x)) = (col(ROI), col(ROI_Y), col(ROI_X)) else {
+            continue;
+        };
+        for r in 0..b.num_rows() {
+            let (yy, xx) = (y.value(r), x.value(r));
+            if yy < 0 || xx < 0 {
+                continue;
+            }
+            let cell = ((yy as usize / scale) as u16, (xx as usize / scale) as u16);
+            cells.entry(roi.value(r)).or_default().insert(cell);
+        }
+    }
+    cells
+        .into_iter()
+        .take(MAX_ROIS)
+        .map(|(roi, set)| {
+            let mut boundary: Vec<(u16, u16)> = set
+                .iter()
+                .copied()
+                .filter(|&(y, x)| {
+                    let outside = |dy: i32, dx: i32| {
+                        let (ny, nx) = (y as i32 + dy, x as i32 + dx);
+                        ny < 0 || nx < 0 || !set.contains(&(ny as u16, nx as u16))
+                    };
+                    outside(-1, 0) || outside(1, 0) || outside(0, -1) || outside(0, 1)
+                })
+                .collect();
+            boundary.sort_unstable();
+            Outline {
+                roi,
+                label: labels.get(&roi.to_string()).cloned(),
+                cells: boundary.into_iter().flat_map(|(y, x)| [y, x]).collect(),
+            }
+        })
+        .collect()
+}
+
+/// The shifts motion correction found, if the stream carries them (its registered output).
+fn motion(batches: &[RecordBatch]) -> Motion {
+    let mut m = Motion::default();
+    for b in batches {
+        let f32col = |name| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<Float32Type>())
+        };
+        let (Some(t), Some(y), Some(x)) = (
+            b.column_by_name(TIME_S)
+                .and_then(|c| c.as_primitive_opt::<Float64Type>()),
+            f32col("shift_y"),
+            f32col("shift_x"),
+        ) else {
+            continue;
+        };
+        m.t.extend(t.values().iter());
+        m.shift_y.extend(y.values().iter());
+        m.shift_x.extend(x.values().iter());
+    }
+    let cut = m.t.len().saturating_sub(MAX_POINTS);
+    m.t.drain(..cut);
+    m.shift_y.drain(..cut);
+    m.shift_x.drain(..cut);
+    m
+}
+
+#[derive(Debug, Serialize)]
+pub struct Trace {
+    pub roi: i32,
+    /// One value per time of [`TracesView::t`] (null: no row for that frame).
+    pub values: Vec<Option<f32>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TracesView {
+    pub stream: String,
+    pub column: String,
+    pub t: Vec<f64>,
+    pub traces: Vec<Trace>,
+}
+
+/// `column` (e.g. `dff`) of the chosen ROIs from a traces stream's batches, by frame.
+pub fn traces_view(
+    stream: &str,
+    batches: &[RecordBatch],
+    rois: &[i32],
+    column: &str,
+) -> Result<TracesView, String> {
+    let chosen: Vec<i32> = rois.iter().copied().take(MAX_TRACES).collect();
+    let mut by_frame: BTreeMap<i64, (f64, HashMap<i32, f32>)> = BTreeMap::new();
+    for b in batches {
+        let (Some(f), Some(t), Some(roi), Some(v)) = (
+            b.column_by_name(FRAME_INDEX)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+            b.column_by_name(TIME_S)
+                .and_then(|c| c.as_primitive_opt::<Float64Type>()),
+            b.column_by_name(ROI)
+                .and_then(|c| c.as_primitive_opt::<Int32Type>()),
+            b.column_by_name(column)
+                .and_then(|c| c.as_primitive_opt::<Float32Type>()),
+        ) else {
+            return Err(format!(
+                "not a traces stream with a Float32 `{column}` column"
+            ));
+        };
+        for r in 0..b.num_rows() {
+            if !chosen.contains(&roi.value(r)) || v.is_null(r) {
+                continue;
+            }
+            let entry = by_frame
+                .entry(f.value(r))
+                .or_insert_with(|| (t.value(r), HashMap::new()));
+            entry.1.insert(roi.value(r), v.value(r));
+        }
+    }
+    let frames: Vec<&(f64, HashMap<i32, f32>)> = by_frame.values().collect();
+    let frames = &frames[frames.len().saturating_sub(MAX_POINTS)..];
+    Ok(TracesView {
+        stream: stream.to_string(),
+        column: column.to_string(),
+        t: frames.iter().map(|(t, _)| *t).collect(),
+        traces: chosen
+            .iter()
+            .map(|&roi| Trace {
+                roi,
+                values: frames.iter().map(|(_, v)| v.get(&roi).copied()).collect(),
+            })
+            .collect(),
+    })
+}
