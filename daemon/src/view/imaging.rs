@@ -267,3 +267,99 @@ pub fn traces_view(
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array};
+    use arrow::datatypes::{DataType, Field};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_square_roi_is_outlined_by_its_edge_cells_with_its_label() {
+        // ROI 7: the 3 × 3 square at (1..4, 2..5); its middle cell is not on the outline.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(ROI, DataType::Int32, false),
+            Field::new(ROI_Y, DataType::Int32, false),
+            Field::new(ROI_X, DataType::Int32, false),
+        ]));
+        let cells: Vec<(i32, i32)> = (1..4).flat_map(|y| (2..5).map(move |x| (y, x))).collect();
+        let rois = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int32Array::from(vec![7; cells.len()])) as ArrayRef,
+                Arc::new(Int32Array::from_iter_values(cells.iter().map(|c| c.0))),
+                Arc::new(Int32Array::from_iter_values(cells.iter().map(|c| c.1))),
+            ],
+        )
+        .unwrap();
+        let labels = HashMap::from([("7".to_string(), "predictable".to_string())]);
+        let out = outlines(&[rois], 1, &labels);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].label.as_deref(), Some("predictable"));
+        assert_eq!(out[0].cells.len(), 2 * 8);
+        assert!(
+            !out[0].cells.chunks(2).any(|c| c == [2, 3]),
+            "the middle is inside"
+        );
+    }
+
+    #[test]
+    fn the_latest_frame_is_shrunk_and_scaled_to_8_bits_with_its_shifts() {
+        // Two frames of 300 × 2; the second is a ramp over x. 300 px shrink by 3 to 100 × 1.
+        let (h, w) = (300usize, 2usize);
+        let schema = Arc::new(Schema::new_with_metadata(
+            vec![
+                Field::new(FRAME_INDEX, DataType::Int64, false),
+                Field::new(TIME_S, DataType::Float64, false),
+                Field::new(
+                    PIXELS,
+                    DataType::FixedSizeList(
+                        Arc::new(Field::new("item", DataType::Int16, false)),
+                        (h * w) as i32,
+                    ),
+                    false,
+                ),
+                Field::new("shift_y", DataType::Float32, false),
+                Field::new("shift_x", DataType::Float32, false),
+            ],
+            HashMap::from([
+                (keys::HEIGHT.to_string(), h.to_string()),
+                (keys::WIDTH.to_string(), w.to_string()),
+            ]),
+        ));
+        let mut values: Vec<i16> = vec![0; h * w];
+        values.extend((0..h * w).map(|i| (i / w) as i16));
+        let pixels = FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", DataType::Int16, false)),
+            (h * w) as i32,
+            Arc::new(Int16Array::from(values)),
+            None,
+        )
+        .unwrap();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![10, 11])),
+                Arc::new(Float64Array::from(vec![0.0, 0.1])),
+                Arc::new(pixels),
+                Arc::new(Float32Array::from(vec![0.5, -0.25])),
+                Arc::new(Float32Array::from(vec![1.0, 2.0])),
+            ],
+        )
+        .unwrap();
+        let v = frame_view("f", &schema, &[batch], &[], &HashMap::new()).unwrap();
+        assert_eq!(
+            (v.frame_index, v.scale, v.image_height, v.image_width),
+            (11, 3, 100, 1)
+        );
+        assert_eq!(v.pixels.len(), 100);
+        assert!(
+            v.pixels.windows(2).all(|p| p[0] <= p[1]),
+            "a ramp stays a ramp"
+        );
+        assert_eq!((v.pixels[0], v.pixels[99]), (0, 255));
+        assert_eq!(v.motion.shift_y, vec![0.5, -0.25]);
+        assert_eq!(v.motion.t, vec![0.0, 0.1]);
+    }
+}

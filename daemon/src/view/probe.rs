@@ -252,3 +252,84 @@ pub fn probe_view(
         spikes: found,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Float32Array, Int16Array, Int32Array, Int64Array};
+    use arrow::datatypes::{DataType, Field};
+    use std::sync::Arc;
+
+    /// Four AP channels listed out of depth order, 2 µV per bit, 1 kHz.
+    fn schema() -> Arc<Schema> {
+        let mut fields = vec![Field::new(SAMPLE_INDEX, DataType::Int64, false)];
+        for (name, y) in [("AP0", 60.0), ("AP1", 0.0), ("AP2", 40.0), ("AP3", 20.0)] {
+            fields.push(
+                Field::new(name, DataType::Int16, false).with_metadata(HashMap::from([
+                    (keys::CHANNEL_KIND.to_string(), "ap".to_string()),
+                    (keys::Y_UM.to_string(), format!("{y}")),
+                    (keys::UV_PER_BIT.to_string(), "2".to_string()),
+                ])),
+            );
+        }
+        Arc::new(Schema::new_with_metadata(
+            fields,
+            HashMap::from([(keys::SAMPLING_HZ.to_string(), "1000".to_string())]),
+        ))
+    }
+
+    #[test]
+    fn channels_by_depth_min_max_per_column_in_microvolts_and_spikes_on_their_channel() {
+        let schema = schema();
+        // 2000 samples; channel c holds c at every sample but one peak of -100 (sample 1500).
+        let n = 2000i64;
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_iter_values(0..n))];
+        for c in 0..4i16 {
+            cols.push(Arc::new(Int16Array::from_iter_values((0..n).map(|s| {
+                if s == 1500 {
+                    -100
+                } else {
+                    c
+                }
+            }))));
+        }
+        let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
+        let spikes_schema = Arc::new(Schema::new(vec![
+            Field::new(SAMPLE_INDEX, DataType::Int64, false),
+            Field::new("channel", DataType::Int32, false),
+            Field::new("amplitude_uv", DataType::Float32, false),
+        ]));
+        let spikes = RecordBatch::try_new(
+            spikes_schema,
+            vec![
+                Arc::new(Int64Array::from(vec![500, 1500])),
+                Arc::new(Int32Array::from(vec![0, 2])),
+                Arc::new(Float32Array::from(vec![-80.0, -200.0])),
+            ],
+        )
+        .unwrap();
+        let q = ProbeQuery {
+            stream: "p".into(),
+            seconds: 1.0,
+            channels: 3,
+            buckets: 10,
+            from_um: Some(0.0),
+            to_um: Some(45.0),
+        };
+        let v = probe_view(&q, &schema, &[batch], &[spikes]).unwrap();
+        // AP1 (0 µm), AP3 (20), AP2 (40): AP0 at 60 µm is outside the range.
+        let names: Vec<&str> = v.channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["AP1", "AP3", "AP2"]);
+        assert_eq!(v.probe_um, (0.0, 60.0));
+        assert_eq!((v.t0, v.t1), (0.999, 1.999));
+        // The last second (samples 1000..=1999) in 10 columns; sample 1500 is in column 5.
+        assert_eq!(v.max_uv[1], vec![Some(6); 10], "AP3 holds 3 = 6 µV");
+        let col5: Vec<Option<i32>> = v.min_uv.iter().map(|m| m[5]).collect();
+        assert_eq!(col5, vec![Some(-200); 3]);
+        assert_eq!(v.min_uv[2][4], Some(4), "AP2 holds 2 = 4 µV");
+        // Only the spike inside the window, on AP2's depth.
+        assert_eq!(v.spikes.t, vec![1.5]);
+        assert_eq!(v.spikes.y_um, vec![40.0]);
+        assert_eq!(v.spikes.amplitude_uv, vec![-200.0]);
+    }
+}
