@@ -37,6 +37,7 @@ fn network_inputs() {
         .unwrap();
     sql_queries(&rt, &data);
     flight_requests(&rt, &data);
+    flight_do_put(&rt);
 }
 
 /// A valid stream as a rig pushes it: schema with the stream's metadata, then `batches` batches.
@@ -307,4 +308,116 @@ fn flight_requests(rt: &tokio::runtime::Runtime, data: &Path) {
             });
         },
     );
+}
+
+/// Flight `DoPut` into a daemon's `arrow_ipc` source: the messages of a pushed stream, each
+/// framed in the input as `u32 header length, header, u32 body length, body` (lengths cut to
+/// what the input holds), so that mutations reach the headers, the bodies and their split.
+fn put_messages(bytes: &[u8]) -> Vec<arrow_flight::FlightData> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let take = |rest: &mut &[u8]| -> Vec<u8> {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            *rest = &[];
+            return Vec::new();
+        };
+        let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
+        let (part, tail) = tail.split_at(n);
+        *rest = tail;
+        part.to_vec()
+    };
+    while !rest.is_empty() && out.len() < 64 {
+        let header = take(&mut rest);
+        let body = take(&mut rest);
+        out.push(
+            arrow_flight::FlightData::new()
+                .with_data_header(header)
+                .with_data_body(body),
+        );
+    }
+    out
+}
+
+fn framed(messages: &[arrow_flight::FlightData]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in messages {
+        for part in [&m.data_header, &m.data_body] {
+            out.extend((part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+fn flight_do_put(rt: &tokio::runtime::Runtime) {
+    use arrow_flight::{FlightClient, FlightDescriptor};
+    use futures_util::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[sources.pushed]\ntype = \"arrow_ipc\"\naddress = \"127.0.0.1:{}\"\n\
+         [sinks.store]\ntype = \"store\"\ninputs = [\"pushed\"]\n",
+        common::header(),
+        common::free_port()
+    );
+    // Without a backtrace for the decoder panics it contains: symbolizing one makes the process
+    // hold its debug information (~170 MB here), which is the test build's, not the input's.
+    let d = common::Daemon::start_with_env(dir.path(), &config, &[("RUST_BACKTRACE", "0")]);
+    let pid = d.child.id();
+    let url = format!("http://127.0.0.1:{}", d.flight_port);
+    let channel = rt.block_on(async {
+        tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    });
+    let seeds: Vec<Vec<u8>> = [("probe", 4, 3), ("other", 1, 1)]
+        .iter()
+        .map(|&(id, channels, batches)| {
+            let bytes = ipc_stream(id, channels, batches);
+            let mut reader = arrow::ipc::reader::StreamReader::try_new(&bytes[..], None).unwrap();
+            let schema = reader.schema();
+            let batches: Vec<RecordBatch> = reader.by_ref().map(Result::unwrap).collect();
+            framed(&arrow_flight::utils::batches_to_flight_data(&schema, batches).unwrap())
+        })
+        .collect();
+    let log_seen = std::cell::Cell::new(0usize);
+    // The daemon's own panics are in its log (its hook logs each): arrow's decoder's are
+    // contained by the source (counted), any other fails the input.
+    fuzz(
+        "flight_do_put",
+        seeds,
+        Scope::Daemon(pid),
+        alloc_bound,
+        |bytes| {
+            let mut messages = put_messages(bytes);
+            if let Some(first) = messages.first_mut() {
+                first.flight_descriptor = Some(FlightDescriptor::new_path(vec!["pushed".into()]));
+            }
+            let mut client = FlightClient::new(channel.clone());
+            let put = async move {
+                let input = futures_util::stream::iter(messages.into_iter().map(Ok));
+                if let Ok(mut answers) = client.do_put(input).await {
+                    while let Some(Ok(_)) = answers.next().await {}
+                }
+            };
+            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), put).await });
+            let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+            let new = &log[log_seen.get().min(log.len())..];
+            for line in new.lines().filter(|l| l.contains("panicked")) {
+                if line.contains("/arrow-") {
+                    fuzz::count_contained(1);
+                } else {
+                    panic!("the daemon panicked: {line}");
+                }
+            }
+            log_seen.set(log.len());
+            assert!(
+                Path::new(&format!("/proc/{pid}")).exists(),
+                "the daemon died"
+            );
+        },
+    );
+    drop(d);
 }

@@ -120,12 +120,26 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Where allocations are counted: the calling thread (a parser called in place), or the whole
-/// process (a server answering on its own threads; its test binary runs that target alone).
+/// Where allocations are counted: the calling thread (a parser called in place), the whole
+/// process (a server answering on its own threads; its test binary runs that target alone), or
+/// another process (a daemon the target talks to), by its peak resident memory, which Linux
+/// resets on request (`/proc/<pid>/clear_refs`).
 #[derive(Clone, Copy, Debug)]
 pub enum Scope {
     Thread,
     Process,
+    Daemon(u32),
+}
+
+/// A `/proc/<pid>/status` field in kB, as bytes.
+fn status_bytes(pid: u32, field: &str) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with(field))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<i64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 impl Scope {
@@ -141,12 +155,17 @@ impl Scope {
                 PROCESS_PEAK.store(live, Ordering::Relaxed);
                 live
             }
+            Scope::Daemon(pid) => {
+                let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+                status_bytes(pid, "VmRSS:")
+            }
         }
     }
     fn peak(self) -> i64 {
         match self {
             Scope::Thread => THREAD_PEAK.with(Cell::get),
             Scope::Process => PROCESS_PEAK.load(Ordering::Relaxed),
+            Scope::Daemon(pid) => status_bytes(pid, "VmHWM:"),
         }
     }
 }
@@ -497,6 +516,11 @@ static CONTAINED_COUNT: AtomicU64 = AtomicU64::new(0);
 /// some malformed messages): they are counted in the report instead of failing the input.
 pub fn contained_panics_from(paths: &[&'static str]) {
     *CONTAINED.lock().unwrap_or_else(|e| e.into_inner()) = paths.to_vec();
+}
+
+/// Counts panics that another process (a daemon under test) contained, for the report.
+pub fn count_contained(n: u64) {
+    CONTAINED_COUNT.fetch_add(n, Ordering::Relaxed);
 }
 
 /// The panics since the last call that were not contained.
