@@ -32,7 +32,8 @@ pub struct Stream {
 /// starting in the past see data the store has not flushed yet.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retention {
-    /// Seconds of data (by `time_s`, or the index over the stream's rate).
+    /// Seconds of data (by `time_s`, or the index over the stream's rate; by arrival for a
+    /// stream with neither).
     pub window_s: f64,
     /// At most this many bytes per stream, whatever the window says: a raw probe (~23 MB/s)
     /// keeps ~2.8 s by default, more than a store's default 1 s flush interval.
@@ -46,6 +47,15 @@ impl Default for Retention {
             max_bytes: 64 << 20,
         }
     }
+}
+
+/// Seconds since the hub's clock started, for streams whose data tells no time.
+fn arrival_s() -> f64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
 }
 
 /// The retained batches of one stream, oldest first, each with its end in seconds (if known).
@@ -177,7 +187,12 @@ impl Stream {
 
     /// Counts one batch of `bytes` Arrow bytes and retains it.
     pub(crate) fn record(&self, batch: &RecordBatch, bytes: u64, keep: Retention) {
-        let end_s = self.record_stats(batch, bytes);
+        // A stream whose batches tell no time (tables without `time_s` or a rate: moments,
+        // labels, progress) is windowed by arrival; otherwise each such stream kept its whole
+        // byte budget, which a 30-minute soak showed as 400 MB of growth.
+        let end_s = self
+            .record_stats(batch, bytes)
+            .or_else(|| Some(arrival_s()));
         lock(&self.recent).push(batch, end_s, bytes, keep);
     }
 

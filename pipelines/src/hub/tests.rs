@@ -284,3 +284,31 @@ fn a_second_producer_of_an_id_is_listed_under_its_own_key() {
     }
     assert!(matches!(sub.try_recv(), Recv::Timeout));
 }
+
+#[test]
+fn a_stream_without_time_is_retained_by_arrival_within_the_window() {
+    let (hub, m) = setup();
+    hub.set_retention(Retention {
+        window_s: 0.2,
+        max_bytes: 64 << 20,
+    });
+    let mut out = output(&hub, &m, "moments");
+    // A table with neither `time_s` nor a rate (as `moments` emits).
+    let table = Arc::new(Schema::new_with_metadata(
+        vec![Field::new("frame_index", DataType::Int64, false)],
+        HashMap::from([
+            (keys::STREAM_ID.to_string(), "t".to_string()),
+            (keys::LAYOUT.to_string(), "table".to_string()),
+        ]),
+    ));
+    let rows = |from: i64| {
+        RecordBatch::try_new(table.clone(), vec![Arc::new(Int64Array::from(vec![from]))]).unwrap()
+    };
+    out.send(rows(1)).unwrap();
+    out.send(rows(2)).unwrap();
+    assert_eq!(hub.recent("t").len(), 2, "both within the window");
+    std::thread::sleep(Duration::from_millis(400));
+    out.send(rows(3)).unwrap();
+    let kept: Vec<i64> = hub.recent("t").iter().map(first_index).collect();
+    assert_eq!(kept, vec![3], "older than the window by arrival");
+}
