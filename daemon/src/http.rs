@@ -40,7 +40,14 @@ pub fn router(state: AppState) -> Router {
         .route("/streams/{*id}", get(stream))
         .route("/sql", post(sql))
         .merge(crate::view::data())
+        // Its own fallback, so that the security layers cover unknown paths too once the web
+        // view's public page is merged beside this router (see `run`).
+        .fallback(not_found)
         .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, "no such endpoint\n")
 }
 
 /// Serves `app` on `listener` in the background, over TLS when `tls` is given.

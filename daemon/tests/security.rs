@@ -85,7 +85,25 @@ fn a_listener_off_loopback_answers_only_requests_with_the_token() {
     let right = format!("Authorization: Bearer {TOKEN}");
     let get = |path: &str, headers: &[&str]| request(d.port, "GET", path, headers, "").unwrap();
 
-    for path in ["/healthz", "/metrics", "/status", "/streams", "/nowhere"] {
+    // The web view's page and scripts hold no data: served without the token, which the page
+    // then asks for; its data is behind the token like everything else.
+    for path in [
+        "/",
+        "/view/assets/view.js",
+        "/view/assets/uPlot.iife.min.js",
+    ] {
+        assert_eq!(get(path, &[]).0, 200, "{path}");
+    }
+    assert_eq!(get("/view/assets/nothing", &[]).0, 404);
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/status",
+        "/streams",
+        "/nowhere",
+        "/view/streams",
+        "/view/probe?stream=x",
+    ] {
         let refused: [&[&str]; 3] = [
             &[],
             &["Authorization: Bearer wrong"],
