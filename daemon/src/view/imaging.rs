@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arrow::array::{Array, AsArray, FixedSizeListArray};
-use arrow::datatypes::{Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Schema};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow::record_batch::RecordBatch;
-use pipelines::stream::{keys, FRAME_INDEX, PIXELS, ROI, ROI_X, ROI_Y, TIME_S};
+use pipelines::imaging::frames::Frames;
+use pipelines::stream::{FRAME_INDEX, ROI, ROI_X, ROI_Y, TIME_S};
 use serde::Serialize;
 
 /// Longest side of the image sent; a 128 × 128 frame is 16 KB of pixels.
@@ -37,7 +38,7 @@ pub struct Motion {
 pub struct FrameView {
     pub stream: String,
     pub frame_index: i64,
-    pub time_s: Option<f64>,
+    pub time_s: f64,
     /// The frame's own size, and the image sent (each pixel the mean of `scale` × `scale`).
     pub height: usize,
     pub width: usize,
@@ -50,43 +51,25 @@ pub struct FrameView {
     pub motion: Motion,
 }
 
-fn meta_usize(schema: &Schema, key: &str) -> Option<usize> {
-    schema.metadata().get(key)?.parse().ok()
-}
-
 /// The frame in the last row of `batches`, with `rois` (a ROIs stream's batches) outlined and
 /// labelled from `labels` (unit = the ROI index as text, as `predictability` names it).
 pub fn frame_view(
     stream: &str,
-    schema: &Schema,
     batches: &[RecordBatch],
     rois: &[RecordBatch],
     labels: &HashMap<String, String>,
 ) -> Result<FrameView, String> {
-    let (height, width) = (
-        meta_usize(schema, keys::HEIGHT).ok_or("the stream has no frame height")?,
-        meta_usize(schema, keys::WIDTH).ok_or("the stream has no frame width")?,
-    );
     let batch = batches
         .iter()
         .rev()
         .find(|b| b.num_rows() > 0)
         .ok_or("no frame yet")?;
+    // The columns every transform that reads frames checks the same way.
+    let frames = Frames::of(batch, stream).map_err(|e| e.to_string())?;
+    let (height, width) = (frames.h, frames.w);
     let row = batch.num_rows() - 1;
-    let pixels = batch
-        .column_by_name(PIXELS)
-        .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
-        .ok_or("the stream has no pixels column")?;
-    let values = pixels
-        .values()
-        .as_primitive_opt::<Int16Type>()
-        .ok_or("pixels are not Int16")?;
     let n = height * width;
-    let start = row * n;
-    let frame = values
-        .values()
-        .get(start..start + n)
-        .ok_or("a frame shorter than its height × width")?;
+    let frame = &frames.pixels[row * n..(row + 1) * n];
     let scale = height.max(width).div_ceil(MAX_SIDE).max(1);
     let (ih, iw) = (height.div_ceil(scale), width.div_ceil(scale));
     let mut sums = vec![(0f64, 0u32); ih * iw];
@@ -107,18 +90,10 @@ pub fn frame_view(
         .iter()
         .map(|v| ((v - lo) / range * 255.0).clamp(0.0, 255.0) as u8)
         .collect();
-    let frame_index = batch
-        .column_by_name(FRAME_INDEX)
-        .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .map_or(0, |c| c.value(row));
-    let time_s = batch
-        .column_by_name(TIME_S)
-        .and_then(|c| c.as_primitive_opt::<Float64Type>())
-        .map(|c| c.value(row));
     Ok(FrameView {
         stream: stream.to_string(),
-        frame_index,
-        time_s,
+        frame_index: frames.index.value(row),
+        time_s: frames.time.value(row),
         height,
         width,
         scale,
@@ -271,8 +246,10 @@ pub fn traces_view(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::FixedSizeListArray;
     use arrow::array::{ArrayRef, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array};
-    use arrow::datatypes::{DataType, Field};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use pipelines::stream::{keys, PIXELS};
     use std::sync::Arc;
 
     #[test]
@@ -324,6 +301,7 @@ mod tests {
                 Field::new("shift_x", DataType::Float32, false),
             ],
             HashMap::from([
+                (keys::LAYOUT.to_string(), "frames".to_string()),
                 (keys::HEIGHT.to_string(), h.to_string()),
                 (keys::WIDTH.to_string(), w.to_string()),
             ]),
@@ -348,7 +326,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let v = frame_view("f", &schema, &[batch], &[], &HashMap::new()).unwrap();
+        let v = frame_view("f", &[batch], &[], &HashMap::new()).unwrap();
         assert_eq!(
             (v.frame_index, v.scale, v.image_height, v.image_width),
             (11, 3, 100, 1)

@@ -226,9 +226,9 @@ async fn labels(s: &AppState) -> HashMap<String, String> {
 }
 
 async fn frame(State(s): State<AppState>, Query(q): Query<StreamQuery>) -> Response {
-    let Some(schema) = s.hub.schema(&q.stream) else {
+    if s.hub.schema(&q.stream).is_none() {
         return not_found(format!("no stream `{}`", q.stream));
-    };
+    }
     let batches = s.hub.recent(&q.stream);
     // The ROIs of this field of view: `<frames id>.rois` (the rig's), else the only ones.
     let streams = view_streams(&s);
@@ -245,7 +245,7 @@ async fn frame(State(s): State<AppState>, Query(q): Query<StreamQuery>) -> Respo
         .map(|v| s.hub.recent(&v.key))
         .unwrap_or_default();
     let labels = labels(&s).await;
-    match imaging::frame_view(&q.stream, &schema, &batches, &rois, &labels) {
+    match imaging::frame_view(&q.stream, &batches, &rois, &labels) {
         Ok(v) => Json(v).into_response(),
         Err(why) => unprocessable(format!("{}: {why}", q.stream)),
     }
