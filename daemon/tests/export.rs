@@ -223,14 +223,7 @@ fn check_nwb(py: &Path, data: &Path, out: &Path, ids: [&str; 5]) {
 /// The main job's config with a finite, unpaced run (`{dir}` and `{port}` filled by the test
 /// daemon).
 fn main_job() -> String {
-    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml"))
-        .expect("the repository's config.toml");
-    config
-        .replace("data_dir = \"data\"", "data_dir = \"{dir}/data\"")
-        .replace(
-            "listen = \"127.0.0.1:9750\"",
-            "listen = \"127.0.0.1:{port}\"",
-        )
+    common::main_job_config()
         .replace("duration_s = 0 ", "duration_s = 20 ")
         .replace("pace = \"realtime\"", "pace = \"max\"")
 }

@@ -20,7 +20,7 @@ use pipelines::component::{Output, Outputs, Shutdown, SourceContext};
 use pipelines::edge::{Inbox, Overflow, Recv};
 use pipelines::metrics::Metrics;
 use pipelines::sources::arrow_ipc::ArrowIpcSource;
-use pipelines::stream::{ChannelInfo, ChannelKind, ContinuousInfo};
+use pipelines::sources::simulated::ap_stream_info;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -42,24 +42,9 @@ fn network_inputs() {
 
 /// A valid stream as a rig pushes it: schema with the stream's metadata, then `batches` batches.
 fn ipc_stream(stream_id: &str, channels: usize, batches: usize) -> Vec<u8> {
-    let info = ContinuousInfo {
-        stream_id: stream_id.into(),
-        stream_kind: "ap".into(),
-        sampling_hz_text: "30000".into(),
-        sampling_hz: 30000.0,
-        first_sample: 0,
-        probe: None,
-        channels: (0..channels)
-            .map(|i| ChannelInfo {
-                name: format!("AP{i}"),
-                kind: ChannelKind::Ap,
-                uv_per_bit: Some(2.34375),
-                x_um: Some(16.0 * i as f64),
-                y_um: Some(20.0 * i as f64),
-                shank: Some(0),
-            })
-            .collect(),
-    };
+    // The simulated rig's probe description, cut to `channels` channels.
+    let mut info = ap_stream_info(stream_id);
+    info.channels.truncate(channels);
     let schema = info.schema();
     let mut out = Vec::new();
     let mut w = StreamWriter::try_new(&mut out, &schema).unwrap();
@@ -185,6 +170,17 @@ fn sql_queries(rt: &tokio::runtime::Runtime, data: &Path) {
     });
 }
 
+/// A gRPC channel to the Flight server at `url`.
+fn connect(rt: &tokio::runtime::Runtime, url: String) -> tonic::transport::Channel {
+    rt.block_on(async {
+        tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    })
+}
+
 /// Flight calls with fuzzed payloads, against the daemon's Flight service on a loopback port:
 /// `DoGet` tickets, `GetFlightInfo` descriptors (paths, and commands: Flight SQL's protobuf
 /// messages), `DoAction` bodies. The first input byte picks the call.
@@ -215,13 +211,7 @@ fn flight_requests(rt: &tokio::runtime::Runtime, data: &Path) {
     let listener = rt.block_on(neurod::flight::bind("127.0.0.1:0")).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     rt.spawn(neurod::flight::server(listener, state, &security).unwrap());
-    let channel = rt.block_on(async {
-        tonic::transport::Channel::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    });
+    let channel = connect(rt, url);
 
     let command = |m: Any| m.encode_to_vec();
     let mut seeds: Vec<Vec<u8>> = Vec::new();
@@ -365,13 +355,7 @@ fn flight_do_put(rt: &tokio::runtime::Runtime) {
     let d = common::Daemon::start_with_env(dir.path(), &config, &[("RUST_BACKTRACE", "0")]);
     let pid = d.child.id();
     let url = format!("http://127.0.0.1:{}", d.flight_port);
-    let channel = rt.block_on(async {
-        tonic::transport::Channel::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    });
+    let channel = connect(rt, url);
     let seeds: Vec<Vec<u8>> = [("probe", 4, 3), ("other", 1, 1)]
         .iter()
         .map(|&(id, channels, batches)| {

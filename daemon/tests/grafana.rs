@@ -55,14 +55,7 @@ fn every_metric_of_the_grafana_dashboard_is_exported_by_a_running_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let model = rig_model(dir.path());
     let ipc_port = free_port();
-    let main_job =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml"))
-            .unwrap()
-            .replace("data_dir = \"data\"", "data_dir = \"{dir}/data\"")
-            .replace(
-                "listen = \"127.0.0.1:9750\"",
-                "listen = \"127.0.0.1:{port}\"",
-            );
+    let main_job = common::main_job_config();
     let config = format!(
         "{main_job}
 [sources.pushed]

@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Read;
-use std::path::Path;
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array};
@@ -138,24 +137,11 @@ const MAIN_JOB_STREAMS: &[&str] = &[
 #[test]
 fn streams_lists_every_stream_of_the_main_job() {
     let dir = tempfile::tempdir().unwrap();
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml"))
-            .unwrap();
     // Its own dir and port; neurons labelled after 60 frames instead of 600, so that the
     // label streams appear within seconds even on a loaded machine (the streams are the same).
-    let config = shipped
-        .replace("data_dir = \"data\"", "data_dir = \"{dir}/data\"")
-        .replace(
-            "listen = \"127.0.0.1:9750\"",
-            "listen = \"127.0.0.1:{port}\"",
-        )
-        .replace(
-            "type = \"predictability\"",
-            "type = \"predictability\"\nmin_samples = 60",
-        );
-    assert_ne!(
-        config, shipped,
-        "the test points the main job at its own dir and port"
+    let config = common::main_job_config().replace(
+        "type = \"predictability\"",
+        "type = \"predictability\"\nmin_samples = 60",
     );
     let d = Daemon::start(dir.path(), &config);
     let started = std::time::Instant::now();

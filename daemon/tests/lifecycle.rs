@@ -350,18 +350,8 @@ fn kill_9_in_a_loop_during_rotation_and_conversion_loses_and_repeats_nothing() {
     let (Some(_), Some(py)) = (common::shared_data(), python()) else {
         return;
     };
-    let loops: u64 = std::env::var("NEUROD_KILL_LOOPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
-    let seed: u64 = std::env::var("NEUROD_KILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let loops: u64 = common::env_or("NEUROD_KILL_LOOPS", 6);
+    let seed = common::seed_from_env("NEUROD_KILL_SEED");
     eprintln!("NEUROD_KILL_SEED={seed}");
     let mut state = seed | 1;
     // Kill delays of 0.3-1.5 s (xorshift: reproducible from the seed printed above).

@@ -31,10 +31,7 @@ struct Sample {
 
 #[test]
 fn twice_what_a_transform_takes_costs_no_acquisition_no_raw_data_nor_memory_and_it_recovers() {
-    let overload_s: f64 = std::env::var("NEUROD_OVERLOAD_S")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20.0);
+    let overload_s: f64 = common::env_or("NEUROD_OVERLOAD_S", 20.0);
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "{}queue_batches = 64\n\

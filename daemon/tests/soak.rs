@@ -12,10 +12,7 @@ use common::{header, held_by, metric_value, Daemon, Held};
 
 #[test]
 fn resident_memory_threads_and_open_files_stay_flat_over_a_long_fast_run() {
-    let soak_s: f64 = std::env::var("NEUROD_SOAK_S")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60.0);
+    let soak_s: f64 = common::env_or("NEUROD_SOAK_S", 60.0);
     let dir = tempfile::tempdir().unwrap();
     // The main job (config.toml) at full speed, minus storing the raw probe and movie, which
     // at this pace would fill a disk in minutes.

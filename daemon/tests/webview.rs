@@ -138,14 +138,7 @@ fn changed_share(a: &[[u8; 3]], b: &[[u8; 3]]) -> f64 {
 fn the_page_draws_the_rig_live_without_errors_in_headless_chromium() {
     let Some(chromium) = chromium() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let main_job =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml"))
-            .unwrap()
-            .replace("data_dir = \"data\"", "data_dir = \"{dir}/data\"")
-            .replace(
-                "listen = \"127.0.0.1:9750\"",
-                "listen = \"127.0.0.1:{port}\"",
-            );
+    let main_job = common::main_job_config();
     let d = Daemon::start(dir.path(), &main_job);
     let url = format!("http://127.0.0.1:{}/", d.port);
     // The probe and the registered movie have data in the hub.

@@ -619,3 +619,43 @@ pub fn rig_model(dir: &Path) -> PathBuf {
     m.save(&path).unwrap();
     path
 }
+
+/// The environment variable `name` parsed, or `default` when unset or unreadable (the length,
+/// count or size a long version of a test sets).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A seed for randomised tests: `name` from the environment to replay a run, else the clock.
+pub fn seed_from_env(name: &str) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
+
+/// The README's main job (`config.toml`) with its data directory and listen address put where
+/// [`Daemon::start`] substitutes them.
+pub fn main_job_config() -> String {
+    let config =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml"))
+            .unwrap()
+            .replace("data_dir = \"data\"", "data_dir = \"{dir}/data\"")
+            .replace(
+                "listen = \"127.0.0.1:9750\"",
+                "listen = \"127.0.0.1:{port}\"",
+            );
+    assert!(
+        config.contains("{dir}/data") && config.contains("127.0.0.1:{port}"),
+        "config.toml's data_dir or listen changed: tests can no longer point the main job at \
+         their own dir and port"
+    );
+    config
+}

@@ -74,12 +74,7 @@ fn trace_large(size: usize) {
     if TRACING.try_with(|t| t.replace(true)).unwrap_or(true) {
         return;
     }
-    let limit = *LIMIT.get_or_init(|| {
-        std::env::var("NEUROD_FUZZ_TRACE_BYTES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(usize::MAX)
-    });
+    let limit = *LIMIT.get_or_init(|| crate::common::env_or("NEUROD_FUZZ_TRACE_BYTES", usize::MAX));
     if size > limit {
         eprintln!(
             "allocation of {size} bytes:\n{}",
@@ -325,21 +320,7 @@ fn start_watchdog() {
 }
 
 fn seconds() -> f64 {
-    std::env::var("NEUROD_FUZZ_S")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0)
-}
-
-fn seed() -> u64 {
-    std::env::var("NEUROD_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
+    crate::common::env_or("NEUROD_FUZZ_S", 2.0)
 }
 
 /// Runs one input; returns its allocation peak, or why it fails: a panic, [`SLOW`], or more
@@ -415,7 +396,7 @@ pub fn fuzz(
     run: impl Fn(&[u8]),
 ) -> Report {
     start_watchdog();
-    let seed = seed();
+    let seed = crate::common::seed_from_env("NEUROD_FUZZ_SEED");
     let executions = Cell::new(0u64);
     let peak_alloc = Cell::new(0i64);
     let check = |input: &[u8]| -> Result<(), TestCaseError> {
