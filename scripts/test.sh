@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of neurod. Installs what the tests need when it is missing: Mesa's lavapipe
 # (software Vulkan, so every WGSL kernel runs against its CPU twin without a GPU), Chromium (the
-# web view's test drives it headless) and the Python
-# peers (pyarrow, SpikeInterface, scipy... from ../shared/tools/requirements.txt) in a
+# web view's test drives it headless), Prometheus (the Grafana dashboard's queries are run on it)
+# and the Python peers (pyarrow, SpikeInterface, scipy... from ../shared/tools/requirements.txt) in a
 # virtualenv kept outside the clone so that later runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# Debian's Prometheus, unpacked under ~/.cache/neurod rather than installed, so that no
+# Prometheus service starts on this machine as a side effect of testing.
+prometheus="$HOME/.cache/neurod/prometheus"
+if ! command -v prometheus >/dev/null 2>&1 && [ ! -x "$prometheus/usr/bin/prometheus" ]; then
+  echo "== unpacking Debian's prometheus into $prometheus"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  deb="$(mktemp -d)"
+  (cd "$deb" && { apt-get download -qq prometheus 2>/dev/null ||
+    { $sudo apt-get update -qq && apt-get download -qq prometheus; }; })
+  dpkg-deb -x "$deb"/prometheus_*.deb "$prometheus"
+  rm -rf "$deb"
 fi
 
 if [ -f "$requirements" ]; then

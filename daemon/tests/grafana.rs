@@ -1,16 +1,19 @@
 //! The Grafana dashboard (`deploy/grafana/dashboards/neurod.json`) draws only metrics a running
 //! daemon exports: every `neurod_*` and `process_*` name in its queries appears in `/metrics` of
 //! the main job with a TEB decoder added and one malformed Arrow IPC connection (so that errors
-//! have a series).
+//! have a series). Then a real Prometheus (Debian's, which the test command unpacks), configured
+//! by `deploy/prometheus-compose.yml` as the compose file runs it, scrapes that daemon, and every
+//! panel's query must parse and return series there, as Grafana would ask for them.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{free_port, rig_model, wait_for, Daemon};
+use common::{free_port, http_status, rig_model, wait_for, Daemon};
 
 /// The metric names in `expr`: identifiers starting `neurod_` or `process_`, without the
 /// histogram suffixes Prometheus adds to one name.
@@ -34,23 +37,63 @@ fn metric_names(expr: &str) -> Vec<String> {
     out
 }
 
-fn dashboard_metrics() -> BTreeSet<String> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards/neurod.json");
+fn deploy_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name)
+}
+
+/// Every panel's PromQL query.
+fn dashboard_queries() -> Vec<String> {
+    let path = deploy_file("grafana/dashboards/neurod.json");
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut names = BTreeSet::new();
+    let mut queries = Vec::new();
     for panel in dash["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
-            names.extend(metric_names(target["expr"].as_str().unwrap()));
+            queries.push(target["expr"].as_str().unwrap().to_string());
         }
     }
-    names
+    queries
+}
+
+/// What Grafana would otherwise find only when started: the dashboard's datasource is the
+/// provisioned one, the provider reads the folder the compose file mounts the dashboards on, and
+/// Grafana's datasource is the compose file's Prometheus.
+#[test]
+fn the_dashboard_provisioning_and_compose_files_agree() {
+    let read = |name: &str| std::fs::read_to_string(deploy_file(name)).unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(&read("grafana/dashboards/neurod.json")).unwrap();
+    let datasources = read("grafana/provisioning/datasources/neurod.yml");
+    let providers = read("grafana/provisioning/dashboards/neurod.yml");
+    let compose = read("docker-compose.yml");
+    let mut targets = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let uid = target["datasource"]["uid"].as_str().unwrap_or_default();
+            assert!(
+                datasources.contains(&format!("uid: {uid}\n")),
+                "panel {:?} queries datasource {uid:?}, which is not provisioned",
+                panel["title"]
+            );
+            targets += 1;
+        }
+    }
+    assert!(targets >= 15, "{targets} queries");
+    assert!(providers.contains("path: /var/lib/grafana/dashboards\n"));
+    assert!(compose.contains("./grafana/dashboards:/var/lib/grafana/dashboards"));
+    assert!(compose.contains("./grafana/provisioning:/etc/grafana/provisioning"));
+    assert!(compose.contains("./prometheus-compose.yml:/etc/prometheus/prometheus.yml"));
+    // Host networking: Prometheus's default port on localhost.
+    assert!(compose.contains("network_mode: host"));
+    assert!(datasources.contains("url: http://localhost:9090\n"));
 }
 
 #[test]
 fn every_metric_of_the_grafana_dashboard_is_exported_by_a_running_daemon() {
-    let wanted = dashboard_metrics();
+    let queries = dashboard_queries();
+    let wanted: BTreeSet<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
     assert!(wanted.len() >= 15, "{wanted:?}");
     let dir = tempfile::tempdir().unwrap();
     let model = rig_model(dir.path());
@@ -102,4 +145,110 @@ inputs = [\"decode\", \"pushed\"]
         "{} metrics of the dashboard exported: {wanted:?}",
         wanted.len()
     );
+
+    if let Some(prometheus) = common::external_tool(
+        &[
+            std::env::var_os("NEUROD_PROMETHEUS").map_or("prometheus".into(), PathBuf::from),
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/neurod/prometheus/usr/bin/prometheus"),
+        ],
+        "scripts/test.sh unpacks Debian's `prometheus` under ~/.cache/neurod/prometheus",
+    ) {
+        every_query_returns_series_in_prometheus(&prometheus, dir.path(), d.port, &queries);
+    }
+}
+
+/// A child process killed on drop (a failed assertion must not leave Prometheus running).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `prometheus` with deploy/prometheus-compose.yml pointed at the daemon on `neurod_port`
+/// and asks it every query until each returns a series (rates need two scrapes, 5 s apart).
+/// A query Prometheus refuses fails at once with its error.
+fn every_query_returns_series_in_prometheus(
+    prometheus: &Path,
+    dir: &Path,
+    neurod_port: u16,
+    queries: &[String],
+) {
+    let shipped = std::fs::read_to_string(deploy_file("prometheus-compose.yml")).unwrap();
+    let target = "127.0.0.1:9750";
+    assert!(shipped.contains(target), "{shipped}");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        shipped.replace(target, &format!("127.0.0.1:{neurod_port}")),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = dir.join("prometheus.log");
+    let _prometheus = Killed(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("prometheus starts"),
+    );
+    let started = Instant::now();
+    let mut empty: Vec<&String> = queries.iter().collect();
+    while !empty.is_empty() && started.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_secs(1));
+        empty.retain(|q| !returns_series(port, q, &log));
+    }
+    assert!(
+        empty.is_empty(),
+        "queries without a series after 90 s: {empty:?}\nprometheus log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    eprintln!(
+        "all {} dashboard queries returned series in {} after {:.0} s",
+        queries.len(),
+        prometheus.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Whether Prometheus on `port` answers `query` with at least one series; panics on a query it
+/// refuses (bad PromQL). False while it is not up yet.
+fn returns_series(port: u16, query: &str, log: &Path) -> bool {
+    let path = format!("/api/v1/query?query={}", percent_encoded(query));
+    // 503 until its storage is open.
+    let Some((code, body)) = http_status(port, &path).filter(|(code, _)| *code != 503) else {
+        return false;
+    };
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    assert!(
+        code == 200 && answer["status"] == "success",
+        "Prometheus refused `{query}` ({code}): {body}\nlog:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    answer["data"]["result"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty())
+}
+
+/// `text` for a URL's query string: everything but RFC 3986's unreserved characters escaped.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

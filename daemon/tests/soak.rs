@@ -71,11 +71,17 @@ fn resident_memory_threads_and_open_files_stay_flat_over_a_long_fast_run() {
     let (rss_a, threads_a, files_a) = window(0.2, 0.6);
     let (rss_b, threads_b, files_b) = window(0.6, 1.0);
     let peak = samples.iter().map(|(_, h)| h.rss_mb).fold(0.0, f64::max);
+    let slope = rss_slope_mb_per_min(&samples, 0.2 * soak_s);
     eprintln!(
         "soak {soak_s} s: {rig_rows} rows from the rig; peak RSS {peak:.0} MB; after warm-up \
-         RSS {rss_a:.0} → {rss_b:.0} MB, threads {threads_a} → {threads_b}, open files \
-         {files_a} → {files_b}"
+         RSS {rss_a:.0} → {rss_b:.0} MB ({slope:+.2} MB/min), threads {threads_a} → \
+         {threads_b}, open files {files_a} → {files_b}"
     );
+    // Over ten minutes and more, a least-squares slope resolves a slow leak that the windows'
+    // tolerance (sized for a minute's allocator noise) lets through: 17 MB/min was once found.
+    if soak_s >= 600.0 {
+        assert!(slope <= 1.0, "RSS grows by {slope:.2} MB/min after warm-up");
+    }
     assert!(
         rss_b <= rss_a * 1.1 + 30.0,
         "RSS grew: {rss_a:.0} → {rss_b:.0} MB"
@@ -88,4 +94,28 @@ fn resident_memory_threads_and_open_files_stay_flat_over_a_long_fast_run() {
         files_b <= files_a + 8.0,
         "open files grew: {files_a} → {files_b}"
     );
+}
+
+/// The least-squares slope of resident memory, in MB per minute, over the samples after `from_s`.
+fn rss_slope_mb_per_min(samples: &[(f64, Held)], from_s: f64) -> f64 {
+    let points: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|(t, _)| *t >= from_s)
+        .map(|(t, h)| (*t / 60.0, h.rss_mb))
+        .collect();
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mt, mr) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (t, r)| (a + t / n, b + r / n));
+    let (cov, var) = points.iter().fold((0.0, 0.0), |(c, v), (t, r)| {
+        (c + (t - mt) * (r - mr), v + (t - mt) * (t - mt))
+    });
+    if var > 0.0 {
+        cov / var
+    } else {
+        0.0
+    }
 }

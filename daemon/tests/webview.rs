@@ -13,22 +13,10 @@ use std::time::{Duration, Instant};
 use common::{http_get, wait_for, Daemon};
 
 fn chromium() -> Option<PathBuf> {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        let found = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .map(|d| d.join(name))
-            .find(|p| p.is_file());
-        if found.is_some() {
-            return found;
-        }
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI needs Chromium (scripts/test.sh installs Debian's `chromium`)"
-    );
-    eprintln!("\n!!!!! SKIPPED: no chromium on PATH (scripts/test.sh installs it) !!!!!\n");
-    None
+    common::external_tool(
+        &["chromium", "chromium-browser", "google-chrome"].map(PathBuf::from),
+        "scripts/test.sh installs Debian's `chromium`",
+    )
 }
 
 /// Runs headless Chromium on `url` with `extra` arguments, killed after a minute.

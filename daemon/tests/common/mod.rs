@@ -216,7 +216,31 @@ pub fn http_status(port: u16, path: &str) -> Option<(u16, String)> {
     s.read_to_string(&mut buf).ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
     let code = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
-    Some((code, body.to_string()))
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Some((
+        code,
+        if chunked {
+            dechunked(body)?
+        } else {
+            body.to_string()
+        },
+    ))
+}
+
+/// The body of a chunked HTTP/1.1 answer (other servers than ours, e.g. Prometheus, chunk).
+fn dechunked(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout`.
@@ -658,4 +682,28 @@ pub fn main_job_config() -> String {
          their own dir and port"
     );
     config
+}
+
+/// The first of `candidates` that is a file: a bare name is looked up on PATH, a path taken as
+/// it is. None means the test skips, loudly, except in CI (`CI` set), where the tool is required
+/// because the test command installs it (`how`).
+pub fn external_tool(candidates: &[PathBuf], how: &str) -> Option<PathBuf> {
+    let dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let found = candidates.iter().find_map(|c| {
+        if c.components().count() > 1 {
+            c.is_file().then(|| c.clone())
+        } else {
+            dirs.iter().map(|d| d.join(c)).find(|p| p.is_file())
+        }
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs one of {candidates:?} ({how})"
+        );
+        eprintln!("\n!!!!! SKIPPED: none of {candidates:?} found ({how}) !!!!!\n");
+    }
+    found
 }
