@@ -9,7 +9,8 @@
 #     store of all 385 channels, next
 #     to pyarrow writing the same samples to Parquet at its best setting (delta, zstd 1), and the
 #     ratio on that file and on the real 16-channel Open Ephys recording next to `flac --best`
-#     and `mtscomp`;
+#     and `mtscomp`; then that stored session replayed (`replay` of its Parquet, pace = "max") ->
+#     spike_detect -> store on one core, the way a lab reprocesses a session;
 #  3. probes sustained in real time by the daemon on all cores (bench/probes.sh: the simulated
 #     rig's probes = N at pace = "realtime"), detection and raw storage (8) and detection only
 #     (16), dropped rows on every edge;
@@ -141,6 +142,45 @@ sort -n "$work/pa-runs" | head -1 > "$work/pa"
 read -r pa_wall pa_version < "$work/pa"
 awk -v s="$seconds" -v w="$pa_wall" -v b="$bin_bytes" -v p="$(stat -c %s "$work/pa.parquet")" -v r="$(($(cat "$work/time-pa") / 1024))" -v v="$pa_version" \
   'BEGIN { printf "| pyarrow %s (read, table, write_table: delta, zstd 1, no dictionary, 1 MiB pages) | %.2f | %.1f | %.0f | %.3f | %s |\n", v, w, s / w, b / 1e6 / w, b / p, r }'
+
+echo
+echo "## 2c. the stored session again: replay (Parquet) -> spike_detect -> store, one core (best of 3)"
+echo "| chain | wall s | x real time | recall | precision | peak RSS MB |"
+echo "|---|---|---|---|---|---|"
+dir="$work/replay"
+mkdir -p "$dir"
+cat > "$dir/neurod.toml" <<EOF
+[daemon]
+data_dir = "$dir/data"
+listen = "127.0.0.1:$((20000 + RANDOM % 20000))"
+
+[sources.again]
+type = "replay"
+path = "$work/raw/data"
+pace = "max"
+
+[transforms.spikes]
+type = "spike_detect"
+inputs = ["again"]
+backend = "cpu"
+
+[sinks.store]
+type = "store"
+inputs = ["spikes"]
+EOF
+wall=999999
+for _ in 1 2 3; do
+  rm -rf "$dir/data"
+  read -r w r < <(run_pinned "$dir/neurod.toml")
+  if awk -v a="$w" -v b="$wall" 'BEGIN { exit !(a < b) }'; then wall="$w" rss="$r"; fi
+done
+scores="$("$py" "$tools/score_spikes.py" "$work/gt" "$dir/data/store" | sed -n 's/^detections //p')"
+"$py" - "$scores" "$wall" "$seconds" "$rss" <<'EOF'
+import json, sys
+s, wall, seconds, rss = json.loads(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+print(f"| neurod, replay of the raw store (Parquet, delta + zstd) -> spike_detect (cpu) -> store "
+      f"| {wall:.2f} | {seconds / wall:.1f} | {s['recall']} | {s['precision']} | {rss} |")
+EOF
 
 echo
 echo "## 2b. ratio on the real 16-channel Open Ephys recording (40 kHz)"
