@@ -144,7 +144,7 @@ awk -v s="$seconds" -v w="$pa_wall" -v b="$bin_bytes" -v p="$(stat -c %s "$work/
   'BEGIN { printf "| pyarrow %s (read, table, write_table: delta, zstd 1, no dictionary, 1 MiB pages) | %.2f | %.1f | %.0f | %.3f | %s |\n", v, w, s / w, b / 1e6 / w, b / p, r }'
 
 echo
-echo "## 2c. the stored session again: replay (Parquet) -> spike_detect -> store, one core (best of 3)"
+echo "## 2b. the stored session again: replay (Parquet) -> spike_detect -> store, one core (best of 3)"
 echo "| chain | wall s | x real time | recall | precision | peak RSS MB |"
 echo "|---|---|---|---|---|---|"
 dir="$work/replay"
@@ -183,7 +183,7 @@ print(f"| neurod, replay of the raw store (Parquet, delta + zstd) -> spike_detec
 EOF
 
 echo
-echo "## 2b. ratio on the real 16-channel Open Ephys recording (40 kHz)"
+echo "## 2c. ratio on the real 16-channel Open Ephys recording (40 kHz)"
 oe="$root/../shared/data/openephys-16ch-40khz/experiment1/recording1"
 dat="$oe/continuous/File_Reader-100.example_data/continuous.dat"
 dat_bytes="$(stat -c %s "$dat")"
