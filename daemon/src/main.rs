@@ -83,7 +83,22 @@ enum Command {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h (libmimalloc-sys has no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed pages go back to the kernel at once. mimalloc v3 waits 1 s, and looks only when the
+/// page's owning thread next allocates; batches are freed by other threads than the ones that made
+/// them, and a 30-minute soak grew by ~1.2 MB/min that way (side by side for 9 minutes: +1.5
+/// MB/min by default, flat at 0). `MIMALLOC_PURGE_DELAY` in the environment still decides.
+fn purge_freed_pages_at_once() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: a C call with a valid option id; mimalloc lets options change at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+    }
+}
+
 fn main() -> ExitCode {
+    purge_freed_pages_at_once();
     init_logging();
     let cli = Cli::parse();
     match cli.command {
@@ -168,6 +183,20 @@ fn inspect(path: &std::path::Path, json: bool) -> ExitCode {
         Err(e) => {
             eprintln!("{}: {e}", path.display());
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The id is mimalloc's purge delay: no other option defaults to 1000 (v3's options.c), so a
+    /// mimalloc whose options were renumbered fails here instead of setting another option.
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: a C call with a valid option id.
+            let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+            assert_eq!(delay, 1000);
         }
     }
 }
