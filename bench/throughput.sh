@@ -48,12 +48,19 @@ run_pinned() {
   awk '{ printf "%s %d\n", $1, $2 / 1024 }' "$work/time"
 }
 
-# A config: the recording at pace = "max" into `$2/data`, then `$1` (the rest of the topology).
-config() {
+# The [daemon] table of a run whose data goes to `$1/data`.
+header() {
   cat <<EOF
 [daemon]
-data_dir = "$2/data"
+data_dir = "$1/data"
 listen = "127.0.0.1:$((20000 + RANDOM % 20000))"
+EOF
+}
+
+# A config: the recording at pace = "max" into `$2/data`, then `$1` (the rest of the topology).
+config() {
+  header "$2"
+  cat <<EOF
 
 [sources.probe]
 type = "spikeglx"
@@ -62,6 +69,26 @@ pace = "max"
 
 $1
 EOF
+}
+
+# The best of 3 runs of `$1/neurod.toml` (the machine is shared) into `wall` and `rss`; with `$2`
+# = sync, each after a `sync` (the previous run's writeback must not land in this one).
+best_of_3() {
+  wall=999999
+  for _ in 1 2 3; do
+    rm -rf "$1/data"
+    [ "${2:-}" != sync ] || sync
+    read -r w r < <(run_pinned "$1/neurod.toml")
+    if awk -v a="$w" -v b="$wall" 'BEGIN { exit !(a < b) }'; then wall="$w" rss="$r"; fi
+  done
+}
+
+# The spikes stored under `$1/data/store` scored against the ground truth: `recall`, `precision`.
+score() {
+  local scores
+  scores="$("$py" "$tools/score_spikes.py" "$work/gt" "$1/data/store" | sed -n 's/^detections //p')"
+  recall="$("$py" -c "import json,sys; print(json.loads(sys.argv[1])['recall'])" "$scores")"
+  precision="$("$py" -c "import json,sys; print(json.loads(sys.argv[1])['precision'])" "$scores")"
 }
 
 parquet_bytes() { find "$1" -name '*.parquet' -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
@@ -81,17 +108,10 @@ backend = \"$backend\"
 [sinks.store]
 type = \"store\"
 inputs = [\"spikes\"]" "$dir" > "$dir/neurod.toml"
-  # The best of 3 runs (the machine is shared; the first run also loads the Vulkan driver).
-  wall=999999
-  for _ in 1 2 3; do
-    rm -rf "$dir/data"
-    read -r w r < <(run_pinned "$dir/neurod.toml")
-    if awk -v a="$w" -v b="$wall" 'BEGIN { exit !(a < b) }'; then wall="$w" rss="$r"; fi
-  done
+  # (The first run also loads the Vulkan driver.)
+  best_of_3 "$dir"
   chosen="$(grep -o 'backend=[^ ]*' "$work/log" | head -1 | tr -d '"' || true)"
-  scores="$("$py" "$tools/score_spikes.py" "$work/gt" "$dir/data/store" | sed -n 's/^detections //p')"
-  recall="$("$py" -c "import json,sys; print(json.loads(sys.argv[1])['recall'])" "$scores")"
-  precision="$("$py" -c "import json,sys; print(json.loads(sys.argv[1])['precision'])" "$scores")"
+  score "$dir"
   printf '| neurod, backend = "%s" %s | %.2f | %.1f | %s | %s | %s |\n' "$backend" "${chosen:+($chosen)}" \
     "$wall" "$(awk -v s="$seconds" -v w="$wall" 'BEGIN { print s / w }')" "$recall" "$precision" "$rss"
 done
@@ -112,14 +132,7 @@ mkdir -p "$dir"
 config "[sinks.store]
 type = \"store\"
 inputs = [\"probe\"]" "$dir" > "$dir/neurod.toml"
-# The best of 3, each after a `sync` (the previous run's writeback must not land in this one).
-wall=999999
-for _ in 1 2 3; do
-  rm -rf "$dir/data"
-  sync
-  read -r w r < <(run_pinned "$dir/neurod.toml")
-  if awk -v a="$w" -v b="$wall" 'BEGIN { exit !(a < b) }'; then wall="$w" rss="$r"; fi
-done
+best_of_3 "$dir" sync
 stored="$(parquet_bytes "$dir/data")"
 awk -v s="$seconds" -v w="$wall" -v b="$bin_bytes" -v p="$stored" -v r="$rss" \
   'BEGIN { printf "| neurod run (spikeglx -> store, start-up and conversion included) | %.2f | %.1f | %.0f | %.3f | %s |\n", w, s / w, b / 1e6 / w, b / p, r }'
@@ -149,10 +162,7 @@ echo "| chain | wall s | x real time | recall | precision | peak RSS MB |"
 echo "|---|---|---|---|---|---|"
 dir="$work/replay"
 mkdir -p "$dir"
-cat > "$dir/neurod.toml" <<EOF
-[daemon]
-data_dir = "$dir/data"
-listen = "127.0.0.1:$((20000 + RANDOM % 20000))"
+{ header "$dir"; cat <<EOF
 
 [sources.again]
 type = "replay"
@@ -168,19 +178,11 @@ backend = "cpu"
 type = "store"
 inputs = ["spikes"]
 EOF
-wall=999999
-for _ in 1 2 3; do
-  rm -rf "$dir/data"
-  read -r w r < <(run_pinned "$dir/neurod.toml")
-  if awk -v a="$w" -v b="$wall" 'BEGIN { exit !(a < b) }'; then wall="$w" rss="$r"; fi
-done
-scores="$("$py" "$tools/score_spikes.py" "$work/gt" "$dir/data/store" | sed -n 's/^detections //p')"
-"$py" - "$scores" "$wall" "$seconds" "$rss" <<'EOF'
-import json, sys
-s, wall, seconds, rss = json.loads(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-print(f"| neurod, replay of the raw store (Parquet, delta + zstd) -> spike_detect (cpu) -> store "
-      f"| {wall:.2f} | {seconds / wall:.1f} | {s['recall']} | {s['precision']} | {rss} |")
-EOF
+} > "$dir/neurod.toml"
+best_of_3 "$dir"
+score "$dir"
+printf '| neurod, replay of the raw store (Parquet, delta + zstd) -> spike_detect (cpu) -> store | %.2f | %.1f | %s | %s | %s |\n' \
+  "$wall" "$(awk -v s="$seconds" -v w="$wall" 'BEGIN { print s / w }')" "$recall" "$precision" "$rss"
 
 echo
 echo "## 2c. ratio on the real 16-channel Open Ephys recording (40 kHz)"
@@ -189,10 +191,7 @@ dat="$oe/continuous/File_Reader-100.example_data/continuous.dat"
 dat_bytes="$(stat -c %s "$dat")"
 dir="$work/oe"
 mkdir -p "$dir"
-cat > "$dir/neurod.toml" <<EOF
-[daemon]
-data_dir = "$dir/data"
-listen = "127.0.0.1:$((20000 + RANDOM % 20000))"
+{ header "$dir"; cat <<EOF
 
 [sources.oe]
 type = "openephys"
@@ -203,6 +202,7 @@ pace = "max"
 type = "store"
 inputs = ["oe"]
 EOF
+} > "$dir/neurod.toml"
 run_pinned "$dir/neurod.toml" > /dev/null
 "$py" - "$dat" "$work" 16 40000 > "$work/oe-peers" 2>/dev/null <<'EOF'
 import sys, os, subprocess, numpy as np, mtscomp
