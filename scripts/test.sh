@@ -12,14 +12,15 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/neurod/target}"
 peers="${NEUROD_PEERS:-$HOME/.cache/neurod/peers}"
 requirements=../shared/tools/requirements.txt
 
+sudo=""
+[ "$(id -u)" = 0 ] || sudo=sudo
+
 # Debian packages the tests need: lavapipe, and Chromium for the web view's browser test.
 missing=()
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
@@ -28,8 +29,6 @@ fi
 prometheus="$HOME/.cache/neurod/prometheus"
 if ! command -v prometheus >/dev/null 2>&1 && [ ! -x "$prometheus/usr/bin/prometheus" ]; then
   echo "== unpacking Debian's prometheus into $prometheus"
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
   deb="$(mktemp -d)"
   (cd "$deb" && { apt-get download -qq prometheus 2>/dev/null ||
     { $sudo apt-get update -qq && apt-get download -qq prometheus; }; })

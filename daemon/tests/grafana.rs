@@ -43,18 +43,27 @@ fn deploy_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Every panel's PromQL query.
-fn dashboard_queries() -> Vec<String> {
+/// Every panel's queries (Grafana's `targets`), each with its panel's title.
+fn dashboard_targets() -> Vec<(String, serde_json::Value)> {
     let path = deploy_file("grafana/dashboards/neurod.json");
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut queries = Vec::new();
+    let mut targets = Vec::new();
     for panel in dash["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap_or_default();
         for target in panel["targets"].as_array().into_iter().flatten() {
-            queries.push(target["expr"].as_str().unwrap().to_string());
+            targets.push((title.to_string(), target.clone()));
         }
     }
-    queries
+    targets
+}
+
+/// Every panel's PromQL query.
+fn dashboard_queries() -> Vec<String> {
+    dashboard_targets()
+        .iter()
+        .map(|(_, target)| target["expr"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// What Grafana would otherwise find only when started: the dashboard's datasource is the
@@ -63,24 +72,18 @@ fn dashboard_queries() -> Vec<String> {
 #[test]
 fn the_dashboard_provisioning_and_compose_files_agree() {
     let read = |name: &str| std::fs::read_to_string(deploy_file(name)).unwrap();
-    let dash: serde_json::Value =
-        serde_json::from_str(&read("grafana/dashboards/neurod.json")).unwrap();
     let datasources = read("grafana/provisioning/datasources/neurod.yml");
     let providers = read("grafana/provisioning/dashboards/neurod.yml");
     let compose = read("docker-compose.yml");
-    let mut targets = 0;
-    for panel in dash["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let uid = target["datasource"]["uid"].as_str().unwrap_or_default();
-            assert!(
-                datasources.contains(&format!("uid: {uid}\n")),
-                "panel {:?} queries datasource {uid:?}, which is not provisioned",
-                panel["title"]
-            );
-            targets += 1;
-        }
+    let targets = dashboard_targets();
+    for (title, target) in &targets {
+        let uid = target["datasource"]["uid"].as_str().unwrap_or_default();
+        assert!(
+            datasources.contains(&format!("uid: {uid}\n")),
+            "panel {title:?} queries datasource {uid:?}, which is not provisioned"
+        );
     }
-    assert!(targets >= 15, "{targets} queries");
+    assert!(targets.len() >= 15, "{} queries", targets.len());
     assert!(providers.contains("path: /var/lib/grafana/dashboards\n"));
     assert!(compose.contains("./grafana/dashboards:/var/lib/grafana/dashboards"));
     assert!(compose.contains("./grafana/provisioning:/etc/grafana/provisioning"));

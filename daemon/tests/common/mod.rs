@@ -655,14 +655,10 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// A seed for randomised tests: `name` from the environment to replay a run, else the clock.
 pub fn seed_from_env(name: &str) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    env_or(name, clock)
 }
 
 /// The README's main job (`config.toml`) with its data directory and listen address put where
