@@ -72,6 +72,20 @@ $1
 EOF
 }
 
+# spike_detect with backend `$2` on input `$1`, its spikes into a store.
+detect_and_store() {
+  cat <<EOF
+[transforms.spikes]
+type = "spike_detect"
+inputs = ["$1"]
+backend = "$2"
+
+[sinks.store]
+type = "store"
+inputs = ["spikes"]
+EOF
+}
+
 # The best of 3 runs of `$1/neurod.toml` (the machine is shared) into `wall` and `rss`, their
 # mean into `mean`; with `$2` = sync, each after a `sync` (the previous run's writeback must not
 # land in this one).
@@ -105,14 +119,7 @@ echo "|---|---|---|---|---|---|---|"
 for backend in cpu auto; do
   dir="$work/detect-$backend"
   mkdir -p "$dir"
-  config "[transforms.spikes]
-type = \"spike_detect\"
-inputs = [\"probe\"]
-backend = \"$backend\"
-
-[sinks.store]
-type = \"store\"
-inputs = [\"spikes\"]" "$dir" > "$dir/neurod.toml"
+  config "$(detect_and_store probe "$backend")" "$dir" > "$dir/neurod.toml"
   # (The first run also loads the Vulkan driver.)
   best_of_3 "$dir"
   [ "$backend" != cpu ] || cpu_wall="$wall"
@@ -176,98 +183,12 @@ type = "replay"
 path = "$work/raw/data"
 pace = "max"
 
-[transforms.spikes]
-type = "spike_detect"
-inputs = ["again"]
-backend = "cpu"
-
-[sinks.store]
-type = "store"
-inputs = ["spikes"]
 EOF
-} > "$dir/neurod.toml"
+detect_and_store again cpu; } > "$dir/neurod.toml"
 best_of_3 "$dir"
 score "$dir"
 printf '| neurod, replay of the raw store (Parquet, delta + zstd) -> spike_detect (cpu) -> store | %.2f | %.1f | %s | %s | %s |\n' \
   "$wall" "$(awk -v s="$seconds" -v w="$wall" 'BEGIN { print s / w }')" "$recall" "$precision" "$rss"
-
-echo
-echo "## 2d. the same recording pushed over TCP: arrow_ipc -> spike_detect -> store, neurod on one core"
-echo "A pyarrow client on the other core sends the 30 s as one Arrow IPC stream of 10 ms batches"
-echo "(encoded before the clock starts); timed from its first byte to neurod's exit after every row"
-echo "has arrived."
-echo "| chain | wall s | x real time | recall | precision | peak RSS MB |"
-echo "|---|---|---|---|---|---|"
-dir="$work/ipc"
-mkdir -p "$dir"
-port=$((20000 + RANDOM % 20000))
-{ header "$dir"; cat <<EOF
-
-[sources.rig]
-type = "arrow_ipc"
-address = "127.0.0.1:$port"
-
-[transforms.spikes]
-type = "spike_detect"
-inputs = ["rig"]
-backend = "cpu"
-
-[sinks.store]
-type = "store"
-inputs = ["spikes"]
-EOF
-} > "$dir/neurod.toml"
-listen="$(sed -n 's/^listen = "\(.*\)"/\1/p' "$dir/neurod.toml")"
-rows=$((bin_bytes / 770)) # 385 channels of 2 bytes
-/usr/bin/time -f '%e %M' -o "$dir/time" taskset -c 0 "$bin" run --config "$dir/neurod.toml" > "$dir/log" 2>&1 &
-daemon=$!
-until curl -sf "http://$listen/healthz" > /dev/null; do
-  kill -0 "$daemon" 2> /dev/null || { echo "neurod exited:" >&2; tail -20 "$dir/log" >&2; exit 1; }
-  sleep 0.1
-done
-taskset -c 1 "$py" - "$recording" "$work/gt/channel_locations_um.npy" "$port" > "$dir/t0" <<'EOF'
-import socket, sys, time, numpy as np, pyarrow as pa
-recording, locations, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-d = np.fromfile(recording, dtype="<i2").reshape(-1, 385)
-xy = np.load(locations)
-fields = [pa.field("sample_index", pa.int64(), nullable=False)]
-for ch in range(385):
-    meta = ({"neurod.channel_kind": "ap", "neurod.uv_per_bit": "2.34375", "neurod.x_um": str(xy[ch][0]),
-             "neurod.y_um": str(xy[ch][1]), "neurod.shank": "0"} if ch < 384 else {"neurod.channel_kind": "sync"})
-    fields.append(pa.field(f"AP{ch}" if ch < 384 else "SY0", pa.int16(), nullable=False, metadata=meta))
-schema = pa.schema(fields, metadata={"neurod.layout": "continuous", "neurod.stream_id": "imec0.ap",
-                                     "neurod.stream_kind": "ap", "neurod.sampling_hz": "30000",
-                                     "neurod.first_sample": "0"})
-batches = []
-for t0 in range(0, len(d), 300):
-    block = np.ascontiguousarray(d[t0:t0 + 300].T)
-    cols = [pa.array(np.arange(t0, t0 + block.shape[1], dtype=np.int64))] + [pa.array(c) for c in block]
-    batches.append(pa.RecordBatch.from_arrays(cols, schema=schema))
-# The whole stream is encoded first, so that the client costs one sendall, not a write per buffer.
-sink = pa.BufferOutputStream()
-with pa.ipc.new_stream(sink, schema) as writer:
-    for b in batches:
-        writer.write_batch(b)
-payload = sink.getvalue()
-sock = socket.create_connection(("127.0.0.1", port))
-print(time.time())
-sock.sendall(payload)
-sock.close()
-EOF
-# Every row has arrived when the source has sent them all on; then stop and time the drain.
-until curl -sf "http://$listen/metrics" | grep -q "^neurod_component_sent_rows_total{component_id=\"rig\"[^}]*} $rows\$"; do
-  kill -0 "$daemon" 2> /dev/null || { echo "neurod exited:" >&2; tail -20 "$dir/log" >&2; exit 1; }
-  sleep 0.02
-done
-# SIGTERM drains and flushes like Ctrl-C; it goes to neurod, the child of `time` (which, like
-# a background job, ignores SIGINT).
-pkill -TERM -P "$daemon"
-wait "$daemon" || true
-t1="$(date +%s.%N)"
-read -r _ ipc_rss < "$dir/time"
-score "$dir"
-awk -v s="$seconds" -v a="$(cat "$dir/t0")" -v b="$t1" -v r="$ipc_rss" -v re="$recall" -v pr="$precision" \
-  'BEGIN { printf "| neurod, arrow_ipc (TCP, pyarrow client) -> spike_detect (cpu) -> store | %.2f | %.1f | %s | %s | %d |\n", b - a, s / (b - a), re, pr, r / 1024 }'
 
 echo
 echo "## 2c. ratio on the real 16-channel Open Ephys recording (40 kHz)"
@@ -313,6 +234,76 @@ for row in "neurod store (Parquet, delta, zstd 1):$(parquet_bytes "$dir/data")" 
            "flac --best (2 x 8 channels):$flac_bytes" "mtscomp (defaults):$mts_bytes"; do
   awk -v name="${row%%:*}" -v b="${row##*:}" -v d="$dat_bytes" 'BEGIN { printf "| %s | %d | %.3f |\n", name, b, d / b }'
 done
+
+echo
+echo "## 2d. the same recording pushed over TCP: arrow_ipc -> spike_detect -> store, neurod on one core"
+echo "A pyarrow client on the other core sends the $seconds s as one Arrow IPC stream of 10 ms batches"
+echo "(encoded before the clock starts); timed from its first byte to neurod's exit after every row"
+echo "has arrived."
+echo "| chain | wall s | x real time | recall | precision | peak RSS MB |"
+echo "|---|---|---|---|---|---|"
+dir="$work/ipc"
+mkdir -p "$dir"
+port=$((20000 + RANDOM % 20000))
+{ header "$dir"; cat <<EOF
+
+[sources.rig]
+type = "arrow_ipc"
+address = "127.0.0.1:$port"
+
+EOF
+detect_and_store rig cpu; } > "$dir/neurod.toml"
+listen="$(sed -n 's/^listen = "\(.*\)"/\1/p' "$dir/neurod.toml")"
+rows=$((bin_bytes / 770)) # 385 channels of 2 bytes
+/usr/bin/time -f '%e %M' -o "$dir/time" taskset -c 0 "$bin" run --config "$dir/neurod.toml" > "$dir/log" 2>&1 &
+daemon=$!
+until curl -sf "http://$listen/healthz" > /dev/null; do
+  kill -0 "$daemon" 2> /dev/null || { echo "neurod exited:" >&2; tail -20 "$dir/log" >&2; exit 1; }
+  sleep 0.1
+done
+taskset -c 1 "$py" - "$recording" "$work/gt/channel_locations_um.npy" "$port" > "$dir/t0" <<'EOF'
+import socket, sys, time, numpy as np, pyarrow as pa
+recording, locations, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+d = np.fromfile(recording, dtype="<i2").reshape(-1, 385)
+xy = np.load(locations)
+fields = [pa.field("sample_index", pa.int64(), nullable=False)]
+for ch in range(385):
+    meta = ({"neurod.channel_kind": "ap", "neurod.uv_per_bit": "2.34375", "neurod.x_um": str(xy[ch][0]),
+             "neurod.y_um": str(xy[ch][1]), "neurod.shank": "0"} if ch < 384 else {"neurod.channel_kind": "sync"})
+    fields.append(pa.field(f"AP{ch}" if ch < 384 else "SY0", pa.int16(), nullable=False, metadata=meta))
+schema = pa.schema(fields, metadata={"neurod.layout": "continuous", "neurod.stream_id": "imec0.ap",
+                                     "neurod.stream_kind": "ap", "neurod.sampling_hz": "30000",
+                                     "neurod.first_sample": "0"})
+batches = []
+for t0 in range(0, len(d), 300):
+    block = np.ascontiguousarray(d[t0:t0 + 300].T)
+    cols = [pa.array(np.arange(t0, t0 + block.shape[1], dtype=np.int64))] + [pa.array(c) for c in block]
+    batches.append(pa.RecordBatch.from_arrays(cols, schema=schema))
+# The whole stream is encoded first, so that the client costs one sendall, not a write per buffer.
+sink = pa.BufferOutputStream()
+with pa.ipc.new_stream(sink, schema) as writer:
+    for b in batches:
+        writer.write_batch(b)
+payload = sink.getvalue()
+sock = socket.create_connection(("127.0.0.1", port))
+print(time.time())
+sock.sendall(payload)
+sock.close()
+EOF
+# Every row has arrived when the source has sent them all on; then stop and time the drain.
+until curl -sf "http://$listen/metrics" | grep -q "^neurod_component_sent_rows_total{component_id=\"rig\"[^}]*} $rows\$"; do
+  kill -0 "$daemon" 2> /dev/null || { echo "neurod exited:" >&2; tail -20 "$dir/log" >&2; exit 1; }
+  sleep 0.02
+done
+# SIGTERM drains and flushes like Ctrl-C; it goes to neurod, the child of `time` (which ignores
+# SIGINT while it waits).
+pkill -TERM -P "$daemon"
+wait "$daemon" || true
+t1="$(date +%s.%N)"
+read -r _ ipc_rss < "$dir/time"
+score "$dir"
+awk -v s="$seconds" -v a="$(cat "$dir/t0")" -v b="$t1" -v r="$ipc_rss" -v re="$recall" -v pr="$precision" \
+  'BEGIN { printf "| neurod, arrow_ipc (TCP, pyarrow client) -> spike_detect (cpu) -> store | %.2f | %.1f | %s | %s | %d |\n", b - a, s / (b - a), re, pr, r / 1024 }'
 
 [ "${NEUROD_THROUGHPUT_PROBES:-1}" = 1 ] || exit 0
 echo
