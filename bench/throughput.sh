@@ -41,12 +41,18 @@ echo "# neurod throughput, $(date -u +%F), $(nproc) cores: $(grep -m1 'model nam
 "$py" "$tools/groundtruth.py" "$work/gt" --seconds "$seconds" > /dev/null
 recording="$work/gt/$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['bin'])" "$work/gt/info.json")"
 bin_bytes="$(stat -c %s "$recording")"
+channels="$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['saved_channels'])" "$work/gt/info.json")"
 
 # `neurod run` of `$1` (a config) pinned to core 0: prints "wall_s peak_rss_mb".
 run_pinned() {
   /usr/bin/time -f '%e %M' -o "$work/time" taskset -c 0 "$bin" run --config "$1" > "$work/log" 2>&1 ||
     { echo "neurod failed:" >&2; tail -20 "$work/log" >&2; exit 1; }
   awk '{ printf "%s %d\n", $1, $2 / 1024 }' "$work/time"
+}
+
+# Fails the script, with the log `$2`, unless process `$1` still runs.
+alive_or_fail() {
+  kill -0 "$1" 2> /dev/null || { echo "neurod exited:" >&2; tail -20 "$2" >&2; exit 1; }
 }
 
 # The [daemon] table of a run whose data goes to `$1/data`.
@@ -110,6 +116,9 @@ score() {
   precision="$("$py" -c "import json,sys; print(json.loads(sys.argv[1])['precision'])" "$scores")"
 }
 
+# `$seconds` of recording over `$1` s of wall time.
+realtime_x() { awk -v s="$seconds" -v w="$1" 'BEGIN { print s / w }'; }
+
 parquet_bytes() { find "$1" -name '*.parquet' -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
 
 echo
@@ -126,7 +135,7 @@ for backend in cpu auto; do
   chosen="$(grep -o 'backend=[^ ]*' "$work/log" | head -1 | tr -d '"' || true)"
   score "$dir"
   printf '| neurod, backend = "%s" %s | %.2f | %.1f | %s | %s | %s | %s |\n' "$backend" "${chosen:+($chosen)}" \
-    "$wall" "$(awk -v s="$seconds" -v w="$wall" 'BEGIN { print s / w }')" "$mean" "$recall" "$precision" "$rss"
+    "$wall" "$(realtime_x "$wall")" "$mean" "$recall" "$precision" "$rss"
 done
 peer="$(/usr/bin/time -f '%M' -o "$work/time-peer" taskset -c 0 "$py" "$tools/score_spikes.py" "$work/gt" --peer 2>/dev/null | sed -n 's/^spikeinterface //p')"
 "$py" - "$peer" "$(cat "$work/time-peer")" "$cpu_wall" <<'EOF'
@@ -188,7 +197,7 @@ detect_and_store again cpu; } > "$dir/neurod.toml"
 best_of_3 "$dir"
 score "$dir"
 printf '| neurod, replay of the raw store (Parquet, delta + zstd) -> spike_detect (cpu) -> store | %.2f | %.1f | %s | %s | %s |\n' \
-  "$wall" "$(awk -v s="$seconds" -v w="$wall" 'BEGIN { print s / w }')" "$recall" "$precision" "$rss"
+  "$wall" "$(realtime_x "$wall")" "$recall" "$precision" "$rss"
 
 echo
 echo "## 2c. ratio on the real 16-channel Open Ephys recording (40 kHz)"
@@ -254,29 +263,32 @@ address = "127.0.0.1:$port"
 EOF
 detect_and_store rig cpu; } > "$dir/neurod.toml"
 listen="$(sed -n 's/^listen = "\(.*\)"/\1/p' "$dir/neurod.toml")"
-rows=$((bin_bytes / 770)) # 385 channels of 2 bytes
+rows=$((bin_bytes / (2 * channels)))
 /usr/bin/time -f '%e %M' -o "$dir/time" taskset -c 0 "$bin" run --config "$dir/neurod.toml" > "$dir/log" 2>&1 &
 daemon=$!
 until curl -sf "http://$listen/healthz" > /dev/null; do
-  kill -0 "$daemon" 2> /dev/null || { echo "neurod exited:" >&2; tail -20 "$dir/log" >&2; exit 1; }
+  alive_or_fail "$daemon" "$dir/log"
   sleep 0.1
 done
-taskset -c 1 "$py" - "$recording" "$work/gt/channel_locations_um.npy" "$port" > "$dir/t0" <<'EOF'
-import socket, sys, time, numpy as np, pyarrow as pa
-recording, locations, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-d = np.fromfile(recording, dtype="<i2").reshape(-1, 385)
-xy = np.load(locations)
+taskset -c 1 "$py" - "$recording" "$work/gt" "$port" > "$dir/t0" <<'EOF'
+import json, os, socket, sys, time, numpy as np, pyarrow as pa
+recording, gt, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+info = json.load(open(os.path.join(gt, "info.json")))
+n, ap = info["saved_channels"], info["channels"]  # the AP channels, then sync
+d = np.fromfile(recording, dtype="<i2").reshape(-1, n)
+xy = np.load(os.path.join(gt, "channel_locations_um.npy"))
 fields = [pa.field("sample_index", pa.int64(), nullable=False)]
-for ch in range(385):
-    meta = ({"neurod.channel_kind": "ap", "neurod.uv_per_bit": "2.34375", "neurod.x_um": str(xy[ch][0]),
-             "neurod.y_um": str(xy[ch][1]), "neurod.shank": "0"} if ch < 384 else {"neurod.channel_kind": "sync"})
-    fields.append(pa.field(f"AP{ch}" if ch < 384 else "SY0", pa.int16(), nullable=False, metadata=meta))
+for ch in range(n):
+    meta = ({"neurod.channel_kind": "ap", "neurod.uv_per_bit": repr(info["uv_per_bit"]), "neurod.x_um": str(xy[ch][0]),
+             "neurod.y_um": str(xy[ch][1]), "neurod.shank": "0"} if ch < ap else {"neurod.channel_kind": "sync"})
+    fields.append(pa.field(f"AP{ch}" if ch < ap else f"SY{ch - ap}", pa.int16(), nullable=False, metadata=meta))
 schema = pa.schema(fields, metadata={"neurod.layout": "continuous", "neurod.stream_id": "imec0.ap",
-                                     "neurod.stream_kind": "ap", "neurod.sampling_hz": "30000",
+                                     "neurod.stream_kind": "ap", "neurod.sampling_hz": f"{info['sampling_hz']:g}",
                                      "neurod.first_sample": "0"})
 batches = []
-for t0 in range(0, len(d), 300):
-    block = np.ascontiguousarray(d[t0:t0 + 300].T)
+step = round(info["sampling_hz"] / 100)  # 10 ms batches, as the file sources make
+for t0 in range(0, len(d), step):
+    block = np.ascontiguousarray(d[t0:t0 + step].T)
     cols = [pa.array(np.arange(t0, t0 + block.shape[1], dtype=np.int64))] + [pa.array(c) for c in block]
     batches.append(pa.RecordBatch.from_arrays(cols, schema=schema))
 # The whole stream is encoded first, so that the client costs one sendall, not a write per buffer.
@@ -292,7 +304,7 @@ sock.close()
 EOF
 # Every row has arrived when the source has sent them all on; then stop and time the drain.
 until curl -sf "http://$listen/metrics" | grep -q "^neurod_component_sent_rows_total{component_id=\"rig\"[^}]*} $rows\$"; do
-  kill -0 "$daemon" 2> /dev/null || { echo "neurod exited:" >&2; tail -20 "$dir/log" >&2; exit 1; }
+  alive_or_fail "$daemon" "$dir/log"
   sleep 0.02
 done
 # SIGTERM drains and flushes like Ctrl-C; it goes to neurod, the child of `time` (which ignores
