@@ -71,10 +71,21 @@ struct Queued {
     /// Which edge (input) it came from.
     edge: u32,
     msg: Message,
+    /// The batch's data bytes ([`crate::metrics::batch_bytes`]); 0 for `End`.
+    bytes: usize,
 }
+
+/// An inbox of `capacity` batches also holds at most `capacity` × this many bytes of them. A
+/// 10 ms batch of a 385-channel probe is 231 KB, so live probes fill an inbox by count as
+/// before; a replay's 100 ms batches stop at 28 (64 MiB with the default 256) instead of
+/// holding 590 MB that the source must fault in fresh (a third of the run's time went to the
+/// kernel zeroing pages).
+pub const BYTES_PER_BATCH: usize = 256 << 10;
 
 struct State {
     queue: VecDeque<Queued>,
+    /// Sum of the queued messages' `bytes`.
+    bytes: usize,
     /// Edges that have not yet sent `End`.
     open_edges: usize,
     receiver_alive: bool,
@@ -86,6 +97,8 @@ pub type Waker = Box<dyn Fn() + Send + Sync>;
 struct Shared {
     state: Mutex<State>,
     capacity: usize,
+    /// `capacity × BYTES_PER_BATCH`.
+    max_bytes: usize,
     not_empty: Condvar,
     not_full: Condvar,
     /// The consumer's metrics, when it is a component: queue fill and dropped rows.
@@ -99,10 +112,15 @@ impl Shared {
         // single push or pop), so a poisoned lock is safe to keep using.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn record_fill(&self, len: usize) {
+    fn record_fill(&self, st: &State) {
         if let Some(m) = &self.metrics {
-            m.set_queue_fill(len, self.capacity);
+            m.set_queue_fill(st.queue.len(), self.capacity, st.bytes, self.max_bytes);
         }
+    }
+    /// Whether `bytes` more fit: under both bounds, or the queue holds no data at all (a batch
+    /// larger than the byte bound must not wait forever).
+    fn has_room(&self, st: &State, bytes: usize) -> bool {
+        st.queue.len() < self.capacity && (st.bytes == 0 || st.bytes + bytes <= self.max_bytes)
     }
     fn wake(&self) {
         self.not_empty.notify_all();
@@ -139,7 +157,8 @@ pub enum Recv {
 }
 
 impl Inbox {
-    /// An inbox holding at most `capacity` messages. `metrics` are the consumer's.
+    /// An inbox holding at most `capacity` messages and `capacity` × [`BYTES_PER_BATCH`] bytes
+    /// of batches. `metrics` are the consumer's.
     pub fn new(capacity: usize, metrics: ComponentMetrics) -> Self {
         Self::build(capacity, Some(metrics), None)
     }
@@ -152,17 +171,20 @@ impl Inbox {
 
     fn build(capacity: usize, metrics: Option<ComponentMetrics>, waker: Option<Waker>) -> Self {
         let capacity = capacity.max(1);
+        let max_bytes = capacity.saturating_mul(BYTES_PER_BATCH);
         if let Some(m) = &metrics {
-            m.set_queue_fill(0, capacity);
+            m.set_queue_fill(0, capacity, 0, max_bytes);
         }
         Inbox {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     queue: VecDeque::with_capacity(capacity),
+                    bytes: 0,
                     open_edges: 0,
                     receiver_alive: true,
                 }),
                 capacity,
+                max_bytes,
                 not_empty: Condvar::new(),
                 not_full: Condvar::new(),
                 metrics,
@@ -235,7 +257,8 @@ impl Inbox {
     /// Pops queued messages until a batch; `End`s on the way close their edge.
     fn pop(&self, st: &mut State) -> Option<(u32, Recv)> {
         while let Some(q) = st.queue.pop_front() {
-            self.shared.record_fill(st.queue.len());
+            st.bytes -= q.bytes;
+            self.shared.record_fill(st);
             self.shared.not_full.notify_all();
             match q.msg {
                 Message::Data(b) => return Some((q.edge, Recv::Data(b))),
@@ -284,6 +307,7 @@ impl Drop for Inbox {
         let mut st = self.shared.lock();
         st.receiver_alive = false;
         st.queue.clear();
+        st.bytes = 0;
         self.shared.not_full.notify_all();
     }
 }
@@ -300,6 +324,7 @@ impl EdgeSender {
     /// of this edge's (the other inputs filled it), the new batch is the one dropped. Either
     /// way the rows are counted and the producer never waits.
     pub fn try_send(&self, batch: RecordBatch, overflow: Overflow) -> Result<usize, SendError> {
+        let bytes = crate::metrics::batch_bytes(&batch) as usize;
         let mut st = self.shared.lock();
         let mut dropped = 0;
         loop {
@@ -309,7 +334,7 @@ impl EdgeSender {
             if self.ended.load(Ordering::Acquire) {
                 return Err(SendError::Ended);
             }
-            if st.queue.len() < self.shared.capacity {
+            if self.shared.has_room(&st, bytes) {
                 break;
             }
             match overflow {
@@ -329,8 +354,12 @@ impl EdgeSender {
                     match own.and_then(|i| st.queue.remove(i)) {
                         Some(Queued {
                             msg: Message::Data(old),
+                            bytes,
                             ..
-                        }) => dropped += old.num_rows(),
+                        }) => {
+                            st.bytes -= bytes;
+                            dropped += old.num_rows();
+                        }
                         _ => {
                             drop(st);
                             self.count_dropped(batch.num_rows());
@@ -343,8 +372,10 @@ impl EdgeSender {
         st.queue.push_back(Queued {
             edge: self.tag,
             msg: Message::Data(batch),
+            bytes,
         });
-        self.shared.record_fill(st.queue.len());
+        st.bytes += bytes;
+        self.shared.record_fill(&st);
         drop(st);
         self.count_dropped(dropped);
         self.shared.wake();
@@ -385,6 +416,7 @@ impl EdgeSender {
         st.queue.push_back(Queued {
             edge: self.tag,
             msg: Message::End,
+            bytes: 0,
         });
         drop(st);
         self.shared.not_full.notify_all();
@@ -395,15 +427,17 @@ impl EdgeSender {
     /// its memory is released at once. Returns the rows discarded.
     pub fn evict(&self) -> usize {
         let mut st = self.shared.lock();
-        let mut rows = 0;
+        let (mut rows, mut freed) = (0, 0);
         st.queue.retain(|q| match &q.msg {
             Message::Data(b) if q.edge == self.tag => {
                 rows += b.num_rows();
+                freed += q.bytes;
                 false
             }
             _ => true,
         });
-        self.shared.record_fill(st.queue.len());
+        st.bytes -= freed;
+        self.shared.record_fill(&st);
         drop(st);
         self.count_dropped(rows);
         self.finish();
@@ -457,6 +491,36 @@ mod tests {
         assert_eq!(rows(&inbox), vec![(0, 3), (0, 4)]);
         assert_eq!(m.component("sink", "sink", "test").dropped_rows(), 3);
         assert_eq!(tx.dropped_rows(), 3);
+    }
+
+    #[test]
+    fn an_inbox_is_bounded_in_bytes_as_well_as_in_batches() {
+        // Two batches: 512 KiB; a batch of 40 000 Int64 rows is 320 kB.
+        let (inbox, m) = inbox(2);
+        let tx = inbox.sender();
+        tx.send(batch(40_000), Overflow::DropOldest).unwrap();
+        assert_eq!(tx.send(batch(40_001), Overflow::DropOldest), Ok(40_000));
+        assert_eq!(rows(&inbox), vec![(0, 40_001)]);
+        // A batch larger than the bound still goes into an empty inbox.
+        tx.send(batch(100_000), Overflow::Block).unwrap();
+        let fill = || {
+            m.component("sink", "sink", "test")
+                .status()
+                .queue_fill_ratio
+        };
+        assert_eq!(fill(), 1.0);
+        // A lossless edge waits for the consumer while the queued bytes fill the bound.
+        let sent = std::thread::scope(|s| {
+            let waiting = s.spawn(|| tx.send(batch(1), Overflow::Block));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiting.is_finished());
+            let first = inbox.recv_timeout(Duration::from_secs(1));
+            assert!(matches!(first, Recv::Data(b) if b.num_rows() == 100_000));
+            waiting.join().unwrap()
+        });
+        assert_eq!(sent, Ok(0));
+        assert_eq!(rows(&inbox), vec![(0, 1)]);
+        assert_eq!(fill(), 0.0);
     }
 
     #[test]

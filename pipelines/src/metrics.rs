@@ -143,7 +143,7 @@ impl Metrics {
                 "Rows of live data dropped because a consumer fell behind.",
                 l,
             ),
-            queue_fill: gauge(&reg, "neurod_component_queue_fill_ratio", "Input queue fill, 0 to 1.", l),
+            queue_fill: gauge(&reg, "neurod_component_queue_fill_ratio", "Input queue fill, 0 to 1: the fuller of its message and byte bounds.", l),
             queue_capacity,
             processing,
             lag: gauge(
@@ -423,9 +423,13 @@ impl ComponentMetrics {
     pub fn received_rows(&self) -> u64 {
         self.received_rows.get()
     }
-    pub fn set_queue_fill(&self, len: usize, capacity: usize) {
+    /// The inbox's fill: the fuller of its two bounds, messages and bytes.
+    pub fn set_queue_fill(&self, len: usize, capacity: usize, bytes: usize, max_bytes: usize) {
         self.queue_capacity.set(capacity as i64);
-        self.queue_fill.set(len as f64 / capacity.max(1) as f64);
+        let fill =
+            (len as f64 / capacity.max(1) as f64).max(bytes as f64 / max_bytes.max(1) as f64);
+        // One batch over the byte bound is let in alone (see `edge`): still "full".
+        self.queue_fill.set(fill.min(1.0));
     }
     pub fn observe_processing(&self, seconds: f64) {
         self.processing.observe(seconds);
