@@ -376,7 +376,7 @@ pub struct CpuChain {
     detector: PeakDetector,
     mad: MadEstimator,
     detect_list: Vec<usize>,
-    /// f32 µV of the current chunk, filtered and referenced in place.
+    /// f32 µV of the current pass (see [`passes`]), filtered and referenced in place.
     work: Vec<f32>,
     /// Ring of rows by count since the stream start: row n lives at slot `n % ring_samples`.
     ring: Vec<f32>,
@@ -438,11 +438,6 @@ impl CpuChain {
             sigma_step: vec![0.0; detect_list.len()],
             detect_list,
         })
-    }
-
-    /// Filtered, referenced µV of the last chunk processed (sample-major), for tests and tools.
-    pub fn last_chunk_uv(&self) -> &[f32] {
-        &self.work
     }
 
     fn copy_into_ring(&mut self, first_count: u64, rows: &[f32]) {
@@ -531,14 +526,16 @@ impl DetectionChain for CpuChain {
         out: &mut Vec<Detection>,
     ) -> Result<(), KernelError> {
         let rows = check_chunk_shape(raw, self.n_channels)?;
-        if rows == 0 {
-            return Ok(());
+        let c = self.n_channels;
+        for (start, len) in passes(rows, c) {
+            self.work.resize(len * c, 0.0);
+            to_microvolts(
+                &raw[start * c..(start + len) * c],
+                &self.uv_per_bit,
+                &mut self.work,
+            );
+            self.process_work(first_sample + start as i64, len, out);
         }
-        if self.work.len() != raw.len() {
-            self.work.resize(raw.len(), 0.0);
-        }
-        to_microvolts(raw, &self.uv_per_bit, &mut self.work);
-        self.process_work(first_sample, rows, out);
         Ok(())
     }
 
@@ -550,15 +547,16 @@ impl DetectionChain for CpuChain {
         out: &mut Vec<Detection>,
     ) -> Result<(), KernelError> {
         let rows = check_columns_shape(columns, self.n_channels)?;
-        if rows == 0 {
-            return Ok(());
+        for (start, len) in passes(rows, self.n_channels) {
+            self.work.resize(len * self.n_channels, 0.0);
+            let part = RowRange {
+                columns,
+                start,
+                len,
+            };
+            columns_to_microvolts(&part, &self.uv_per_bit, &mut self.work);
+            self.process_work(first_sample + start as i64, len, out);
         }
-        let len = rows * self.n_channels;
-        if self.work.len() != len {
-            self.work.resize(len, 0.0);
-        }
-        columns_to_microvolts(columns, &self.uv_per_bit, &mut self.work);
-        self.process_work(first_sample, rows, out);
         Ok(())
     }
 
@@ -641,6 +639,40 @@ impl CpuChain {
                 self.refresh_step(r, target.next_multiple_of(REFRESH_STEP));
             }
         }
+    }
+}
+
+/// Bytes of f32 work per pass of the chain over a chunk.
+const PASS_BYTES: usize = 512 << 10;
+
+/// A chunk of `rows` samples of `n_channels` as `(first row, rows)` passes of equal length and at
+/// most [`PASS_BYTES`] of work each (one for a 10 ms batch of a probe): a large chunk (a replay's 100 ms batches are 4.6 MB of µV) is
+/// converted, filtered, referenced and detected a pass at a time so that each stage finds the
+/// previous one's output in L2 instead of memory. The chain does not depend on the chunking.
+fn passes(rows: usize, n_channels: usize) -> impl Iterator<Item = (usize, usize)> {
+    let most = (PASS_BYTES / (4 * n_channels.max(1))).max(1);
+    let step = rows.div_ceil(rows.div_ceil(most).max(1)).max(1);
+    (0..rows)
+        .step_by(step)
+        .map(move |start| (start, step.min(rows - start)))
+}
+
+/// Rows `start..start + len` of a chunk of columns.
+struct RowRange<'a> {
+    columns: &'a dyn Columns,
+    start: usize,
+    len: usize,
+}
+
+impl Columns for RowRange<'_> {
+    fn n_columns(&self) -> usize {
+        self.columns.n_columns()
+    }
+    fn rows(&self) -> usize {
+        self.len
+    }
+    fn column(&self, channel: usize) -> &[i16] {
+        &self.columns.column(channel)[self.start..self.start + self.len]
     }
 }
 
@@ -832,6 +864,18 @@ mod tests {
         cfg.refresh_s = 1.0;
         cfg.dead_time_ms = 0.2;
         cfg
+    }
+
+    #[test]
+    fn passes_cover_a_chunk_in_equal_pieces_that_fit_the_cache() {
+        assert_eq!(passes(300, 384).collect::<Vec<_>>(), vec![(0, 300)]);
+        let big: Vec<_> = passes(3000, 384).collect();
+        assert_eq!(big.len(), 9);
+        // 341 rows fit; nine passes of 334 rows (the last 328) rather than eight and a sliver.
+        assert!(big.iter().all(|&(_, n)| n * 384 * 4 <= PASS_BYTES && n >= 328));
+        assert!(big.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+        assert_eq!(big.last().map(|&(s, n)| s + n), Some(3000));
+        assert_eq!(passes(0, 384).count(), 0);
     }
 
     #[test]

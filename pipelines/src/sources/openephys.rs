@@ -15,7 +15,7 @@ use crate::component::{
 use crate::edge::Overflow;
 use crate::formats::openephys::OpenEphysRecording;
 use crate::pace::Pace;
-use crate::sources::raw_file::{self, default_batch_ms, default_poll_ms, Finished, ReadOptions};
+use crate::sources::raw_file::{self, default_poll_ms, Finished, ReadOptions};
 use crate::stream::{ContinuousInfo, Layout};
 
 const TYPE: &str = "openephys";
@@ -32,8 +32,8 @@ struct Config {
     pace: Pace,
     #[serde(default)]
     follow: bool,
-    #[serde(default = "default_batch_ms")]
-    batch_ms: f64,
+    #[serde(default)]
+    batch_ms: Option<f64>,
     #[serde(default = "default_poll_ms")]
     poll_ms: f64,
     #[serde(default)]

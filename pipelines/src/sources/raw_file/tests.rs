@@ -406,7 +406,7 @@ fn shutdown_stops_a_follower_promptly() {
 #[test]
 fn options_are_checked() {
     let o = ReadOptions {
-        batch_ms: 0.5,
+        batch_ms: Some(0.5),
         poll_ms: 0.0,
         idle_timeout_s: -1.0,
         ..ReadOptions::default()
@@ -416,4 +416,20 @@ fn options_are_checked() {
     assert_eq!(ReadOptions::default().batch_samples(29999.757983), 300);
     assert_eq!(ReadOptions::default().batch_samples(40.0), 1);
     assert_eq!(ReadOptions::default().overflow(), Overflow::Block);
+    // Unset, batches are 10 ms, 100 ms for a replay at full speed; a set value always holds.
+    let max = ReadOptions {
+        pace: crate::pace::Pace::Max,
+        ..ReadOptions::default()
+    };
+    assert_eq!(max.batch_samples(30000.0), 3000);
+    let following = ReadOptions {
+        follow: true,
+        ..max
+    };
+    assert_eq!(following.batch_samples(30000.0), 300);
+    let set = ReadOptions {
+        batch_ms: Some(10.0),
+        ..max
+    };
+    assert_eq!(set.batch_samples(30000.0), 300);
 }
