@@ -872,7 +872,9 @@ mod tests {
         let big: Vec<_> = passes(3000, 384).collect();
         assert_eq!(big.len(), 9);
         // 341 rows fit; nine passes of 334 rows (the last 328) rather than eight and a sliver.
-        assert!(big.iter().all(|&(_, n)| n * 384 * 4 <= PASS_BYTES && n >= 328));
+        assert!(big
+            .iter()
+            .all(|&(_, n)| n * 384 * 4 <= PASS_BYTES && n >= 328));
         assert!(big.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
         assert_eq!(big.last().map(|&(s, n)| s + n), Some(3000));
         assert_eq!(passes(0, 384).count(), 0);

@@ -1,39 +1,45 @@
-//! Recycled sample buffers for a source's batches. A 385-channel probe fills a 231 KB buffer every
+//! Recycled buffers for a source's batches. A 385-channel probe fills a 231 KB buffer every
 //! 10 ms, and whichever consumer drops the batch last frees it, on another thread; allocated
 //! afresh each time, the buffers came from pages the kernel had to zero on first touch (a sixth
 //! of an end-to-end detection run). Here a buffer goes back to its source's pool when Arrow drops
-//! the last reference to it, and the next batch reuses it.
+//! the last reference to it, and the next batch reuses it. The file sources pool de-interleaved
+//! samples (`i16`), `arrow_ipc` the messages it reads off the wire (`u8`), which the decoded
+//! batches point into.
 
+use std::panic::RefUnwindSafe;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 use arrow::buffer::Buffer;
+use arrow::datatypes::ArrowNativeType;
 
 /// Free buffers kept for reuse; beyond that they are freed (a pool never holds more than this
 /// many batches' worth of memory).
 const KEPT: usize = 8;
 
-#[derive(Debug, Default)]
-pub struct BufferPool {
-    free: Mutex<Vec<Vec<i16>>>,
+#[derive(Debug)]
+pub struct BufferPool<T = i16> {
+    free: Mutex<Vec<Vec<T>>>,
 }
 
-impl BufferPool {
+impl<T: ArrowNativeType + RefUnwindSafe> BufferPool<T> {
     pub fn new() -> Arc<Self> {
-        Arc::default()
+        Arc::new(BufferPool {
+            free: Mutex::new(Vec::new()),
+        })
     }
 
     /// A vector of `len` values, recycled when one is free. Its contents are whatever the last
     /// user left: the caller overwrites every value.
-    pub fn take(&self, len: usize) -> Vec<i16> {
+    pub fn take(&self, len: usize) -> Vec<T> {
         let mut v = self.lock().pop().unwrap_or_default();
         // Only values past the recycled length are written here (as zeros).
-        v.resize(len, 0);
+        v.resize(len, T::default());
         v
     }
 
     /// An Arrow buffer over `values` that comes back to this pool when its last user drops it.
-    pub fn share(self: &Arc<Self>, values: Vec<i16>) -> Buffer {
+    pub fn share(self: &Arc<Self>, values: Vec<T>) -> Buffer {
         let len = std::mem::size_of_val(values.as_slice());
         let ptr = NonNull::from(values.as_slice()).cast::<u8>();
         let owner = Arc::new(Pooled {
@@ -46,18 +52,18 @@ impl BufferPool {
         unsafe { Buffer::from_custom_allocation(ptr, len, owner) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<i16>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<T>>> {
         // A panic elsewhere while holding the lock leaves a list of whole vectors: still usable.
         self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-struct Pooled {
-    values: Vec<i16>,
-    pool: Arc<BufferPool>,
+struct Pooled<T: ArrowNativeType + RefUnwindSafe> {
+    values: Vec<T>,
+    pool: Arc<BufferPool<T>>,
 }
 
-impl Drop for Pooled {
+impl<T: ArrowNativeType + RefUnwindSafe> Drop for Pooled<T> {
     fn drop(&mut self) {
         let values = std::mem::take(&mut self.values);
         let mut free = self.pool.lock();
@@ -75,7 +81,7 @@ mod tests {
 
     #[test]
     fn a_buffer_returns_when_its_last_array_drops() {
-        let pool = BufferPool::new();
+        let pool = BufferPool::<i16>::new();
         let mut v = pool.take(6);
         v.copy_from_slice(&[1, 2, 3, 4, 5, 6]);
         let block = v.as_ptr();
@@ -92,8 +98,21 @@ mod tests {
     }
 
     #[test]
+    fn a_message_buffer_comes_back_empty_with_its_capacity() {
+        let pool = BufferPool::<u8>::new();
+        let mut message = pool.take(0);
+        message.extend_from_slice(&[7; 1000]);
+        let block = message.as_ptr();
+        let body = pool.share(message).slice_with_length(8, 16);
+        drop(body);
+        let again = pool.take(0);
+        assert_eq!((again.as_ptr(), again.len()), (block, 0));
+        assert!(again.capacity() >= 1000);
+    }
+
+    #[test]
     fn keeps_at_most_a_few_free_buffers() {
-        let pool = BufferPool::new();
+        let pool = BufferPool::<i16>::new();
         let shared: Vec<Buffer> = (0..KEPT + 5).map(|_| pool.share(pool.take(10))).collect();
         drop(shared);
         assert_eq!(pool.lock().len(), KEPT);

@@ -58,7 +58,7 @@ enum Filled {
 impl Connection<'_> {
     /// Reads one framed message, bounding every length before trusting it.
     pub(super) fn read_frame(&mut self) -> Result<Frame, ReceiveError> {
-        let mut bytes = Vec::with_capacity(8);
+        let mut bytes = self.receiver.messages.take(0);
         match self.fill(&mut bytes, 4) {
             Filled::Complete => {}
             // A close, or a reset, between two messages ends the stream.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use arrow::buffer::Buffer;
 use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::{root_as_message, MessageHeader};
@@ -17,6 +16,7 @@ use super::framing::CONTINUATION_MARKER;
 use super::listener::Shared;
 use super::stream_schema::{accept_schema, AcceptedStream};
 use super::{MALFORMED, STAGE};
+use crate::buffer_pool::BufferPool;
 use crate::edge::Closed;
 use crate::hub::{Ingest, IngestError, IngestStream, Pushed};
 use crate::imaging::frames::Frames;
@@ -74,6 +74,10 @@ pub(super) struct Receiver {
     accepted: Option<AcceptedStream>,
     pub(super) batches: u64,
     pub(super) rows: u64,
+    /// Message buffers: a decoded batch points into its message's, which comes back here when
+    /// the batch's last user drops it (a fresh one per message left a sixth of a TCP ingest
+    /// run to the kernel zeroing pages).
+    pub(super) messages: Arc<BufferPool<u8>>,
 }
 
 impl Receiver {
@@ -86,6 +90,7 @@ impl Receiver {
             accepted: None,
             batches: 0,
             rows: 0,
+            messages: BufferPool::new(),
         }
     }
 
@@ -123,7 +128,7 @@ impl Receiver {
         // The decoder keeps dictionaries and the schema; it finishes a body-less message
         // (the schema) only when the next bytes arrive, which is why the schema was checked
         // above from the message itself.
-        let mut buffer = Buffer::from_vec(bytes);
+        let mut buffer = self.messages.share(bytes);
         while !buffer.is_empty() {
             let decoder = &mut self.decoder;
             let decoded =
@@ -255,7 +260,8 @@ impl IngestStream for Pushes {
                 let body = body.get(..body_len).unwrap_or(body);
                 // The encapsulated form the decoder reads: marker, length, metadata, body.
                 let len = i32::try_from(metadata.len()).unwrap_or(i32::MAX);
-                let mut bytes = Vec::with_capacity(8 + metadata.len() + body.len());
+                let mut bytes = r.messages.take(0);
+                bytes.reserve(8 + metadata.len() + body.len());
                 bytes.extend_from_slice(&CONTINUATION_MARKER);
                 bytes.extend_from_slice(&len.to_le_bytes());
                 bytes.extend_from_slice(metadata);
