@@ -286,7 +286,7 @@ schema = pa.schema(fields, metadata={"neurod.layout": "continuous", "neurod.stre
                                      "neurod.stream_kind": "ap", "neurod.sampling_hz": f"{info['sampling_hz']:g}",
                                      "neurod.first_sample": "0"})
 batches = []
-step = round(info["sampling_hz"] / 100)  # 10 ms batches, as the file sources make
+step = round(info["sampling_hz"] / 100)  # 10 ms batches, as a live rig sends them
 for t0 in range(0, len(d), step):
     block = np.ascontiguousarray(d[t0:t0 + step].T)
     cols = [pa.array(np.arange(t0, t0 + block.shape[1], dtype=np.int64))] + [pa.array(c) for c in block]

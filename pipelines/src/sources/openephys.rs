@@ -227,8 +227,8 @@ mod tests {
             got.interleaved_bytes() == expected,
             "replayed samples differ from continuous.dat"
         );
-        // 10 ms at 40 kHz.
-        assert_eq!(got.batches[0].num_rows(), 400);
+        // 100 ms at 40 kHz (a replay at full speed).
+        assert_eq!(got.batches[0].num_rows(), 4000);
         let md = got.batches[0].schema().metadata().clone();
         assert_eq!(md[keys::FIRST_SAMPLE], "251635");
         assert_eq!(md[keys::SAMPLING_HZ], "40000.0");
