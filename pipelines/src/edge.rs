@@ -354,10 +354,10 @@ impl EdgeSender {
                     match own.and_then(|i| st.queue.remove(i)) {
                         Some(Queued {
                             msg: Message::Data(old),
-                            bytes,
+                            bytes: freed,
                             ..
                         }) => {
-                            st.bytes -= bytes;
+                            st.bytes -= freed;
                             dropped += old.num_rows();
                         }
                         _ => {
