@@ -646,9 +646,10 @@ impl CpuChain {
 const PASS_BYTES: usize = 512 << 10;
 
 /// A chunk of `rows` samples of `n_channels` as `(first row, rows)` passes of equal length and at
-/// most [`PASS_BYTES`] of work each (one for a 10 ms batch of a probe): a large chunk (a replay's 100 ms batches are 4.6 MB of µV) is
-/// converted, filtered, referenced and detected a pass at a time so that each stage finds the
-/// previous one's output in L2 instead of memory. The chain does not depend on the chunking.
+/// most [`PASS_BYTES`] of work each (one for a 10 ms batch of a probe). A large chunk (a replay's
+/// 100 ms batches are 4.6 MB of µV) is converted, filtered, referenced and detected a pass at a
+/// time, so that each stage finds the previous one's output in L2 rather than memory, and the
+/// work buffer stays small. The chain does not depend on the chunking.
 fn passes(rows: usize, n_channels: usize) -> impl Iterator<Item = (usize, usize)> {
     let most = (PASS_BYTES / (4 * n_channels.max(1))).max(1);
     let step = rows.div_ceil(rows.div_ceil(most).max(1)).max(1);
