@@ -195,11 +195,13 @@ fn a_daemon_frozen_for_ten_seconds_stores_every_raw_sample() {
     d.signal("STOP");
     std::thread::sleep(Duration::from_secs(10));
     d.signal("CONT");
-    // The realtime source emits the ten seconds it owes at once; wait until it has caught up.
+    // The realtime source emits the ten seconds it owes at once; wait until it has sent them.
+    // (Its lag alone is not enough: read just after the resume, it can still be the value from
+    // before the freeze, and a stop then would end the rig halfway through what it owes.)
     let before = sent_rows(&d);
     wait_for(Duration::from_secs(45), "the rig to catch up", || {
         let lag = d.metric(r#"neurod_source_lag_seconds{component_id="rig""#)?;
-        (lag < 0.5 && sent_rows(&d) > before).then_some(())
+        (lag < 0.5 && sent_rows(&d) >= before + 10.0 * 30_000.0).then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
     stop_and_check(d, dir.path(), 11.0);
