@@ -395,7 +395,7 @@ const NARROW: usize = 16;
 
 /// Mean of the elements of rank `k_lo` and `k_hi` of at most [`NARROW`] non-NaN values without
 /// sorting: the element of rank k is the largest x with `#{y < x} <= k` (ties share a count).
-/// The count runs over a fixed-size, +∞-padded copy so it vectorises into one compare.
+/// The count runs over a fixed-size, +∞-padded copy so it vectorises: a compare and a popcount.
 #[inline(always)]
 fn middle_of_few(v: &[f32], k_lo: usize, k_hi: usize) -> f32 {
     let mut w = [f32::INFINITY; NARROW];

@@ -343,11 +343,11 @@ impl PeakDetector {
         let Some(prev) = prev else {
             return;
         };
-        // Blocks of SCAN_BLOCK channels, each tested at once (one vector compare), and only a
-        // block with a candidate scanned value by value: on a busy probe most samples have a
-        // candidate somewhere, but few blocks do.
-        // Whole blocks first: their fixed length lets the test compile to one compare of all
-        // lanes, where a length known only at run time made it a loop of narrow ones.
+        // Blocks of SCAN_BLOCK channels, each tested at once, and only a block with a candidate
+        // scanned value by value: on a busy probe most samples have a candidate somewhere, but
+        // few blocks do. Whole blocks go first because their fixed length lets the test compile
+        // to one vector compare, where a length known only at run time made it a loop of
+        // four-lane ones.
         let c = self.n_channels;
         let whole = c / SCAN_BLOCK * SCAN_BLOCK;
         for b0 in (0..whole).step_by(SCAN_BLOCK) {
