@@ -1,7 +1,9 @@
 //! `spike_detect`'s options: parsing, the checks that report every problem at once, and the
 //! chain configuration they make for one stream.
 
-use kernels::chain::{ChainConfig, Reference};
+use kernels::chain::{
+    ChainConfig, Reference, DEFAULT_CALIBRATION_S, DEFAULT_REFRESH_S, DEFAULT_THRESHOLD,
+};
 use serde::Deserialize;
 
 use super::backend::Preference;
@@ -16,6 +18,8 @@ enum ReferenceOption {
     None,
 }
 
+// Threshold, calibration and refresh default to the chain's (ALGORITHMS.md §2); band, order,
+// radius, exclusion and dead time are this transform's own, for causal filtering (module docs).
 fn default_band() -> [f64; 2] {
     [250.0, 3000.0]
 }
@@ -26,7 +30,7 @@ fn default_dead_time_ms() -> f64 {
     2.0
 }
 fn default_threshold() -> f64 {
-    5.0
+    DEFAULT_THRESHOLD
 }
 fn default_radius_um() -> f64 {
     60.0
@@ -35,10 +39,10 @@ fn default_exclude_ms() -> f64 {
     0.5
 }
 fn default_calibration_s() -> f64 {
-    2.0
+    DEFAULT_CALIBRATION_S
 }
 fn default_refresh_s() -> f64 {
-    60.0
+    DEFAULT_REFRESH_S
 }
 
 #[derive(Debug, Clone, Deserialize)]
