@@ -66,7 +66,7 @@ impl LiveSubscription {
                 return Next::Evicted;
             }
             match self.sub.try_recv() {
-                Recv::Data(b) => return Next::Batch(b),
+                Recv::Data(b) => return Next::Batch(b.into_record_batch()),
                 // The subscription closes on eviction too: the check above tells them apart.
                 Recv::Closed if self.sub.evicted() => continue,
                 Recv::Closed => return Next::Ended,

@@ -529,9 +529,9 @@ fn run_transform(
             (tag, Recv::Data(batch)) => {
                 metrics.received(&batch);
                 if let Some(layout) =
-                    Layout::of(&batch.schema()).filter(|l| !takes(tag as usize, *l))
+                    Layout::of(batch.schema_ref()).filter(|l| !takes(tag as usize, *l))
                 {
-                    let stream = stream_id_of(&batch.schema())
+                    let stream = stream_id_of(batch.schema_ref())
                         .unwrap_or("unnamed")
                         .to_string();
                     if passed_by.insert(stream.clone()) {
@@ -545,7 +545,7 @@ fn run_transform(
                     .cloned()
                     .unwrap_or_else(|| Input::new(tag as usize, format!("input {tag}")));
                 let t = Instant::now();
-                if let Err(e) = tr.process(&input, batch, &mut ctx) {
+                if let Err(e) = tr.process_batch(&input, batch, &mut ctx) {
                     metrics.error(e.error_type(), "processing", e.to_string());
                     tracing::warn!(component = %metrics.id(), input = %input.name, error = %e, "batch rejected");
                 }

@@ -385,13 +385,12 @@ fn pyarrow_version() -> String {
 /// The sample-by-sample de-interleave `batch_from_interleaved` used before: a value to each of
 /// 385 columns (each its own allocation) in turn; the reference the blocked one is measured
 /// against.
-fn deinterleave_by_sample(bytes: &[u8], n_ch: usize) -> Vec<Vec<i16>> {
-    let stride = n_ch * 2;
-    let n = bytes.len() / stride;
+fn deinterleave_by_sample(values: &[i16], n_ch: usize) -> Vec<Vec<i16>> {
+    let n = values.len() / n_ch;
     let mut columns: Vec<Vec<i16>> = (0..n_ch).map(|_| Vec::with_capacity(n)).collect();
-    for sample in bytes.chunks_exact(stride) {
-        for (col, v) in columns.iter_mut().zip(sample.chunks_exact(2)) {
-            col.push(i16::from_le_bytes([v[0], v[1]]));
+    for sample in values.chunks_exact(n_ch) {
+        for (col, v) in columns.iter_mut().zip(sample) {
+            col.push(*v);
         }
     }
     columns
@@ -401,12 +400,14 @@ fn deinterleave_by_sample(bytes: &[u8], n_ch: usize) -> Vec<Vec<i16>> {
 /// sample, the best of 5 runs each, alternating.
 fn deinterleave_rows(bin: &Path, seconds: f64) {
     let bytes = std::fs::read(bin).expect("the recording");
-    let batch = 300 * 385 * 2;
+    let mut values = Vec::new();
+    pipelines::stream::samples_from_le_bytes(&bytes, &mut values);
+    let batch = 300 * 385;
     let mut best = [f64::INFINITY; 2];
     for run in 0..10 {
         let t = Instant::now();
         let mut check = 0i64;
-        for chunk in bytes.chunks(batch) {
+        for chunk in values.chunks(batch) {
             check += i64::from(if run % 2 == 0 {
                 let cols = pipelines::stream::deinterleave(chunk, 385);
                 cols[cols.len() / 2]

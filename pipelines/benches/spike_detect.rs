@@ -305,8 +305,8 @@ fn latency_through_inbox(backend: &str, input: Vec<RecordBatch>, rate: f64) -> V
             loop {
                 match inbox.recv_timeout(Duration::from_millis(200)) {
                     Recv::Data(b) => {
-                        let first = first_sample(&b);
-                        tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
+                        let first = first_sample(b.record_batch());
+                        tr.process_batch(&Input::new(0, "in"), b, &mut out).unwrap();
                         tr.settle(&mut out).unwrap();
                         out.batches.clear();
                         let now = epoch.elapsed().as_nanos() as u64;

@@ -12,9 +12,10 @@ use arrow::record_batch::RecordBatch;
 
 use arrow::datatypes::SchemaRef;
 
+use crate::batch::Batch;
 use crate::edge::{Closed, EdgeSender, Inbox, Overflow};
 use crate::hub::{stream_key, Port, Stream};
-use crate::metrics::{batch_bytes, ComponentMetrics};
+use crate::metrics::ComponentMetrics;
 use crate::storage::ResumeLookup;
 use crate::stream::Layout;
 
@@ -170,13 +171,14 @@ impl Output {
 
     /// Sends to every consumer. Consumers that have stopped are forgotten; `Closed` once the
     /// last configured one has stopped.
-    pub fn send(&mut self, batch: RecordBatch) -> Result<(), Closed> {
+    pub fn send(&mut self, batch: impl Into<Batch>) -> Result<(), Closed> {
+        let batch = batch.into();
         let stream = self.stream_of(&batch);
         let listened = self.port.has_consumers();
         if stream.is_none() && !listened {
             return Ok(());
         }
-        let bytes = batch_bytes(&batch);
+        let bytes = batch.bytes();
         if let Some(s) = &stream {
             let keep = self.port.hub().map(|h| h.retention()).unwrap_or_default();
             s.record(&batch, bytes, keep);
@@ -192,12 +194,12 @@ impl Output {
         }
     }
 
-    fn stream_of(&mut self, batch: &RecordBatch) -> Option<Arc<Stream>> {
+    fn stream_of(&mut self, batch: &Batch) -> Option<Arc<Stream>> {
         let schema = batch.schema_ref();
         if let Some((_, s)) = self.streams.iter().find(|(k, _)| Arc::ptr_eq(k, schema)) {
             return Some(s.clone());
         }
-        let s = self.port.stream_of(stream_key(batch))?;
+        let s = self.port.stream_of(stream_key(schema))?;
         // A producer that makes a new schema per batch must not grow this without bound.
         if self.streams.len() >= 64 {
             self.streams.clear();
@@ -243,7 +245,8 @@ impl Outputs {
     }
     /// Sends on a port. A port the component did not declare is a bug: it fails debug builds
     /// (every test) and, in release, the batch is dropped, logged and counted, never silently.
-    pub fn send_to(&mut self, port: &str, batch: RecordBatch) -> Result<(), Closed> {
+    pub fn send_to(&mut self, port: &str, batch: impl Into<Batch>) -> Result<(), Closed> {
+        let batch = batch.into();
         if let Some(o) = self.ports.get_mut(port) {
             return o.send(batch);
         }
@@ -423,6 +426,18 @@ pub trait Transform: Send + 'static {
         batch: RecordBatch,
         ctx: &mut TransformContext,
     ) -> Result<(), ComponentError>;
+    /// [`process`](Self::process) for a batch as it travelled: a transform that can take a
+    /// continuous stream's samples as its source read them ([`Batch::sample_rows`]) overrides
+    /// this, so that their Arrow columns are not built for it. The default builds them (once,
+    /// for every consumer of the batch).
+    fn process_batch(
+        &mut self,
+        input: &Input,
+        batch: Batch,
+        ctx: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        self.process(input, batch.into_record_batch(), ctx)
+    }
     /// Called once after the last input batch.
     fn finish(&mut self, _ctx: &mut TransformContext) -> Result<(), ComponentError> {
         Ok(())

@@ -18,16 +18,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use arrow::record_batch::RecordBatch;
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use crate::batch::Batch;
 use crate::metrics::ComponentMetrics;
 
 /// What travels on an edge.
 #[derive(Debug, Clone)]
 pub enum Message {
-    Data(RecordBatch),
+    Data(Batch),
     /// The producer of one input has finished; the inbox closes when all have.
     End,
 }
@@ -149,7 +149,7 @@ pub struct EdgeSender {
 /// Result of waiting on an inbox.
 #[derive(Debug)]
 pub enum Recv {
-    Data(RecordBatch),
+    Data(Batch),
     /// Nothing arrived in time.
     Timeout,
     /// Every producer has ended and the queue is drained.
@@ -315,7 +315,7 @@ impl Drop for Inbox {
 impl EdgeSender {
     /// Sends a batch under the given overflow policy. Returns the rows dropped to make room
     /// (always 0 under `Block`), or `Closed` if the consumer is gone or this edge has ended.
-    pub fn send(&self, batch: RecordBatch, overflow: Overflow) -> Result<usize, Closed> {
+    pub fn send(&self, batch: impl Into<Batch>, overflow: Overflow) -> Result<usize, Closed> {
         self.try_send(batch, overflow).map_err(|_| Closed)
     }
 
@@ -323,8 +323,13 @@ impl EdgeSender {
     /// Under `DropOldest` a full inbox drops this edge's oldest queued batch; when it holds none
     /// of this edge's (the other inputs filled it), the new batch is the one dropped. Either
     /// way the rows are counted and the producer never waits.
-    pub fn try_send(&self, batch: RecordBatch, overflow: Overflow) -> Result<usize, SendError> {
-        let bytes = crate::metrics::batch_bytes(&batch) as usize;
+    pub fn try_send(
+        &self,
+        batch: impl Into<Batch>,
+        overflow: Overflow,
+    ) -> Result<usize, SendError> {
+        let batch = batch.into();
+        let bytes = batch.bytes() as usize;
         let mut st = self.shared.lock();
         let mut dropped = 0;
         loop {
@@ -461,6 +466,7 @@ mod tests {
     use crate::metrics::Metrics;
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
 
     fn batch(rows: i64) -> RecordBatch {
         let s = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));

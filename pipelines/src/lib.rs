@@ -1,6 +1,7 @@
 //! Sources, transforms, sinks, Arrow schemas and the storage layer of neurod.
 
 pub mod auth;
+pub mod batch;
 pub mod buffer_pool;
 pub mod component;
 pub mod edge;

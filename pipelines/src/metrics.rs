@@ -398,18 +398,22 @@ impl ComponentMetrics {
     pub fn id(&self) -> &str {
         &self.id
     }
-    pub fn received(&self, batch: &RecordBatch) {
+    pub fn received(&self, batch: &crate::batch::Batch) {
+        self.count_received(batch.num_rows(), batch.bytes());
+    }
+    /// A batch of `rows` and `bytes` ([`batch_bytes`]) received.
+    pub fn count_received(&self, rows: usize, bytes: u64) {
         crate::fault::tick(&self.id);
         crate::fault::slow_tick();
         self.received_batches.inc();
-        self.received_rows.inc_by(batch.num_rows() as u64);
-        self.received_bytes.inc_by(batch_bytes(batch));
+        self.received_rows.inc_by(rows as u64);
+        self.received_bytes.inc_by(bytes);
     }
-    pub fn sent(&self, batch: &RecordBatch) {
+    pub fn sent(&self, batch: &crate::batch::Batch) {
         crate::fault::tick(&self.id);
         self.sent_batches.inc();
         self.sent_rows.inc_by(batch.num_rows() as u64);
-        self.sent_bytes.inc_by(batch_bytes(batch));
+        self.sent_bytes.inc_by(batch.bytes());
     }
     pub fn add_dropped_rows(&self, rows: usize) {
         self.dropped_rows.inc_by(rows as u64);

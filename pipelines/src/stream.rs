@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 mod interleaved;
 pub use interleaved::{
-    batch_from_interleaved, batch_from_interleaved_pooled, deinterleave, deinterleave_into,
+    batch_from_interleaved, batch_from_samples, deinterleave, deinterleave_into,
+    samples_from_le_bytes,
 };
 
 /// Schema-level metadata keys.
@@ -439,6 +440,11 @@ pub fn sample_span(batch: &RecordBatch, next: Option<i64>) -> Result<SampleSpan,
         .last()
         .and_then(|last| last.checked_add(1))
         .ok_or_else(|| format!("`{SAMPLE_INDEX}` overflows"))?;
+    span_after(first, end, next)
+}
+
+/// [`sample_span`] of samples `first..end` (a batch known to be consecutive).
+pub fn span_after(first: i64, end: i64, next: Option<i64>) -> Result<SampleSpan, String> {
     let gap = match next {
         Some(next) if first < next => {
             return Err(format!(

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use arrow::record_batch::RecordBatch;
+use crate::batch::Batch;
 
 use super::registry::{ConsumerInfo, Stream};
 use super::{lock, Hub};
@@ -61,7 +61,7 @@ impl Edge {
         }
     }
 
-    pub(super) fn deliver(self: &Arc<Edge>, batch: &RecordBatch) -> Delivery {
+    pub(super) fn deliver(self: &Arc<Edge>, batch: &Batch) -> Delivery {
         let mut edge = self;
         loop {
             match edge.sender.try_send(batch.clone(), edge.policy) {
@@ -265,7 +265,7 @@ impl Port {
 
     /// Fans a batch out to every edge that takes `stream`. `Err(Closed)`-like `false` when the
     /// last configured consumer turned out to be gone.
-    pub(crate) fn fan_out(&self, batch: &RecordBatch, stream: Option<&str>) -> bool {
+    pub(crate) fn fan_out(&self, batch: &Batch, stream: Option<&str>) -> bool {
         let edges = self.edges();
         let mut gone = false;
         for e in edges.iter().filter(|e| e.takes(stream)) {

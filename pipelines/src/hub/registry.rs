@@ -5,12 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use arrow::array::{Array, Float64Array, Int64Array};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
 use super::lock;
 use super::port::Port;
+use crate::batch::Batch;
 use crate::edge::Overflow;
 use crate::stream::{keys, parse_rate, stream_id_of, Layout, FRAME_INDEX, SAMPLE_INDEX, TIME_S};
 
@@ -61,12 +62,12 @@ fn arrival_s() -> f64 {
 /// The retained batches of one stream, oldest first, each with its end in seconds (if known).
 #[derive(Default)]
 struct Recent {
-    batches: VecDeque<(RecordBatch, Option<f64>, u64)>,
+    batches: VecDeque<(Batch, Option<f64>, u64)>,
     bytes: u64,
 }
 
 impl Recent {
-    fn push(&mut self, batch: &RecordBatch, end_s: Option<f64>, bytes: u64, keep: Retention) {
+    fn push(&mut self, batch: &Batch, end_s: Option<f64>, bytes: u64, keep: Retention) {
         if keep.max_bytes == 0 || keep.window_s <= 0.0 {
             return self.batches.clear();
         }
@@ -178,15 +179,17 @@ impl Stream {
 
     /// The retained batches, oldest first (see [`Retention`]).
     pub fn recent(&self) -> Vec<RecordBatch> {
-        lock(&self.recent)
+        let batches: Vec<Batch> = lock(&self.recent)
             .batches
             .iter()
             .map(|(b, _, _)| b.clone())
-            .collect()
+            .collect();
+        // Columns not built yet are built here, outside the lock the producer takes.
+        batches.into_iter().map(Batch::into_record_batch).collect()
     }
 
     /// Counts one batch of `bytes` Arrow bytes and retains it.
-    pub(crate) fn record(&self, batch: &RecordBatch, bytes: u64, keep: Retention) {
+    pub(crate) fn record(&self, batch: &Batch, bytes: u64, keep: Retention) {
         // A stream whose batches tell no time (tables without `time_s` or a rate: moments,
         // labels, progress) is windowed by arrival; otherwise each such stream kept its whole
         // byte budget, which a 30-minute soak showed as 400 MB of growth.
@@ -197,7 +200,7 @@ impl Stream {
     }
 
     /// Updates the statistics; returns the batch's end in seconds, if its schema tells.
-    fn record_stats(&self, batch: &RecordBatch, bytes: u64) -> Option<f64> {
+    fn record_stats(&self, batch: &Batch, bytes: u64) -> Option<f64> {
         self.ended.store(false, Ordering::Release);
         let mut guard = lock(&self.stats);
         let schema = batch.schema_ref();
@@ -219,11 +222,17 @@ impl Stream {
         stats.rows += batch.num_rows() as u64;
         stats.bytes += bytes;
         let c = &stats.columns;
-        let (s, f, t) = (
-            int_ends(batch, c.sample_index),
-            int_ends(batch, c.frame_index),
-            float_ends(batch, c.time_s),
-        );
+        let (s, f, t) = if batch.sample_rows().is_some() {
+            // Samples as a source read them: their indices are known without the columns.
+            (batch.sample_index_ends(), None, None)
+        } else {
+            let b = batch.record_batch();
+            (
+                int_ends(b, c.sample_index),
+                int_ends(b, c.frame_index),
+                float_ends(b, c.time_s),
+            )
+        };
         stats.sample_index.update(s);
         stats.frame_index.update(f);
         stats.time_s.update(t);
@@ -296,8 +305,8 @@ impl Columns {
 }
 
 /// The stream id of a batch, as the registry keys it.
-pub fn stream_key(batch: &RecordBatch) -> &str {
-    stream_id_of(batch.schema_ref()).unwrap_or("unnamed")
+pub fn stream_key(schema: &Schema) -> &str {
+    stream_id_of(schema).unwrap_or("unnamed")
 }
 
 /// One entry of `GET /streams`.

@@ -55,7 +55,7 @@ fn output(hub: &Arc<Hub>, m: &Arc<Metrics>, producer: &str) -> Output {
 fn drain(inbox: &Inbox) -> Vec<i64> {
     let mut got = Vec::new();
     while let Recv::Data(b) = inbox.recv_timeout(Duration::from_millis(5)) {
-        got.push(first_index(&b));
+        got.push(first_index(b.record_batch()));
     }
     got
 }
@@ -113,8 +113,8 @@ fn a_subscriber_gets_its_stream_from_the_next_batch_in_order() {
     }
     let mut got = Vec::new();
     while let Recv::Data(x) = sub.try_recv() {
-        assert_eq!(stream_key(&x), "rig.a", "only its own stream");
-        got.push(first_index(&x));
+        assert_eq!(stream_key(x.schema_ref()), "rig.a", "only its own stream");
+        got.push(first_index(x.record_batch()));
     }
     assert_eq!(got, (1..20).map(|i| i * 10).collect::<Vec<_>>());
     drop(out);
@@ -189,7 +189,7 @@ fn a_consumer_moved_to_a_new_inbox_gets_each_batch_exactly_once() {
     let mut got = Vec::new();
     while got.len() < 100 {
         if let Recv::Data(b) = old.recv_timeout(Duration::from_secs(5)) {
-            got.push(first_index(&b));
+            got.push(first_index(b.record_batch()));
         }
     }
     let new = Inbox::new(8, m.component("t", "transform", "x"));
@@ -197,14 +197,14 @@ fn a_consumer_moved_to_a_new_inbox_gets_each_batch_exactly_once() {
     // The old inbox drains to its end (what was queued on it), then the new one takes over.
     loop {
         match old.recv_timeout(Duration::from_secs(5)) {
-            Recv::Data(b) => got.push(first_index(&b)),
+            Recv::Data(b) => got.push(first_index(b.record_batch())),
             Recv::Closed => break,
             Recv::Timeout => panic!("the old inbox never closed"),
         }
     }
     while got.len() < 2000 {
         match new.recv_timeout(Duration::from_secs(5)) {
-            Recv::Data(b) => got.push(first_index(&b)),
+            Recv::Data(b) => got.push(first_index(b.record_batch())),
             other => panic!("{other:?} after {} batches", got.len()),
         }
     }
@@ -311,4 +311,69 @@ fn a_stream_without_time_is_retained_by_arrival_within_the_window() {
     out.send(rows(3)).unwrap();
     let kept: Vec<i64> = hub.recent("t").iter().map(first_index).collect();
     assert_eq!(kept, vec![3], "older than the window by arrival");
+}
+
+/// Samples as a file source sends them are counted, retained and fanned out without their
+/// Arrow columns being built; whoever reads them gets the columns.
+#[test]
+fn samples_are_counted_retained_and_delivered_without_building_columns() {
+    use crate::batch::Batch;
+    use arrow::buffer::ScalarBuffer;
+    let (hub, m) = setup();
+    let inbox = Inbox::new(16, m.component("det", "transform", "test"));
+    let _edge = hub.connect(
+        &hub.port("probe", ""),
+        "det",
+        &inbox.handle(),
+        0,
+        Overflow::Block,
+    );
+    let mut out = output(&hub, &m, "probe");
+    let md = schema("probe").metadata().clone();
+    let two_channels = Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new(SAMPLE_INDEX, DataType::Int64, false),
+            Field::new("AP0", DataType::Int16, false),
+            Field::new("AP1", DataType::Int16, false),
+        ],
+        md,
+    ));
+    let pool = crate::buffer_pool::BufferPool::new();
+    let sent: Vec<Batch> = (0..3)
+        .map(|k| {
+            let values = ScalarBuffer::from((0..20).map(|v| v + 100 * k).collect::<Vec<i16>>());
+            Batch::from_samples(&two_channels, k as i64 * 10, values, &pool).unwrap()
+        })
+        .collect();
+    for b in &sent {
+        out.send(b.clone()).unwrap();
+    }
+    let s = hub.stream("probe").unwrap();
+    assert_eq!((s.batches, s.rows), (3, 30));
+    assert_eq!(s.bytes, 3 * 10 * (8 + 2 * 2));
+    assert_eq!(
+        (s.first_sample_index, s.last_sample_index),
+        (Some(0), Some(29))
+    );
+    assert!(
+        sent.iter().all(|b| !b.has_columns()),
+        "counted without them"
+    );
+    let mut got = Vec::new();
+    while let Recv::Data(b) = inbox.recv_timeout(Duration::from_millis(5)) {
+        assert!(!b.has_columns(), "delivered without them");
+        got.push(b.sample_rows().unwrap().first_index);
+    }
+    assert_eq!(got, vec![0, 10, 20]);
+    let recent = hub.recent("probe");
+    assert_eq!(recent.iter().map(first_index).collect::<Vec<_>>(), got);
+    let ap1 = recent[2]
+        .column(2)
+        .as_any()
+        .downcast_ref::<arrow::array::Int16Array>();
+    assert_eq!(
+        ap1.unwrap().values()[..3],
+        [201, 203, 205],
+        "built from the samples"
+    );
 }

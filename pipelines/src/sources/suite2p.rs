@@ -338,7 +338,7 @@ mod tests {
             let mut out = Vec::new();
             loop {
                 match inbox.recv_timeout(Duration::from_secs(30)) {
-                    Recv::Data(b) => out.push(b),
+                    Recv::Data(b) => out.push(b.into_record_batch()),
                     Recv::Closed => return out,
                     Recv::Timeout => panic!("nothing for 30 s"),
                 }

@@ -18,31 +18,51 @@ pub fn batch_from_interleaved(
     first_index: i64,
     bytes: &[u8],
 ) -> Result<RecordBatch, ArrowError> {
-    batch_from_interleaved_pooled(schema, first_index, bytes, &BufferPool::new())
-}
-
-/// [`batch_from_interleaved`] into a buffer of `pool`, which gets it back when the batch's last
-/// user drops it (a source keeps one pool for all its batches).
-pub fn batch_from_interleaved_pooled(
-    schema: &SchemaRef,
-    first_index: i64,
-    bytes: &[u8],
-    pool: &Arc<BufferPool>,
-) -> Result<RecordBatch, ArrowError> {
-    let n_ch = schema.fields().len() - 1;
-    let stride = n_ch * 2;
-    if n_ch == 0 || !bytes.len().is_multiple_of(stride) {
+    if !bytes.len().is_multiple_of(2) {
         return Err(ArrowError::InvalidArgumentError(format!(
-            "{} bytes is not a whole number of {n_ch}-channel Int16 samples",
+            "{} bytes is not a whole number of Int16 values",
             bytes.len()
         )));
     }
-    let n = bytes.len() / stride;
+    let mut values = Vec::new();
+    samples_from_le_bytes(bytes, &mut values);
+    batch_from_samples(schema, first_index, &values, &BufferPool::new())
+}
+
+/// Interleaved little-endian Int16 bytes as values, in `out` (a plain copy on little-endian
+/// machines). A trailing odd byte is ignored.
+pub fn samples_from_le_bytes<'a>(bytes: &[u8], out: &'a mut Vec<i16>) -> &'a [i16] {
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]])),
+    );
+    out
+}
+
+/// Builds a continuous batch of `schema` (`sample_index`, then one Int16 column per channel)
+/// from whole samples, sample-major (`values[t * C + c]`), into a buffer of `pool`, which gets
+/// it back when the batch's last user drops it.
+pub fn batch_from_samples(
+    schema: &SchemaRef,
+    first_index: i64,
+    values: &[i16],
+    pool: &Arc<BufferPool>,
+) -> Result<RecordBatch, ArrowError> {
+    let n_ch = schema.fields().len().saturating_sub(1);
+    if n_ch == 0 || !values.len().is_multiple_of(n_ch) {
+        return Err(ArrowError::InvalidArgumentError(format!(
+            "{} values is not a whole number of {n_ch}-channel samples",
+            values.len()
+        )));
+    }
+    let n = values.len() / n_ch;
     // One allocation for the whole batch, each channel's column a slice of it: a 385-channel
     // batch made 385 allocations and as many frees (the allocator took a fifth of an end-to-end
     // detection run).
     let mut columns = pool.take(n * n_ch);
-    deinterleave_into(bytes, n_ch, &mut columns);
+    deinterleave_into(values, n_ch, &mut columns);
     let values = pool.share(columns);
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(n_ch + 1);
     arrays.push(Arc::new(Int64Array::from_iter_values(
@@ -62,32 +82,31 @@ pub fn batch_from_interleaved_pooled(
 /// 0.07–0.10 s, one core, batches of 3000 samples): each block touches every column once.
 const DEINTERLEAVE_BLOCK: usize = 256;
 
-/// Interleaved little-endian Int16 samples of `n_ch` channels (whole samples) as columns, one
-/// after the other in one vector (channel c's values at `c * n..(c + 1) * n`, n samples).
+/// Whole samples of `n_ch` channels, sample-major, as columns, one after the other in one
+/// vector (channel c's values at `c * n..(c + 1) * n`, n samples).
 /// Cache-blocked: a block of samples stays in the cache while it is transposed, 8 samples × 8
 /// channels at a time, so that each column is written 16 bytes at a time, where a
 /// sample-by-sample loop writes to all columns at once and thrashes the cache and TLB with ~385
 /// write streams (1.6× faster, `cargo bench -p pipelines --bench ingest_store`).
-pub fn deinterleave(bytes: &[u8], n_ch: usize) -> Vec<i16> {
-    let n = bytes.len().checked_div(n_ch * 2).unwrap_or(0);
+pub fn deinterleave(values: &[i16], n_ch: usize) -> Vec<i16> {
+    let n = values.len().checked_div(n_ch).unwrap_or(0);
     let mut out = vec![0i16; n_ch * n];
-    deinterleave_into(bytes, n_ch, &mut out);
+    deinterleave_into(values, n_ch, &mut out);
     out
 }
 
-/// [`deinterleave`] into `out`, which holds `n_ch` × the whole samples in `bytes`.
-pub fn deinterleave_into(bytes: &[u8], n_ch: usize, out: &mut [i16]) {
-    let stride = n_ch * 2;
-    let n = bytes.len().checked_div(stride).unwrap_or(0);
+/// [`deinterleave`] into `out`, which holds `n_ch` × the whole samples in `values`.
+pub fn deinterleave_into(values: &[i16], n_ch: usize, out: &mut [i16]) {
+    let n = values.len().checked_div(n_ch).unwrap_or(0);
     if n == 0 {
         return;
     }
-    for (b, block) in bytes[..n * stride]
-        .chunks(stride * DEINTERLEAVE_BLOCK)
+    for (b, block) in values[..n * n_ch]
+        .chunks(n_ch * DEINTERLEAVE_BLOCK)
         .enumerate()
     {
         let base = b * DEINTERLEAVE_BLOCK;
-        let rows = block.len() / stride;
+        let rows = block.len() / n_ch;
         // Tiles of 8 samples × 8 channels in SSE2 registers (every x86-64 has it), the rest of
         // the channels and samples one value at a time.
         #[cfg(target_arch = "x86_64")]
@@ -96,10 +115,9 @@ pub fn deinterleave_into(bytes: &[u8], n_ch: usize, out: &mut [i16]) {
         let (tiled_ch, tiled_rows) = (0, 0);
         for (c, column) in out.chunks_exact_mut(n).enumerate() {
             let first = if c < tiled_ch { tiled_rows } else { 0 };
-            let at = 2 * c;
             let values = column[base + first..base + rows].iter_mut();
-            for (v, sample) in values.zip(block.chunks_exact(stride).skip(first)) {
-                *v = i16::from_le_bytes([sample[at], sample[at + 1]]);
+            for (v, sample) in values.zip(block.chunks_exact(n_ch).skip(first)) {
+                *v = sample[c];
             }
         }
     }
@@ -109,29 +127,28 @@ pub fn deinterleave_into(bytes: &[u8], n_ch: usize, out: &mut [i16]) {
 mod sse2 {
     use std::arch::x86_64::*;
 
-    /// De-interleaves the whole 8 × 8 tiles of `block` (`rows` samples of `n_ch` Int16
-    /// channels) into `out` (columns of `n` values; the block's first sample is `base`).
+    /// De-interleaves the whole 8 × 8 tiles of `block` (`rows` samples of `n_ch` channels)
+    /// into `out` (columns of `n` values; the block's first sample is `base`).
     /// Returns the channels and samples covered: channels `0..ch`, samples `0..rows` of them.
     pub(super) fn tiles(
-        block: &[u8],
+        block: &[i16],
         n_ch: usize,
         out: &mut [i16],
         n: usize,
         base: usize,
     ) -> (usize, usize) {
-        let stride = n_ch * 2;
-        let rows = block.len() / stride / 8 * 8;
+        let rows = block.len() / n_ch / 8 * 8;
         let ch = n_ch / 8 * 8;
-        assert!(block.len() >= rows * stride && out.len() >= n_ch * n && base + rows <= n);
+        assert!(block.len() >= rows * n_ch && out.len() >= n_ch * n && base + rows <= n);
         for c0 in (0..ch).step_by(8) {
             for s in (0..rows).step_by(8) {
-                // SAFETY: SSE2 is part of x86-64. Loads: sample s + k < rows, bytes
-                // 2·c0..2·c0 + 16 ≤ stride of it, all within `block` (asserted above). Stores:
+                // SAFETY: SSE2 is part of x86-64. Loads: sample s + k < rows, values
+                // c0..c0 + 8 ≤ n_ch of it, all within `block` (asserted above). Stores:
                 // column c0 + k < n_ch, values base + s..base + s + 8 ≤ n, within `out`.
                 unsafe {
-                    let src = block.as_ptr().add(s * stride + 2 * c0);
+                    let src = block.as_ptr().add(s * n_ch + c0);
                     let r: [__m128i; 8] = std::array::from_fn(|k| {
-                        _mm_loadu_si128(src.add(k * stride) as *const __m128i)
+                        _mm_loadu_si128(src.add(k * n_ch) as *const __m128i)
                     });
                     // Channel c0 + k's 8 samples.
                     let columns = kernels::columns::transpose8_i16(r);
@@ -168,18 +185,13 @@ mod tests {
             (130, 16),
         ];
         for (samples, n_ch) in sizes {
-            let bytes: Vec<u8> = (0..samples * n_ch * 2).map(|_| rng.random()).collect();
-            let got = deinterleave(&bytes, n_ch);
+            let values: Vec<i16> = (0..samples * n_ch).map(|_| rng.random()).collect();
+            let got = deinterleave(&values, n_ch);
             assert_eq!(got.len(), n_ch * samples);
             for c in 0..n_ch {
                 let column = &got[c * samples..(c + 1) * samples];
                 for (s, v) in column.iter().enumerate() {
-                    let at = (s * n_ch + c) * 2;
-                    assert_eq!(
-                        *v,
-                        i16::from_le_bytes([bytes[at], bytes[at + 1]]),
-                        "{s} {c}"
-                    );
+                    assert_eq!(*v, values[s * n_ch + c], "{s} {c}");
                 }
             }
         }

@@ -78,6 +78,7 @@ use arrow::record_batch::RecordBatch;
 use prometheus::{HistogramOpts, HistogramVec};
 
 use super::backend;
+use crate::batch::Batch;
 use crate::component::{
     parse_options, BuildContext, ComponentError, Emitter, Input, PortSpec, Transform,
     TransformContext,
@@ -195,8 +196,19 @@ impl Transform for SpikeDetect {
 
     fn process(
         &mut self,
-        _input: &Input,
+        input: &Input,
         batch: RecordBatch,
+        out: &mut TransformContext,
+    ) -> Result<(), ComponentError> {
+        self.process_batch(input, batch.into(), out)
+    }
+
+    /// Samples as a file source read them go to the chain as they are (sample-major), without
+    /// Arrow columns.
+    fn process_batch(
+        &mut self,
+        _input: &Input,
+        batch: Batch,
         out: &mut TransformContext,
     ) -> Result<(), ComponentError> {
         let arrived = Instant::now();
@@ -388,7 +400,7 @@ pub(crate) mod tests {
     /// (sample, channel, amplitude, threshold) of every spike in the order sent, and the
     /// progress rows.
     /// Each batch's output is collected as soon as its worker is done with it.
-    fn run(tr: &mut SpikeDetect, input: Vec<RecordBatch>) -> (Vec<Spike>, Vec<Progress>) {
+    fn run(tr: &mut SpikeDetect, input: Vec<impl Into<Batch>>) -> (Vec<Spike>, Vec<Progress>) {
         let mut spikes = Vec::new();
         let mut progress = Vec::new();
         let mut out = TransformContext::detached("t");
@@ -418,8 +430,9 @@ pub(crate) mod tests {
                 }
             };
         for b in input {
+            let b = b.into();
             seen += b.num_rows() as i64;
-            tr.process(&Input::new(0, "in"), b, &mut out).unwrap();
+            tr.process_batch(&Input::new(0, "in"), b, &mut out).unwrap();
             tr.settle(&mut out).unwrap();
             collect(&mut out, seen, &mut spikes, &mut progress);
         }
@@ -492,6 +505,33 @@ pub(crate) mod tests {
         let (sb, _) = run(b.as_mut(), batches(&info, &data, 317));
         assert!(!sa.is_empty());
         assert_eq!(sa, sb);
+    }
+
+    /// Samples as a file source sends them reach the chain without their Arrow columns ever being
+    /// built, and give the spikes and progress the columns give.
+    #[test]
+    fn samples_give_the_spikes_of_the_columns_without_building_them() {
+        let info = probe_info("p");
+        let data = synthetic(20_000, &injected(), 3);
+        let pool = crate::buffer_pool::BufferPool::new();
+        let schema = info.schema();
+        let c = info.channels.len();
+        let samples: Vec<Batch> = data
+            .chunks(300 * c)
+            .enumerate()
+            .map(|(k, chunk)| {
+                let values = arrow::buffer::ScalarBuffer::from(chunk.to_vec());
+                Batch::from_samples(&schema, (k * 300) as i64, values, &pool).unwrap()
+            })
+            .collect();
+        let kept = samples.clone();
+        let mut a = build_with("a", CPU);
+        let mut b = build_with("b", CPU);
+        let from_samples = run(a.as_mut(), samples);
+        let from_columns = run(b.as_mut(), batches(&info, &data, 300));
+        assert!(from_samples.0.len() >= injected().len());
+        assert_eq!(from_samples, from_columns);
+        assert!(kept.iter().all(|b| !b.has_columns()));
     }
 
     /// Each stream is detected on a worker thread of its own, so that one stream's burst of

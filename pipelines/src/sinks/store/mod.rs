@@ -316,7 +316,9 @@ impl Sink for StoreSink {
                             .unwrap_or(UNNAMED_STREAM)
                             .to_string();
                         if self.keeps(&id) {
-                            buffer.push(&id, batch);
+                            // Samples as a source read them get their columns here, off the
+                            // acquisition thread.
+                            buffer.push(&id, batch.into_record_batch());
                         }
                     }
                     Recv::Timeout if writer.is_finished() => break,

@@ -180,7 +180,9 @@ impl Receiver {
 
     fn deliver(&mut self, batch: RecordBatch) -> Result<Delivery, ReceiveError> {
         let started = Instant::now();
-        self.shared.metrics.received(&batch);
+        self.shared
+            .metrics
+            .count_received(batch.num_rows(), crate::metrics::batch_bytes(&batch));
         let Some(stream) = self.accepted.as_mut() else {
             return Ok(Delivery::Sent);
         };

@@ -78,7 +78,7 @@ impl Harness {
         while n < rows && Instant::now() < deadline {
             if let Recv::Data(b) = self.inbox.recv_timeout(Duration::from_millis(50)) {
                 n += b.num_rows();
-                got.push(b);
+                got.push(b.into_record_batch());
             }
         }
         assert_eq!(n, rows, "rows received before the deadline");

@@ -59,11 +59,10 @@ impl RawFollower<'_, '_, '_> {
             let whole = reader.whole_bytes();
             let more = read > 0 && total < limit;
             if whole > 0 && (reader.is_full() || !more) {
-                if self.emitter.emit(self.output, &reader.buf[..whole])? == Flow::Closed {
+                let emitted_end = reader.offset - (reader.filled - whole) as u64;
+                if self.emitter.emit(self.output, reader)? == Flow::Closed {
                     return Ok(None);
                 }
-                let emitted_end = reader.offset - (reader.filled - whole) as u64;
-                reader.consume(whole);
                 self.ctx.metrics.set_lag(self.growth.age_of(emitted_end));
             }
             if !more {

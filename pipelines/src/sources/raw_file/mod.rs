@@ -190,11 +190,12 @@ pub fn run(file: RawFile, mode: Mode, ctx: SourceContext) -> Result<(), Componen
     }
     let handle = File::open(&file.path)
         .map_err(|e| ComponentError::io(format!("{}: cannot open", file.path.display()), e))?;
+    let pool = crate::buffer_pool::BufferPool::new();
     let mut reader = Reader {
         path: &file.path,
         file: handle,
         bps,
-        buf: vec![0u8; file.batch_samples.max(1) * bps],
+        buf: pool.take(file.batch_samples.max(1) * bps / 2),
         filled: 0,
         offset: 0,
     };
@@ -206,7 +207,7 @@ pub fn run(file: RawFile, mode: Mode, ctx: SourceContext) -> Result<(), Componen
         path: &file.path,
         first_index: start,
         next_index: start,
-        pool: crate::buffer_pool::BufferPool::new(),
+        pool,
     };
     if start > 0 {
         let offset = start as u64 * bps as u64;

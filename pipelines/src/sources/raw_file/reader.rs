@@ -6,19 +6,22 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::SchemaRef;
 
 use super::{Env, TRUNCATED_FILE};
+use crate::batch::Batch;
 use crate::buffer_pool::BufferPool;
 use crate::component::{ComponentError, Output};
-use crate::stream::batch_from_interleaved_pooled;
 
-/// Reads the file into one reusable buffer.
+/// Reads the file straight into the buffer its next batch will hand on: the samples travel as
+/// the file holds them (see [`crate::batch`]), so the bytes are copied once, by the kernel.
 pub(super) struct Reader<'a> {
     pub(super) path: &'a Path,
     pub(super) file: File,
     pub(super) bps: usize,
-    pub(super) buf: Vec<u8>,
+    /// One batch of Int16 values, from the batches' pool.
+    pub(super) buf: Vec<i16>,
     /// Bytes of `buf` holding data not yet emitted (whole samples, then at most a partial one).
     pub(super) filled: usize,
     /// Bytes read from the file so far.
@@ -33,11 +36,12 @@ impl Reader<'_> {
     /// Reads into the free part of the buffer, at most `limit` bytes, until it is full, `limit`
     /// is reached or the file has no more bytes now. Returns the bytes read.
     pub(super) fn fill(&mut self, limit: u64) -> Result<usize, ComponentError> {
-        let room = (self.buf.len() - self.filled).min(usize::try_from(limit).unwrap_or(usize::MAX));
+        let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut self.buf);
+        let room = (buf.len() - self.filled).min(usize::try_from(limit).unwrap_or(usize::MAX));
         let end = self.filled + room;
         let mut total = 0;
         while self.filled < end {
-            match self.file.read(&mut self.buf[self.filled..end]) {
+            match self.file.read(&mut buf[self.filled..end]) {
                 Ok(0) => break,
                 Ok(n) => {
                     self.filled += n;
@@ -45,7 +49,12 @@ impl Reader<'_> {
                     total += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io_error("cannot read", e)),
+                Err(e) => {
+                    return Err(ComponentError::io(
+                        format!("{}: cannot read", self.path.display()),
+                        e,
+                    ))
+                }
             }
         }
         Ok(total)
@@ -56,13 +65,25 @@ impl Reader<'_> {
     }
 
     pub(super) fn is_full(&self) -> bool {
-        self.filled == self.buf.len()
+        self.filled == 2 * self.buf.len()
     }
 
-    /// Forgets the first `n` bytes (already emitted), keeping the rest at the front.
-    pub(super) fn consume(&mut self, n: usize) {
-        self.buf.copy_within(n..self.filled, 0);
-        self.filled -= n;
+    /// The whole samples read and not yet emitted, as values, from the file's little-endian
+    /// bytes. A partial sample after them moves to the front of a fresh buffer from `pool`.
+    pub(super) fn take_whole(&mut self, pool: &BufferPool) -> Vec<i16> {
+        let whole = self.whole_bytes();
+        let rest = self.filled - whole;
+        let mut next = pool.take(self.buf.len());
+        let partial = &bytemuck::cast_slice::<i16, u8>(&self.buf)[whole..self.filled];
+        bytemuck::cast_slice_mut::<i16, u8>(&mut next)[..rest].copy_from_slice(partial);
+        let mut taken = std::mem::replace(&mut self.buf, next);
+        self.filled = rest;
+        // `bps` is even (Int16 channels), so `whole` is too.
+        taken.truncate(whole / 2);
+        if cfg!(target_endian = "big") {
+            taken.iter_mut().for_each(|v| *v = i16::from_le(*v));
+        }
+        taken
     }
 
     pub(super) fn file_len(&self) -> Result<u64, ComponentError> {
@@ -98,12 +119,16 @@ impl BatchEmitter<'_> {
         (self.next_index - self.first_index) as u64
     }
 
+    /// Sends the whole samples `reader` holds as one batch.
     pub(super) fn emit(
         &mut self,
         output: &mut Output,
-        bytes: &[u8],
+        reader: &mut Reader,
     ) -> Result<Flow, ComponentError> {
-        let batch = batch_from_interleaved_pooled(&self.schema, self.next_index, bytes, &self.pool)
+        let values = reader.take_whole(&self.pool);
+        let len = values.len();
+        let values = ScalarBuffer::new(self.pool.share(values), 0, len);
+        let batch = Batch::from_samples(&self.schema, self.next_index, values, &self.pool)
             .map_err(|e| {
                 ComponentError::arrow(format!("{}: building a batch", self.path.display()), e)
             })?;

@@ -49,11 +49,10 @@ pub(super) fn replay(
                 tracing::info!("source `{}`: stopped by shutdown", ctx.id);
                 return Ok(());
             }
-            if emitter.emit(output, &reader.buf[..whole])? == Flow::Closed {
+            if emitter.emit(output, reader)? == Flow::Closed {
                 tracing::info!("source `{}`: every consumer stopped", ctx.id);
                 return Ok(());
             }
-            reader.consume(whole);
             ctx.metrics
                 .set_lag(pacer.lag_seconds(emitter.samples_emitted()));
         }

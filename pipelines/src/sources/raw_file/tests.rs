@@ -18,6 +18,11 @@ use std::time::Instant;
 /// What a test source run produced.
 pub(crate) struct Collected {
     pub batches: Vec<RecordBatch>,
+    /// The samples of the batches that travelled as a file source read them (sample-major,
+    /// without Arrow columns), back in file layout; empty if none did.
+    pub sample_bytes: Vec<u8>,
+    /// How many batches travelled that way.
+    pub as_samples: usize,
     pub metrics: ComponentMetrics,
     pub result: Result<(), ComponentError>,
 }
@@ -72,9 +77,16 @@ pub(crate) fn collect(
     };
     let handle = std::thread::spawn(move || run(ctx));
     let mut batches = Vec::new();
+    let (mut sample_bytes, mut as_samples) = (Vec::new(), 0);
     loop {
         match inbox.recv_timeout(Duration::from_secs(30)) {
-            Recv::Data(b) => batches.push(b),
+            Recv::Data(b) => {
+                if let Some(rows) = b.sample_rows().filter(|_| !b.has_columns()) {
+                    sample_bytes.extend(rows.values.iter().flat_map(|v| v.to_le_bytes()));
+                    as_samples += 1;
+                }
+                batches.push(b.into_record_batch());
+            }
             Recv::Closed => break,
             Recv::Timeout => panic!("the source sent nothing for 30 s"),
         }
@@ -82,6 +94,8 @@ pub(crate) fn collect(
     let result = handle.join().expect("source thread panicked");
     Collected {
         batches,
+        sample_bytes,
+        as_samples,
         metrics: src,
         result,
     }
@@ -154,6 +168,9 @@ fn replay_is_exact_across_odd_batch_boundaries() {
         let got = replay_file(&path, 3, batch, Some(data.len() as u64), Pace::Max);
         got.result.as_ref().unwrap();
         assert_eq!(got.interleaved_bytes(), data, "batch {batch}");
+        // The batches travel as the file holds them; the columns above were built from that.
+        assert_eq!(got.as_samples, got.batches.len());
+        assert_eq!(got.sample_bytes, data, "batch {batch}");
         assert_eq!(got.indices(), (0..1000).collect::<Vec<i64>>());
         let sizes: Vec<usize> = got.batches.iter().map(|b| b.num_rows()).collect();
         let full = 1000 / batch.min(1000);
@@ -304,6 +321,9 @@ fn follower_gets_every_sample_once_in_order_then_finishes() {
     got.result.as_ref().unwrap();
     assert_eq!(got.indices(), (0..2000).collect::<Vec<i64>>());
     assert_eq!(got.interleaved_bytes(), data);
+    // Partial samples carried over between reads, as the samples travelled.
+    assert_eq!(got.as_samples, got.batches.len());
+    assert_eq!(got.sample_bytes, data);
     assert!(got.batches.iter().all(|b| b.num_rows() <= 50));
     assert_eq!(got.metrics.errors_total(), 0);
     assert_eq!(got.metrics.dropped_rows(), 0);

@@ -71,7 +71,7 @@ fn run_with(
             shutdown.trigger();
         }
         match inbox.recv_timeout(Duration::from_millis(20)) {
-            Recv::Data(b) => got.push(b),
+            Recv::Data(b) => got.push(b.into_record_batch()),
             Recv::Timeout => {}
             Recv::Closed => break,
         }

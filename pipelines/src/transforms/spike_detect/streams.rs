@@ -19,8 +19,11 @@ use super::{
     AMPLITUDE_UV, CHANNEL, COMPLETE_BEFORE_SAMPLE, PARAMS_KEY, PROGRESS_PORT, SOURCE_STREAM_KEY,
     STREAM_SUFFIX, THRESHOLD_UV,
 };
+use crate::batch::Batch;
 use crate::component::{ComponentError, Emitter};
-use crate::stream::{keys, sample_span, ContinuousInfo, Layout, SAMPLE_INDEX, TIME_S};
+use crate::stream::{
+    keys, sample_span, span_after, ContinuousInfo, Layout, SampleSpan, SAMPLE_INDEX, TIME_S,
+};
 
 /// What `spike_detect`'s own thread checks of a stream's batches before handing them to its
 /// worker: the schema, contiguous sample indices, and the channel columns.
@@ -49,10 +52,20 @@ impl StreamCheck {
     }
 
     /// The batch's first sample, once it is known to continue the stream with well-formed
-    /// columns (it is then expected to be detected).
-    pub(super) fn check(&mut self, batch: &RecordBatch) -> Result<i64, ComponentError> {
-        let first = self.check_indices(batch)?;
-        self.check_columns(batch)?;
+    /// columns (it is then expected to be detected). Samples as a source read them were
+    /// checked against the schema when the batch was made, and are consecutive.
+    pub(super) fn check(&mut self, batch: &Batch) -> Result<i64, ComponentError> {
+        let span = match batch.sample_rows() {
+            Some(rows) => {
+                let end = rows.first_index + batch.num_rows() as i64;
+                span_after(rows.first_index, end, self.next_sample)
+            }
+            None => sample_span(batch.record_batch(), self.next_sample),
+        };
+        let first = self.note_span(span)?;
+        if batch.sample_rows().is_none() {
+            self.check_columns(batch.record_batch())?;
+        }
         self.next_sample = Some(first + batch.num_rows() as i64);
         Ok(first)
     }
@@ -61,10 +74,9 @@ impl StreamCheck {
         ComponentError::Other(format!("stream `{}`: {msg}", self.id))
     }
 
-    /// The batch's first sample index, after checking the batch continues the stream.
-    fn check_indices(&mut self, batch: &RecordBatch) -> Result<i64, ComponentError> {
-        let span = sample_span(batch, self.next_sample)
-            .map_err(|why| self.err(format!("{why}; dropped")))?;
+    /// The batch's first sample index, once its span is known to continue the stream.
+    fn note_span(&mut self, span: Result<SampleSpan, String>) -> Result<i64, ComponentError> {
+        let span = span.map_err(|why| self.err(format!("{why}; dropped")))?;
         if span.gap > 0 {
             // Live sources drop batches when a consumer falls behind (counted there); the
             // filter simply continues across the hole.
@@ -164,7 +176,7 @@ impl StreamState {
     /// A batch [`StreamCheck::check`] has passed, starting at sample `first`.
     pub(super) fn process(
         &mut self,
-        batch: &RecordBatch,
+        batch: &Batch,
         first: i64,
         out: &mut Emitter,
     ) -> Result<(), ComponentError> {
@@ -173,26 +185,33 @@ impl StreamState {
             return Ok(());
         }
         self.detections.clear();
-        // The chain reads the Int16 columns in place (the CPU chain converts and transposes
-        // them in one pass; a GPU chain transposes them into `raw` first). The columns are
-        // looked up once here: the chain asks for each several times per batch.
-        let columns: Vec<&[i16]> = batch
-            .columns()
-            .iter()
-            .skip(1)
-            .map(|c| {
-                c.as_primitive_opt::<Int16Type>()
-                    .map_or(&[][..], |a| a.values())
-            })
-            .collect();
-        self.chain
-            .process_columns(
-                first,
-                &columns.as_slice(),
-                &mut self.raw,
-                &mut self.detections,
-            )
-            .map_err(|e| self.err(format!("detection failed at sample {first}: {e}")))?;
+        let done = match batch.sample_rows() {
+            // Sample-major, as the chain takes them: the columns are never built.
+            Some(rows) => self.chain.process(first, rows.values, &mut self.detections),
+            None => {
+                // The chain reads the Int16 columns in place (the CPU chain converts and
+                // transposes them in one pass; a GPU chain transposes them into `raw` first).
+                // The columns are looked up once here: the chain asks for each several times
+                // per batch.
+                let columns: Vec<&[i16]> = batch
+                    .record_batch()
+                    .columns()
+                    .iter()
+                    .skip(1)
+                    .map(|c| {
+                        c.as_primitive_opt::<Int16Type>()
+                            .map_or(&[][..], |a| a.values())
+                    })
+                    .collect();
+                self.chain.process_columns(
+                    first,
+                    &columns.as_slice(),
+                    &mut self.raw,
+                    &mut self.detections,
+                )
+            }
+        };
+        done.map_err(|e| self.err(format!("detection failed at sample {first}: {e}")))?;
         let end = first + n as i64;
         self.next_sample = Some(end);
         self.first_sample.get_or_insert(first);

@@ -14,6 +14,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
+
+use crate::batch::Batch;
 use prometheus::Histogram;
 
 use super::StreamState;
@@ -25,7 +27,7 @@ pub(super) const QUEUE_S: f64 = 2.0;
 
 enum Job {
     /// A checked batch, its first sample, and when `spike_detect` received it.
-    Batch(RecordBatch, i64, Instant),
+    Batch(Batch, i64, Instant),
     Finish,
 }
 
@@ -138,7 +140,7 @@ impl Workers {
     pub(super) fn send(
         &mut self,
         stream: &str,
-        batch: RecordBatch,
+        batch: Batch,
         first: i64,
         arrived: Instant,
     ) -> Result<(), ComponentError> {
