@@ -68,7 +68,7 @@
 //! of a stream's calibration (σ over the whole window, then the held-back samples detected, about
 //! 0.1 s of one core for a 384-channel probe) would otherwise stall every other stream's batches
 //! behind it, and with 8 probes calibrating together the inbox overflowed; each worker's queue
-//! holds [`workers::QUEUE_S`] of its stream.
+//! holds [`workers::QUEUE_S`] of its stream (at most [`workers::QUEUE_BYTES`]).
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -238,7 +238,8 @@ impl Transform for SpikeDetect {
             match StreamState::new(&self.id, &self.options, &self.params_json, &schema) {
                 Ok(s) => {
                     let input = StreamCheck::of(&s);
-                    self.workers.start(stream_id, s, batch.num_rows())?;
+                    self.workers
+                        .start(stream_id, s, batch.num_rows(), batch.bytes())?;
                     self.streams.insert(stream_id, input);
                 }
                 Err(e) => {

@@ -4,9 +4,9 @@
 //! checks each batch and hands it to its stream's worker; whatever the workers have finished is
 //! emitted on the next call (in order per stream), and `finish` waits for all of them.
 //!
-//! Each worker's queue holds [`QUEUE_S`] of its stream's data; a worker that falls further behind
-//! than that makes the hand-over wait, so the component's inbox fills and drops as before (with
-//! the rows counted), and memory stays bounded.
+//! Each worker's queue holds [`QUEUE_S`] of its stream's data, or [`QUEUE_BYTES`] of it if that is
+//! less; a worker that falls further behind than that makes the hand-over wait, so the
+//! component's inbox fills and drops as before (with the rows counted), and memory stays bounded.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -24,6 +24,12 @@ use crate::transforms::backend;
 
 /// Seconds of a stream's data its worker's queue holds.
 pub(super) const QUEUE_S: f64 = 2.0;
+
+/// Bytes of a stream's batches its worker's queue holds at most. A live 385-channel probe's 2 s
+/// are 46 MB, so live probes keep [`QUEUE_S`]; a replay's 100 ms batches (7.7 MB) stop at 8
+/// instead of 20 that the source fills ahead of the worker in fresh pages (90 MB less peak
+/// memory for a detection run, no slower).
+pub(super) const QUEUE_BYTES: usize = 64 << 20;
 
 enum Job {
     /// A checked batch, its first sample, and when `spike_detect` received it.
@@ -66,15 +72,21 @@ impl Workers {
         }
     }
 
-    /// Starts `stream`'s worker with its state; `batch_rows` (of its first batch) sizes the queue.
+    /// Starts `stream`'s worker with its state; the size of its first batch (`batch_rows`,
+    /// `batch_bytes`) sizes the queue.
     pub(super) fn start(
         &mut self,
         stream: &str,
         mut state: StreamState,
         batch_rows: usize,
+        batch_bytes: u64,
     ) -> Result<(), ComponentError> {
         let per_batch_s = batch_rows.max(1) as f64 / state.sampling_hz;
-        let capacity = (QUEUE_S / per_batch_s).ceil().clamp(4.0, 100_000.0) as usize;
+        let by_bytes = QUEUE_BYTES as f64 / batch_bytes.max(1) as f64;
+        let capacity = (QUEUE_S / per_batch_s)
+            .min(by_bytes)
+            .ceil()
+            .clamp(4.0, 100_000.0) as usize;
         let (jobs, rx) = mpsc::sync_channel::<Job>(capacity);
         let done = self.done_tx.clone();
         let (component, latency, id) = (
