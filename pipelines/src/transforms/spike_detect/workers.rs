@@ -27,8 +27,8 @@ pub(super) const QUEUE_S: f64 = 2.0;
 
 /// Bytes of a stream's batches its worker's queue holds at most. A live 385-channel probe's 2 s
 /// are 46 MB, so live probes keep [`QUEUE_S`]; a replay's 100 ms batches (7.7 MB) stop at 8
-/// instead of 20 that the source fills ahead of the worker in fresh pages (90 MB less peak
-/// memory for a detection run, no slower).
+/// instead of 20, and a wider probe's at as many bytes (the inbox before it is bounded the same
+/// way, see `edge::BYTES_PER_BATCH`).
 pub(super) const QUEUE_BYTES: usize = 64 << 20;
 
 enum Job {
