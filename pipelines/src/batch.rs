@@ -176,28 +176,10 @@ impl fmt::Debug for Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::{batch_from_interleaved, ChannelInfo, ChannelKind, ContinuousInfo};
+    use crate::stream::batch_from_interleaved;
 
     fn schema(channels: usize) -> SchemaRef {
-        ContinuousInfo {
-            stream_id: "p".into(),
-            stream_kind: "ap".into(),
-            sampling_hz_text: "30000".into(),
-            sampling_hz: 30000.0,
-            first_sample: 0,
-            probe: None,
-            channels: (0..channels)
-                .map(|i| ChannelInfo {
-                    name: format!("AP{i}"),
-                    kind: ChannelKind::Ap,
-                    uv_per_bit: Some(2.0),
-                    x_um: None,
-                    y_um: None,
-                    shank: None,
-                })
-                .collect(),
-        }
-        .schema()
+        crate::sources::raw_file::tests::info(channels, 30000.0).schema()
     }
 
     #[test]
