@@ -148,6 +148,20 @@ impl Batch {
     pub fn has_columns(&self) -> bool {
         self.0.columns.get().is_some()
     }
+
+    /// The same batch holding its columns only, once they are built and it still holds the
+    /// samples too: for a holder that keeps it long (the hub's retention), so that it keeps one
+    /// copy of the data rather than two. `None` when there is nothing to drop.
+    pub fn columns_only(&self) -> Option<Batch> {
+        let columns = self.0.columns.get()?;
+        self.0.samples.as_ref()?;
+        Some(Batch::from(columns.clone()))
+    }
+
+    /// Whether both are the same batch (clones of one another).
+    pub fn ptr_eq(&self, other: &Batch) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl From<RecordBatch> for Batch {
@@ -201,9 +215,14 @@ mod tests {
         assert_eq!(b.bytes(), batch_bytes(&expected));
         assert!(!b.has_columns(), "nothing above builds them");
         let copy = b.clone();
+        assert!(b.columns_only().is_none(), "no columns to keep yet");
         assert_eq!(b.record_batch(), &expected);
         assert!(copy.has_columns(), "built once, for every holder");
         assert!(std::ptr::eq(b.record_batch(), copy.record_batch()));
+        assert!(b.ptr_eq(&copy));
+        let kept = b.columns_only().unwrap();
+        assert!(kept.sample_rows().is_none() && !kept.ptr_eq(&b));
+        assert_eq!((kept.record_batch(), kept.bytes()), (&expected, b.bytes()));
     }
 
     #[test]
@@ -211,7 +230,7 @@ mod tests {
         let s = schema(2);
         let rb = batch_from_interleaved(&s, 0, &[1, 0, 2, 0, 3, 0, 4, 0]).unwrap();
         let b = Batch::from(rb.clone());
-        assert!(b.has_columns() && b.sample_rows().is_none());
+        assert!(b.has_columns() && b.sample_rows().is_none() && b.columns_only().is_none());
         assert_eq!((b.num_rows(), b.bytes()), (2, batch_bytes(&rb)));
         assert_eq!(b.into_record_batch(), rb);
     }

@@ -185,7 +185,30 @@ impl Stream {
             .map(|(b, _, _)| b.clone())
             .collect();
         // Columns not built yet are built here, outside the lock the producer takes.
-        batches.into_iter().map(Batch::into_record_batch).collect()
+        let columns: Vec<RecordBatch> = batches.iter().map(|b| b.record_batch().clone()).collect();
+        // From now on the retention keeps those batches as columns only, so that a stream that
+        // is read while retained holds its data once, not as samples and columns both.
+        let mut recent = lock(&self.recent);
+        let mut next = batches.iter();
+        for (kept, _, _) in recent.batches.iter_mut() {
+            // Both lists run oldest first; the producer may have dropped some old ones since.
+            if let Some(read) = next.by_ref().find(|b| b.ptr_eq(kept)) {
+                if let Some(lighter) = read.columns_only() {
+                    *kept = lighter;
+                }
+            }
+        }
+        columns
+    }
+
+    /// How many retained batches still hold samples as a source read them (see `recent`).
+    #[cfg(test)]
+    pub(crate) fn retained_as_samples(&self) -> usize {
+        lock(&self.recent)
+            .batches
+            .iter()
+            .filter(|(b, _, _)| b.sample_rows().is_some())
+            .count()
     }
 
     /// Counts one batch of `bytes` Arrow bytes and retains it.

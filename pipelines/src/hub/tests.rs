@@ -365,8 +365,12 @@ fn samples_are_counted_retained_and_delivered_without_building_columns() {
         got.push(b.sample_rows().unwrap().first_index);
     }
     assert_eq!(got, vec![0, 10, 20]);
+    let stream = lock(&hub.streams).get("probe").cloned().unwrap();
+    assert_eq!(stream.retained_as_samples(), 3);
     let recent = hub.recent("probe");
     assert_eq!(recent.iter().map(first_index).collect::<Vec<_>>(), got);
+    assert_eq!(stream.retained_as_samples(), 0, "kept as columns once read");
+    assert_eq!(hub.recent("probe"), recent);
     let ap1 = recent[2]
         .column(2)
         .as_any()
