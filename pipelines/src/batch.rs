@@ -11,13 +11,13 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use arrow::buffer::ScalarBuffer;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use crate::buffer_pool::BufferPool;
 use crate::metrics::batch_bytes;
-use crate::stream::{batch_from_samples, SAMPLE_INDEX};
+use crate::stream::{batch_from_samples, samples_fitting};
 
 /// A batch on an edge; cloning it is cheap (one reference count).
 #[derive(Clone)]
@@ -58,29 +58,8 @@ impl Batch {
         values: ScalarBuffer<i16>,
         pool: &Arc<BufferPool>,
     ) -> Result<Self, ArrowError> {
-        let fields = schema.fields();
-        let bad = |why: String| Err(ArrowError::InvalidArgumentError(why));
-        match fields.first() {
-            Some(f) if f.name() == SAMPLE_INDEX && *f.data_type() == DataType::Int64 => {}
-            _ => return bad(format!("column 0 must be `{SAMPLE_INDEX}` (Int64)")),
-        }
-        if let Some(f) = fields[1..]
-            .iter()
-            .find(|f| *f.data_type() != DataType::Int16)
-        {
-            return bad(format!("channel column `{}` is not Int16", f.name()));
-        }
-        let n_channels = fields.len() - 1;
-        if n_channels == 0 || !values.len().is_multiple_of(n_channels) {
-            return bad(format!(
-                "{} values is not a whole number of {n_channels}-channel samples",
-                values.len()
-            ));
-        }
-        let rows = values.len() / n_channels;
-        if first_index.checked_add(rows as i64).is_none() {
-            return bad(format!("`{SAMPLE_INDEX}` overflows after {first_index}"));
-        }
+        let rows = samples_fitting(schema, first_index, values.len())?;
+        let n_channels = schema.fields().len() - 1;
         Ok(Batch(Arc::new(Inner {
             schema: schema.clone(),
             rows,
@@ -134,7 +113,7 @@ impl Batch {
                 .samples
                 .as_ref()
                 .expect("a batch without samples is made with its columns");
-            // `from_samples` checked everything `batch_from_samples` checks.
+            // `from_samples` checked the samples with `samples_fitting`, as this does.
             batch_from_samples(&self.0.schema, s.first_index, &s.values, &s.pool)
                 .expect("the samples' shape was checked when the batch was made")
         })
@@ -190,7 +169,8 @@ impl fmt::Debug for Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::batch_from_interleaved;
+    use crate::stream::{batch_from_interleaved, SAMPLE_INDEX};
+    use arrow::datatypes::DataType;
 
     fn schema(channels: usize) -> SchemaRef {
         crate::sources::raw_file::tests::info(channels, 30000.0).schema()

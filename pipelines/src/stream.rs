@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 mod interleaved;
 pub use interleaved::{
-    batch_from_interleaved, batch_from_samples, deinterleave, deinterleave_into,
+    batch_from_interleaved, batch_from_samples, deinterleave, deinterleave_into, samples_fitting,
     samples_from_le_bytes,
 };
 

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int16Array, Int64Array};
 use arrow::buffer::ScalarBuffer;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
+use super::SAMPLE_INDEX;
 use crate::buffer_pool::BufferPool;
 
 /// Builds a continuous batch from interleaved little-endian Int16 samples (the SpikeGLX `.bin`
@@ -41,6 +42,39 @@ pub fn samples_from_le_bytes<'a>(bytes: &[u8], out: &'a mut Vec<i16>) -> &'a [i1
     out
 }
 
+/// The samples in `len` values of `schema`'s channels from `first_index` on, once they are
+/// known to fit: `sample_index` (Int64) then Int16 channels, whole samples, and indices that do
+/// not overflow. Whatever passes here, [`batch_from_samples`] turns into a batch.
+pub fn samples_fitting(
+    schema: &SchemaRef,
+    first_index: i64,
+    len: usize,
+) -> Result<usize, ArrowError> {
+    let bad = |why: String| Err(ArrowError::InvalidArgumentError(why));
+    let fields = schema.fields();
+    match fields.first() {
+        Some(f) if f.name() == SAMPLE_INDEX && *f.data_type() == DataType::Int64 => {}
+        _ => return bad(format!("column 0 must be `{SAMPLE_INDEX}` (Int64)")),
+    }
+    if let Some(f) = fields[1..]
+        .iter()
+        .find(|f| *f.data_type() != DataType::Int16)
+    {
+        return bad(format!("channel column `{}` is not Int16", f.name()));
+    }
+    let n_ch = fields.len() - 1;
+    if n_ch == 0 || !len.is_multiple_of(n_ch) {
+        return bad(format!(
+            "{len} values is not a whole number of {n_ch}-channel samples"
+        ));
+    }
+    let rows = len / n_ch;
+    if first_index.checked_add(rows as i64).is_none() {
+        return bad(format!("`{SAMPLE_INDEX}` overflows after {first_index}"));
+    }
+    Ok(rows)
+}
+
 /// Builds a continuous batch of `schema` (`sample_index`, then one Int16 column per channel)
 /// from whole samples, sample-major (`values[t * C + c]`), into a buffer of `pool`, which gets
 /// it back when the batch's last user drops it.
@@ -50,14 +84,8 @@ pub fn batch_from_samples(
     values: &[i16],
     pool: &Arc<BufferPool>,
 ) -> Result<RecordBatch, ArrowError> {
-    let n_ch = schema.fields().len().saturating_sub(1);
-    if n_ch == 0 || !values.len().is_multiple_of(n_ch) {
-        return Err(ArrowError::InvalidArgumentError(format!(
-            "{} values is not a whole number of {n_ch}-channel samples",
-            values.len()
-        )));
-    }
-    let n = values.len() / n_ch;
+    let n = samples_fitting(schema, first_index, values.len())?;
+    let n_ch = schema.fields().len() - 1;
     // One allocation for the whole batch, each channel's column a slice of it: a 385-channel
     // batch made 385 allocations and as many frees (the allocator took a fifth of an end-to-end
     // detection run).
