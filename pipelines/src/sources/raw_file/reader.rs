@@ -36,11 +36,12 @@ impl Reader<'_> {
     /// Reads into the free part of the buffer, at most `limit` bytes, until it is full, `limit`
     /// is reached or the file has no more bytes now. Returns the bytes read.
     pub(super) fn fill(&mut self, limit: u64) -> Result<usize, ComponentError> {
-        let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut self.buf);
-        let room = (buf.len() - self.filled).min(usize::try_from(limit).unwrap_or(usize::MAX));
+        let room =
+            (2 * self.buf.len() - self.filled).min(usize::try_from(limit).unwrap_or(usize::MAX));
         let end = self.filled + room;
         let mut total = 0;
         while self.filled < end {
+            let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut self.buf);
             match self.file.read(&mut buf[self.filled..end]) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -49,12 +50,7 @@ impl Reader<'_> {
                     total += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(ComponentError::io(
-                        format!("{}: cannot read", self.path.display()),
-                        e,
-                    ))
-                }
+                Err(e) => return Err(self.io_error("cannot read", e)),
             }
         }
         Ok(total)

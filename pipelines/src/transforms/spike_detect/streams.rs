@@ -55,17 +55,18 @@ impl StreamCheck {
     /// columns (it is then expected to be detected). Samples as a source read them were
     /// checked against the schema when the batch was made, and are consecutive.
     pub(super) fn check(&mut self, batch: &Batch) -> Result<i64, ComponentError> {
-        let span = match batch.sample_rows() {
+        let first = match batch.sample_rows() {
             Some(rows) => {
                 let end = rows.first_index + batch.num_rows() as i64;
-                span_after(rows.first_index, end, self.next_sample)
+                self.note_span(span_after(rows.first_index, end, self.next_sample))?
             }
-            None => sample_span(batch.record_batch(), self.next_sample),
+            None => {
+                let columns = batch.record_batch();
+                let first = self.note_span(sample_span(columns, self.next_sample))?;
+                self.check_columns(columns)?;
+                first
+            }
         };
-        let first = self.note_span(span)?;
-        if batch.sample_rows().is_none() {
-            self.check_columns(batch.record_batch())?;
-        }
         self.next_sample = Some(first + batch.num_rows() as i64);
         Ok(first)
     }
