@@ -157,6 +157,8 @@ pub struct PeakDetector {
     undecided: usize,
     /// Sample of the last kept peak per channel (dead time).
     last_kept: Vec<i64>,
+    /// Candidate starts of the sample being scanned, a bit per channel.
+    start_bits: Vec<u64>,
     /// Thresholds of the previous call and their negation and reciprocal.
     thresholds: Vec<f32>,
     neg_thresholds: Vec<f32>,
@@ -183,6 +185,7 @@ impl PeakDetector {
             candidates: VecDeque::new(),
             undecided: 0,
             last_kept: vec![i64::MIN; n_channels],
+            start_bits: vec![0; n_channels.div_ceil(64)],
             thresholds: Vec::new(),
             neg_thresholds: vec![0.0; n_channels],
             inv_thresholds: vec![0.0; n_channels],
@@ -297,30 +300,35 @@ impl PeakDetector {
             unsafe { self.push_rows_avx2(first_sample, data) };
             return;
         }
-        self.push_rows_generic(first_sample, data);
+        self.push_rows_with(first_sample, data, Lanes::Scalar);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn push_rows_avx512(&mut self, first_sample: i64, data: &[f32]) {
-        self.push_rows_generic(first_sample, data)
+        self.push_rows_with(first_sample, data, Lanes::Avx512)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn push_rows_avx2(&mut self, first_sample: i64, data: &[f32]) {
-        self.push_rows_generic(first_sample, data)
+        self.push_rows_with(first_sample, data, Lanes::Avx2)
     }
 
     #[inline(always)]
-    fn push_rows_generic(&mut self, first_sample: i64, data: &[f32]) {
+    fn push_rows_with(&mut self, first_sample: i64, data: &[f32], lanes: Lanes) {
         let c = self.n_channels;
         // The previous sample is the row before in `data`, or the kept copy for the first one.
         let kept = std::mem::take(&mut self.last_row);
         let mut prev: &[f32] = &kept;
         let mut have_prev = self.next_sample.is_some();
         for (i, row) in data.chunks_exact(c).enumerate() {
-            self.push_row(first_sample + i as i64, row, have_prev.then_some(prev));
+            self.push_row(
+                first_sample + i as i64,
+                row,
+                have_prev.then_some(prev),
+                lanes,
+            );
             prev = row;
             have_prev = true;
         }
@@ -334,7 +342,7 @@ impl PeakDetector {
     /// One sample: complete the previous sample's pending candidates, then find this sample's
     /// (none at the start of a stream, which has no previous sample).
     #[inline(always)]
-    fn push_row(&mut self, s: i64, row: &[f32], prev: Option<&[f32]>) {
+    fn push_row(&mut self, s: i64, row: &[f32], prev: Option<&[f32]>, lanes: Lanes) {
         for p in self.pending.drain(..) {
             if p.value <= row[p.channel as usize] {
                 self.candidates.push_back(p);
@@ -343,44 +351,41 @@ impl PeakDetector {
         let Some(prev) = prev else {
             return;
         };
-        // Blocks of SCAN_BLOCK channels, each tested at once, and only a block with a candidate
-        // scanned value by value: on a busy probe most samples have a candidate somewhere, but
-        // few blocks do. Whole blocks go first because their fixed length lets the test compile
-        // to one vector compare, where a length known only at run time made it a loop of
-        // four-lane ones.
-        let c = self.n_channels;
-        let whole = c / SCAN_BLOCK * SCAN_BLOCK;
-        for b0 in (0..whole).step_by(SCAN_BLOCK) {
-            self.scan_block(s, b0..b0 + SCAN_BLOCK, row, prev);
+        // The candidate starts of all channels as bits, without a branch; then one branch per
+        // sample. On a busy probe about one sample in ten has a candidate somewhere: a branch per
+        // block of channels was mispredicted on each of them, and was most of the scan's time.
+        let mut any = 0;
+        for (w, bits) in self.start_bits.iter_mut().enumerate() {
+            let b0 = w * 64;
+            let b1 = (b0 + 64).min(self.n_channels);
+            *bits = start_bits(
+                &row[b0..b1],
+                &prev[b0..b1],
+                &self.neg_thresholds[b0..b1],
+                lanes,
+            );
+            any |= *bits;
         }
-        if whole < c {
-            self.scan_block(s, whole..c, row, prev);
-        }
-    }
-
-    /// Channels `block` of one sample (`row`, after `prev`): the candidates among them, if any.
-    #[inline(always)]
-    fn scan_block(&mut self, s: i64, block: std::ops::Range<usize>, row: &[f32], prev: &[f32]) {
-        let (row, prev) = (&row[block.clone()], &prev[block.clone()]);
-        if any_below(row, prev, &self.neg_thresholds[block.clone()]) {
-            self.push_candidates(s, block.start, row, prev);
+        if any != 0 {
+            self.push_candidates(s, row);
         }
     }
 
-    /// The candidate starts among channels `b0..` (`row` and `prev` start at channel `b0`).
+    /// The candidates whose bits [`push_row`](Self::push_row) set, in channel order.
     #[inline(never)]
-    fn push_candidates(&mut self, s: i64, b0: usize, row: &[f32], prev: &[f32]) {
-        let neg = &self.neg_thresholds[b0..b0 + row.len()];
-        for (i, ((&x, &p), &neg)) in row.iter().zip(prev).zip(neg).enumerate() {
-            if x <= neg && x < p {
-                let ch = b0 + i;
-                let inv = self.inv_thresholds[ch];
+    fn push_candidates(&mut self, s: i64, row: &[f32]) {
+        for w in 0..self.start_bits.len() {
+            let mut bits = self.start_bits[w];
+            while bits != 0 {
+                let ch = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let x = row[ch];
                 self.pending.push(Candidate {
                     sample: s,
                     channel: ch as u32,
                     value: x,
                     threshold: self.thresholds[ch],
-                    score: exclusion_score(x, inv),
+                    score: exclusion_score(x, self.inv_thresholds[ch]),
                 });
             }
         }
@@ -439,18 +444,75 @@ impl PeakDetector {
     }
 }
 
-/// Channels tested together for a candidate start (one AVX-512 vector, two AVX2 ones).
-const SCAN_BLOCK: usize = 16;
+/// The instruction set of the candidate scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lanes {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
 
-/// Whether any channel is a candidate start (below its negative threshold and below its previous
-/// value); branch-free so it vectorises, since almost every sample has none.
+/// Bit i set when channel i (of at most 64) starts a candidate: at or below its negative
+/// threshold and below its previous value.
 #[inline(always)]
-fn any_below(row: &[f32], prev: &[f32], neg_thresholds: &[f32]) -> bool {
-    let mut any = false;
-    for ((&x, &p), &t) in row.iter().zip(prev).zip(neg_thresholds) {
-        any |= (x <= t) & (x < p);
+fn start_bits(row: &[f32], prev: &[f32], neg_thresholds: &[f32], lanes: Lanes) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if row.len() == 64 && prev.len() == 64 && neg_thresholds.len() == 64 {
+        match lanes {
+            // SAFETY: Lanes::Avx512 / Avx2 are only chosen when the CPU supports them; the
+            // slices hold 64 values (checked just above).
+            Lanes::Avx512 => return unsafe { x86::start_bits_avx512(row, prev, neg_thresholds) },
+            Lanes::Avx2 => return unsafe { x86::start_bits_avx2(row, prev, neg_thresholds) },
+            Lanes::Scalar => {}
+        }
     }
-    any
+    let _ = lanes;
+    let mut bits = 0u64;
+    for (i, ((&x, &p), &t)) in row.iter().zip(prev).zip(neg_thresholds).enumerate() {
+        bits |= (((x <= t) & (x < p)) as u64) << i;
+    }
+    bits
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::start_bits`] for 64 channels, 16 at a time.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn start_bits_avx512(row: &[f32], prev: &[f32], neg: &[f32]) -> u64 {
+        let mut bits = 0u64;
+        for k in 0..4 {
+            // SAFETY: the caller passes 64 values in each slice.
+            let x = _mm512_loadu_ps(row.as_ptr().add(16 * k));
+            let p = _mm512_loadu_ps(prev.as_ptr().add(16 * k));
+            let t = _mm512_loadu_ps(neg.as_ptr().add(16 * k));
+            let falling = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, p);
+            let m = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(falling, x, t);
+            bits |= (m as u64) << (16 * k);
+        }
+        bits
+    }
+
+    /// [`super::start_bits`] for 64 channels, 8 at a time.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn start_bits_avx2(row: &[f32], prev: &[f32], neg: &[f32]) -> u64 {
+        let mut bits = 0u64;
+        for k in 0..8 {
+            // SAFETY: the caller passes 64 values in each slice.
+            let x = _mm256_loadu_ps(row.as_ptr().add(8 * k));
+            let p = _mm256_loadu_ps(prev.as_ptr().add(8 * k));
+            let t = _mm256_loadu_ps(neg.as_ptr().add(8 * k));
+            let m = _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_LT_OQ>(x, p),
+                _mm256_cmp_ps::<_CMP_LE_OQ>(x, t),
+            );
+            bits |= (_mm256_movemask_ps(m) as u8 as u64) << (8 * k);
+        }
+        bits
+    }
 }
 
 /// Helpers shared by this module's tests and the GPU twin's.
@@ -483,6 +545,45 @@ mod tests {
     use super::test_support::{chunks, line_probe};
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// The vector scans find the scalar one's candidate starts, ties and NaN included.
+    #[test]
+    fn candidate_scan_agrees_on_every_instruction_set() {
+        let mut levels = vec![Lanes::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                levels.push(Lanes::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                levels.push(Lanes::Avx512);
+            }
+        }
+        eprintln!("candidate scan instruction sets tested: {levels:?}");
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(13);
+        // Whole numbers from a narrow range, so that x == prev and x == -threshold are common.
+        let mut draw = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| match rng.random_range(0..50) {
+                    0 => f32::NAN,
+                    _ => rng.random_range(-4i32..=4) as f32,
+                })
+                .collect()
+        };
+        let mut found = 0;
+        for len in [64, 63, 1] {
+            for _ in 0..500 {
+                let (row, prev, neg) = (draw(len), draw(len), draw(len));
+                let want = start_bits(&row, &prev, &neg, Lanes::Scalar);
+                found += want.count_ones();
+                for &lanes in &levels {
+                    assert_eq!(start_bits(&row, &prev, &neg, lanes), want, "{lanes:?}");
+                }
+            }
+        }
+        // About a fifth of the channels start a candidate in this data.
+        assert!(found > 5000, "{found}");
+    }
 
     /// SpikeInterface's numba kernel, transcribed literally (one chunk, no margin trimming),
     /// with the score as `|x| · (1/thr)` like ours, then the dead time.
