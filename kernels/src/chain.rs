@@ -412,6 +412,10 @@ fn reference_prefetching(
     ahead: &[i16],
 ) {
     const ROWS: usize = 2;
+    if ahead.is_empty() {
+        reference.process(work);
+        return;
+    }
     let rows = work.len() / c.max(1);
     let bytes = std::mem::size_of_val(ahead);
     let share = bytes
