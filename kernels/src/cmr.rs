@@ -427,13 +427,11 @@ mod x86 {
 }
 
 /// [`middle_of`] for a window `[lo, hi]` that already holds few values: one more pass narrows it
-/// around the interpolated position of the wanted ranks (values near a median are spread close to
-/// uniformly), and the at most [`NARROW`] values left are ranked without branches. When the wanted
-/// ranks lie beside the narrowed range, the next range of the same width on that side is tried,
-/// twice at most, before a full selection. Run on every miss, the selection took about a tenth of
-/// the reference's time on the ground-truth recording; with the retries, all the run's
-/// selections (σ's included) fell from 8.8 % to 6.6 % of its user time. `spare` (at least
-/// `window.len() + SLACK` long) takes the narrowed set. Window values are never NaN.
+/// ([`narrow_to_ranks`]), and the at most [`NARROW`] values left are ranked without branches.
+/// Run on every miss, the full selection took about a tenth of the reference's time on the
+/// ground-truth recording; with the narrowing's retries, all the run's selections (σ's
+/// included) fell from 8.8 % to 6.6 % of its user time. `spare` (at least `window.len() +
+/// SLACK` long) takes the narrowed set. Window values are never NaN.
 #[inline(always)]
 fn middle_of_window(
     window: &mut [f32],
@@ -445,31 +443,56 @@ fn middle_of_window(
     simd: Simd,
 ) -> f32 {
     let n = window.len();
-    if n > NARROW && spare.len() >= n + SLACK {
-        let span = hi - lo;
-        let centre = lo + span * ((k_lo as f32 + 1.0) / (n + 1) as f32);
-        let half = span * (5.0 / n as f32);
-        let (mut a, mut b) = (centre - half, centre + half);
-        for _ in 0..3 {
-            let (below, inside) = window_pass(window, a, b, spare, simd);
-            if below <= k_lo && k_hi < below + inside {
-                if inside <= NARROW {
-                    return middle_of_few_with(&spare[..inside], k_lo - below, k_hi - below, simd);
-                }
-                break;
-            }
-            // The wanted ranks lie below or above `[a, b]`: the next range on that side.
-            let width = b - a;
-            (a, b) = if below > k_lo {
-                (a - width, a)
-            } else {
-                (b, b + width)
-            };
-        }
-    } else if n <= NARROW {
+    if n <= NARROW {
         return middle_of_few_with(window, k_lo, k_hi, simd);
     }
+    if spare.len() >= n + SLACK {
+        let pass = |v: &[f32], a, b, to: &mut [f32]| window_pass(v, a, b, to, simd);
+        if let Some((below, inside)) =
+            narrow_to_ranks(window, lo, hi, (k_lo, k_hi), 5.0, spare, pass)
+        {
+            if inside <= NARROW {
+                return middle_of_few_with(&spare[..inside], k_lo - below, k_hi - below, simd);
+            }
+        }
+    }
     middle_of(window, k_lo, k_hi)
+}
+
+/// Narrows `window`, values in `[lo, hi]` spread close to uniformly (as values near a median
+/// are), to the range about `2 · half_count` values wide around the interpolated position of the
+/// ranks `k_lo..=k_hi`, with `pass` (a window pass, into `spare`). When the ranks lie beside that
+/// range, the next range of the same width on their side is tried, twice at most. Returns the
+/// (below, inside) counts of the range that holds them, its values at the front of `spare`, or
+/// None. Shared by the median reference and σ's exact medians.
+#[inline(always)]
+pub(crate) fn narrow_to_ranks(
+    window: &[f32],
+    lo: f32,
+    hi: f32,
+    (k_lo, k_hi): (usize, usize),
+    half_count: f32,
+    spare: &mut [f32],
+    mut pass: impl FnMut(&[f32], f32, f32, &mut [f32]) -> (usize, usize),
+) -> Option<(usize, usize)> {
+    let n = window.len();
+    let span = hi - lo;
+    let centre = lo + span * ((k_lo as f32 + 1.0) / (n + 1) as f32);
+    let half = span * (half_count / n as f32);
+    let (mut a, mut b) = (centre - half, centre + half);
+    for _ in 0..3 {
+        let (below, inside) = pass(window, a, b, spare);
+        if below <= k_lo && k_hi < below + inside {
+            return Some((below, inside));
+        }
+        let width = b - a;
+        (a, b) = if below > k_lo {
+            (a - width, a)
+        } else {
+            (b, b + width)
+        };
+    }
+    None
 }
 
 /// Most values [`middle_of_few`] ranks.

@@ -139,13 +139,12 @@ fn median_in_place_with(v: &mut [f32], spare: &mut [f32]) -> f32 {
 /// misses rarely.
 const NARROWED: usize = 512;
 
-/// [`median_in_place_ranks`] of the `window` values in `[lo, hi]`: values this close to a median
-/// are spread near uniformly, so the wanted ranks lie near the interpolated position; one more
-/// pass keeps the ~[`NARROWED`] values around it (into `spare`, used when it holds at least
-/// `window.len() + 16`: the rest of a column's scratch after a bracket of under half of it),
-/// among which they are selected. When they lie beside that range, the next range on their side
-/// is tried, twice at most, then the whole window. Selecting among all of a bracket's values
-/// (~9 % of a column, with a sample of 1 024) took half of σ's estimate.
+/// [`median_in_place_ranks`] of the `window` values in `[lo, hi]`, after narrowing them to the
+/// ~[`NARROWED`] around the interpolated position of the wanted ranks
+/// ([`crate::cmr::narrow_to_ranks`]; into `spare`, used when it holds at least
+/// `window.len() + 16`: the rest of a column's scratch after a bracket of under half of it).
+/// Selecting among all of a bracket's values (~9 % of a column, with a sample of 1 024) took
+/// half of σ's estimate.
 fn ranks_in_bracket(
     window: &mut [f32],
     lo: f32,
@@ -156,21 +155,11 @@ fn ranks_in_bracket(
 ) -> f32 {
     let n = window.len();
     if n > 4 * NARROWED && spare.len() >= n + crate::cmr::SLACK {
-        let span = hi - lo;
-        let centre = lo + span * ((k_lo as f32 + 0.5) / n as f32);
-        let half = span * (NARROWED as f32 / 2.0 / n as f32);
-        let (mut a, mut b) = (centre - half, centre + half);
-        for _ in 0..3 {
-            let (below, inside) = crate::cmr::window_pass_detect(window, a, b, spare);
-            if below <= k_lo && k_hi < below + inside {
-                return median_in_place_ranks(&mut spare[..inside], k_lo - below, k_hi - below);
-            }
-            let width = b - a;
-            (a, b) = if below > k_lo {
-                (a - width, a)
-            } else {
-                (b, b + width)
-            };
+        let half = NARROWED as f32 / 2.0;
+        let pass = crate::cmr::window_pass_detect;
+        let narrowed = crate::cmr::narrow_to_ranks(window, lo, hi, (k_lo, k_hi), half, spare, pass);
+        if let Some((below, inside)) = narrowed {
+            return median_in_place_ranks(&mut spare[..inside], k_lo - below, k_hi - below);
         }
     }
     median_in_place_ranks(window, k_lo, k_hi)
