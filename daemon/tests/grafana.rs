@@ -125,8 +125,11 @@ inputs = [\"decode\", \"pushed\"]
         model.display()
     );
     let d = Daemon::start(dir.path(), &config);
-    // One malformed stream: an error with its series.
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", ipc_port)).unwrap();
+    // One malformed stream: an error with its series. The source listens once it has started,
+    // which may be after the daemon answers HTTP.
+    let mut conn = wait_for(Duration::from_secs(10), "the IPC listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", ipc_port)).ok()
+    });
     conn.write_all(b"this is not Arrow IPC at all").unwrap();
     drop(conn);
     let has = |text: &str, name: &str| {
