@@ -13,6 +13,8 @@
 //! so the output does not depend on chunking (nor on the instruction set). Scratch buffers are
 //! reused: nothing is allocated per chunk.
 
+use crate::simd::Simd;
+
 /// Median reference over groups of channels (one per shank, or one for the whole probe);
 /// channels in no group are left untouched.
 #[derive(Debug, Clone)]
@@ -100,23 +102,15 @@ impl MedianReference {
         if c == 0 {
             return;
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("popcnt")
-        {
-            // SAFETY: the CPU supports AVX-512F and POPCNT (checked just above).
-            unsafe { self.process_avx512(data) };
-            return;
+        match Simd::widest() {
+            // SAFETY: `widest` gives a level only where the CPU supports it.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { self.process_avx512(data) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { self.process_avx2(data) },
+            Simd::Scalar => self.process_rows(data, Simd::Scalar),
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("popcnt")
-        {
-            // SAFETY: the CPU supports AVX2 and POPCNT (checked just above).
-            unsafe { self.process_avx2(data) };
-            return;
-        }
-        self.process_rows(data, Simd::Scalar);
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -200,16 +194,6 @@ fn group_median(values: &[f32], g: &mut Group, scratch: &mut [f32], simd: Simd) 
     m
 }
 
-/// Which instruction set the window pass uses (chosen once per call).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Simd {
-    Scalar,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
 /// Counts the values below `lo` and copies those in `[lo, hi]` to the front of `scratch`
 /// (which holds at least `values.len() + SLACK`). Returns (below, inside).
 #[inline(always)]
@@ -239,20 +223,7 @@ pub(crate) fn window_pass_detect(
     hi: f32,
     scratch: &mut [f32],
 ) -> (usize, usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("popcnt")
-    {
-        // SAFETY: the CPU supports AVX-512F and POPCNT (checked just above).
-        return unsafe { x86::window_pass_avx512(values, lo, hi, scratch) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("popcnt")
-    {
-        // SAFETY: the CPU supports AVX2 and POPCNT (checked just above).
-        return unsafe { x86::window_pass_avx2(values, lo, hi, scratch) };
-    }
-    window_pass_scalar(values, lo, hi, scratch, 0, 0)
+    window_pass(values, lo, hi, scratch, Simd::widest())
 }
 
 /// Branch-free scalar pass (also the tail of the vector ones), continuing from counts so far.
@@ -624,30 +595,12 @@ mod tests {
         }
     }
 
-    fn simd_levels() -> Vec<Simd> {
-        let mut levels = vec![Simd::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("popcnt")
-            {
-                levels.push(Simd::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("popcnt")
-            {
-                levels.push(Simd::Avx512);
-            }
-        }
-        levels
-    }
-
     /// Every instruction set this CPU has gives the scalar pass's counts and window contents, and
     /// the same referenced output bit for bit.
     #[test]
     fn instruction_sets_agree() {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
-        let levels = simd_levels();
+        let levels = Simd::available();
         eprintln!("median reference instruction sets tested: {levels:?}");
         for n in [1usize, 7, 8, 15, 16, 17, 100, 384] {
             let values: Vec<f32> = (0..n)
@@ -709,7 +662,7 @@ mod tests {
                 for k in 0..n {
                     let k_hi = (k + 1).min(n - 1);
                     let want = (sorted[k] + sorted[k_hi]) / 2.0;
-                    for simd in simd_levels() {
+                    for simd in Simd::available() {
                         assert_eq!(
                             middle_of_few_with(&v, k, k_hi, simd),
                             want,

@@ -29,6 +29,8 @@
 
 use std::collections::VecDeque;
 
+use crate::simd::Simd;
+
 /// For each channel, the channels within `radius_um` on the same shank, itself included (CSR).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Neighbours {
@@ -288,35 +290,31 @@ impl PeakDetector {
     /// [`push_row`](Self::push_row) for each sample, built for the widest instruction set this
     /// CPU has (the per-sample scan over channels is what vectorises; results are identical).
     fn push_rows(&mut self, first_sample: i64, data: &[f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            unsafe { self.push_rows_avx512(first_sample, data) };
-            return;
+        match Simd::widest() {
+            // SAFETY: `widest` gives a level only where the CPU supports it.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { self.push_rows_avx512(first_sample, data) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { self.push_rows_avx2(first_sample, data) },
+            Simd::Scalar => self.push_rows_with(first_sample, data, Simd::Scalar),
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { self.push_rows_avx2(first_sample, data) };
-            return;
-        }
-        self.push_rows_with(first_sample, data, Lanes::Scalar);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn push_rows_avx512(&mut self, first_sample: i64, data: &[f32]) {
-        self.push_rows_with(first_sample, data, Lanes::Avx512)
+        self.push_rows_with(first_sample, data, Simd::Avx512)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn push_rows_avx2(&mut self, first_sample: i64, data: &[f32]) {
-        self.push_rows_with(first_sample, data, Lanes::Avx2)
+        self.push_rows_with(first_sample, data, Simd::Avx2)
     }
 
     #[inline(always)]
-    fn push_rows_with(&mut self, first_sample: i64, data: &[f32], lanes: Lanes) {
+    fn push_rows_with(&mut self, first_sample: i64, data: &[f32], simd: Simd) {
         let c = self.n_channels;
         // The previous sample is the row before in `data`, or the kept copy for the first one.
         let kept = std::mem::take(&mut self.last_row);
@@ -327,7 +325,7 @@ impl PeakDetector {
                 first_sample + i as i64,
                 row,
                 have_prev.then_some(prev),
-                lanes,
+                simd,
             );
             prev = row;
             have_prev = true;
@@ -342,7 +340,7 @@ impl PeakDetector {
     /// One sample: complete the previous sample's pending candidates, then find this sample's
     /// (none at the start of a stream, which has no previous sample).
     #[inline(always)]
-    fn push_row(&mut self, s: i64, row: &[f32], prev: Option<&[f32]>, lanes: Lanes) {
+    fn push_row(&mut self, s: i64, row: &[f32], prev: Option<&[f32]>, simd: Simd) {
         for p in self.pending.drain(..) {
             if p.value <= row[p.channel as usize] {
                 self.candidates.push_back(p);
@@ -362,7 +360,7 @@ impl PeakDetector {
                 &row[b0..b1],
                 &prev[b0..b1],
                 &self.neg_thresholds[b0..b1],
-                lanes,
+                simd,
             );
             any |= *bits;
         }
@@ -444,31 +442,21 @@ impl PeakDetector {
     }
 }
 
-/// The instruction set of the candidate scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lanes {
-    Scalar,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
 /// Bit i set when channel i (of at most 64) starts a candidate: at or below its negative
 /// threshold and below its previous value.
 #[inline(always)]
-fn start_bits(row: &[f32], prev: &[f32], neg_thresholds: &[f32], lanes: Lanes) -> u64 {
+fn start_bits(row: &[f32], prev: &[f32], neg_thresholds: &[f32], simd: Simd) -> u64 {
     #[cfg(target_arch = "x86_64")]
     if row.len() == 64 && prev.len() == 64 && neg_thresholds.len() == 64 {
-        match lanes {
-            // SAFETY: Lanes::Avx512 / Avx2 are only chosen when the CPU supports them; the
+        match simd {
+            // SAFETY: a level other than Scalar exists only where the CPU supports it; the
             // slices hold 64 values (checked just above).
-            Lanes::Avx512 => return unsafe { x86::start_bits_avx512(row, prev, neg_thresholds) },
-            Lanes::Avx2 => return unsafe { x86::start_bits_avx2(row, prev, neg_thresholds) },
-            Lanes::Scalar => {}
+            Simd::Avx512 => return unsafe { x86::start_bits_avx512(row, prev, neg_thresholds) },
+            Simd::Avx2 => return unsafe { x86::start_bits_avx2(row, prev, neg_thresholds) },
+            Simd::Scalar => {}
         }
     }
-    let _ = lanes;
+    let _ = simd;
     let mut bits = 0u64;
     for (i, ((&x, &p), &t)) in row.iter().zip(prev).zip(neg_thresholds).enumerate() {
         bits |= (((x <= t) & (x < p)) as u64) << i;
@@ -549,16 +537,7 @@ mod tests {
     /// The vector scans find the scalar one's candidate starts, ties and NaN included.
     #[test]
     fn candidate_scan_agrees_on_every_instruction_set() {
-        let mut levels = vec![Lanes::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                levels.push(Lanes::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                levels.push(Lanes::Avx512);
-            }
-        }
+        let levels = Simd::available();
         eprintln!("candidate scan instruction sets tested: {levels:?}");
         let mut rng = rand::rngs::SmallRng::seed_from_u64(13);
         // Whole numbers from a narrow range, so that x == prev and x == -threshold are common.
@@ -574,10 +553,10 @@ mod tests {
         for len in [64, 63, 1] {
             for _ in 0..500 {
                 let (row, prev, neg) = (draw(len), draw(len), draw(len));
-                let want = start_bits(&row, &prev, &neg, Lanes::Scalar);
+                let want = start_bits(&row, &prev, &neg, Simd::Scalar);
                 found += want.count_ones();
-                for &lanes in &levels {
-                    assert_eq!(start_bits(&row, &prev, &neg, lanes), want, "{lanes:?}");
+                for &simd in &levels {
+                    assert_eq!(start_bits(&row, &prev, &neg, simd), want, "{simd:?}");
                 }
             }
         }

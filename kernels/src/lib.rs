@@ -16,6 +16,7 @@ mod memory;
 pub mod noise;
 pub mod roi;
 mod schedule;
+mod simd;
 pub mod teb;
 
 pub use chain::KernelError;
