@@ -37,7 +37,7 @@ impl Reader<'_> {
     /// is reached or the file has no more bytes now. Returns the bytes read.
     pub(super) fn fill(&mut self, limit: u64) -> Result<usize, ComponentError> {
         let room =
-            (2 * self.buf.len() - self.filled).min(usize::try_from(limit).unwrap_or(usize::MAX));
+            (self.capacity() - self.filled).min(usize::try_from(limit).unwrap_or(usize::MAX));
         let end = self.filled + room;
         let mut total = 0;
         while self.filled < end {
@@ -61,7 +61,12 @@ impl Reader<'_> {
     }
 
     pub(super) fn is_full(&self) -> bool {
-        self.filled == 2 * self.buf.len()
+        self.filled == self.capacity()
+    }
+
+    /// Bytes the buffer holds.
+    fn capacity(&self) -> usize {
+        std::mem::size_of_val(self.buf.as_slice())
     }
 
     /// The whole samples read and not yet emitted, as values, from the file's little-endian
