@@ -32,6 +32,8 @@ if ! command -v prometheus >/dev/null 2>&1 && [ ! -x "$prometheus/usr/bin/promet
   deb="$(mktemp -d)"
   (cd "$deb" && { apt-get download -qq prometheus 2>/dev/null ||
     { $sudo apt-get update -qq && apt-get download -qq prometheus; }; })
+  # dpkg-deb makes the last directory only, and ~/.cache/neurod may not exist yet.
+  mkdir -p "$prometheus"
   dpkg-deb -x "$deb"/prometheus_*.deb "$prometheus"
   rm -rf "$deb"
 fi
